@@ -1,0 +1,244 @@
+"""Benchmark (not a test): the watcher end to end against the raw scorer, and alert latency.
+
+1. raw: `Scorer.score(path)` over N images (read + decode + score), one after another.
+2. e2e: the same N images dropped into the hot folder of a running `inspector watch` (real process,
+   SQLite store, MQTT sink on 127.0.0.1:1883): N / (last commit - first drop).
+   Raw and e2e alternate in rounds on the same images, so both see the same load on a shared machine.
+3. latency: images dropped at a fixed rate (default 10/s), every one anomalous (cooldown 0), time from
+   the file appearing (rename done) to its MQTT message arriving at a subscriber; p50 / p99.
+
+Both are run with ORT's default thread pool and with one thread: on a small, busy box the default
+pool's spin-waiting slows back-to-back calls (the raw loop) more than the watcher's, whose threads
+hand off between frames, so the two settings bracket the ratio.
+
+Writes benchmarks/results/watch.json. Without --model, a small model is fitted on synthetic parts first
+(torch needed for that step only; the watcher itself runs torch-free).
+
+    .venv/bin/python benchmarks/watch.py [--model models/part] [--n 1000] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inspector.synthetic import DEFECTS, add_defect, good_part  # noqa: E402
+
+
+def build_model(model: Path, work: Path, size: int) -> Path:
+    """fit -> calibrate -> export (first export becomes `current`) on synthetic good parts."""
+    from inspector.calibrate import calibrate_model
+    from inspector.config import CalibrateSettings, FitSettings
+    from inspector.export import export_model
+    from inspector.synthetic import write_dataset
+    from inspector.train import fit
+
+    data = write_dataset(work / "data", n_train=110, n_test_good=10, n_test_defect=4, size=(size, size), seed=3)
+    fit(data, model, FitSettings(short_side=min(size, 128), steps=150, bank_size=512, batch_size=1024), show=False)
+    calibrate_model(model, CalibrateSettings(fpr=0.05))
+    export_model(model)
+    return model
+
+
+def make_images(folder: Path, n: int, size: int, defect_every: int, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        img = good_part(rng, (size, size))
+        if defect_every and i % defect_every == 0:
+            img, _ = add_defect(img, DEFECTS[i % len(DEFECTS)], rng)
+        p = folder / f"img{i:05d}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(p)
+    return paths
+
+
+def raw_seconds(scorer, paths: list[Path]) -> float:
+    t = time.perf_counter()
+    for p in paths:
+        scorer.score(p)
+    return time.perf_counter() - t
+
+
+class Subscriber:
+    """MQTT subscriber recording arrival time per image name."""
+
+    def __init__(self, topic: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.arrived: dict[str, float] = {}
+        self.ready = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:8]}")
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: self.ready.set()
+        self.c.on_message = lambda c, u, m: self.arrived.setdefault(json.loads(m.payload)["origin"], time.time())
+        self.c.connect("127.0.0.1", 1883)
+        self.c.loop_start()
+        assert self.ready.wait(10), "no MQTT broker on 127.0.0.1:1883"
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def start_watcher(work: Path, model: Path, line: str, name: str, rules: dict | None = None,
+                  threads: int = 0) -> tuple[subprocess.Popen, Path, Path]:
+    inbox, db = work / name / "in", work / name / "store.db"
+    inbox.mkdir(parents=True)
+    doc = {"line": line, "model": {"path": str(model), "providers": ["cpu"], "threads": threads},
+           "sources": [{"kind": "folder", "name": name, "path": str(inbox)}],
+           "sinks": [{"kind": "mqtt", "name": "mq"}], "store": {"url": f"sqlite:///{db}"}, "ops": {"port": 0}, "rules": rules or {}}
+    cfg = work / name / "line.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    log = open(work / name / "watch.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "watch", "--config", str(cfg)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    wait(lambda: "watching line" in (work / name / "watch.log").read_text(), 120, "watcher start")
+    return proc, inbox, db
+
+
+def wait(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def scored(db: Path) -> tuple[int, float | None]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as c:
+        row = c.execute("SELECT scored, last_seen FROM frames").fetchone()
+    if not row:
+        return 0, None
+    from datetime import datetime, timezone
+
+    return row[0], datetime.fromisoformat(row[1]).replace(tzinfo=timezone.utc).timestamp()
+
+
+def drop_into(inbox: Path, src: Path) -> float:
+    """Copy under a temp name, then rename into the hot folder; returns when it appeared."""
+    tmp = inbox / f".{src.name}.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, inbox / src.name)
+    return time.time()
+
+
+def throughput(work: Path, model: Path, paths: list[Path], rounds: int, threads: int) -> tuple[float, float]:
+    """(raw_fps, e2e_fps), measured in alternating rounds on the same images so that both see the same
+    machine load: raw scores a batch, then the same batch is dropped into the running watcher."""
+    from inspector.runtime import Scorer
+
+    scorer = Scorer.load(model, providers=["cpu"], threads=threads)
+    for p in paths[:10]:
+        scorer.score(p)  # warm-up
+    work.mkdir(parents=True, exist_ok=True)
+    proc, inbox, db = start_watcher(work, model, f"bench{uuid.uuid4().hex[:6]}", "e2e", threads=threads)
+    staged = work / "e2e" / "staging"  # same filesystem: the drop itself is a cheap rename
+    staged.mkdir()
+    for p in paths:
+        shutil.copyfile(p, staged / p.name)
+    raw_s = e2e_s = 0.0
+    try:
+        for k in range(rounds):
+            batch = paths[k::rounds]
+            raw_s += raw_seconds(scorer, batch)
+            done = scored(db)[0]
+            t0 = time.time()
+            for p in batch:
+                os.replace(staged / p.name, inbox / p.name)
+            wait(lambda: scored(db)[0] >= done + len(batch), 3600, "batch scored")
+            e2e_s += scored(db)[1] - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return len(paths) / raw_s, len(paths) / e2e_s
+
+
+def latency_ms(work: Path, model: Path, paths: list[Path], rate: float, threads: int) -> dict:
+    line = f"lat{uuid.uuid4().hex[:6]}"
+    sub = Subscriber(f"inspector/{line}/+/alert")
+    # every image an alert: a threshold far below any score, no cooldown
+    proc, inbox, _ = start_watcher(work, model, line, "lat", rules={"threshold": 1e-9, "cooldown_s": 0},
+                                  threads=threads)
+    appeared: dict[str, float] = {}
+    try:
+        t_next = time.time()
+        for p in paths:
+            time.sleep(max(0.0, t_next - time.time()))
+            appeared[p.name] = drop_into(inbox, p)
+            t_next += 1.0 / rate
+        wait(lambda: len(sub.arrived) >= len(paths), 120, "all alerts")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        sub.close()
+    lat = np.array([(sub.arrived[k] - appeared[k]) * 1000 for k in appeared])
+    return {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1),
+            "max": round(float(lat.max()), 1), "n": int(lat.size), "rate_fps": rate}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="model folder with a `current` version; fitted on synthetic parts first if missing")
+    ap.add_argument("--n", type=int, default=1000, help="images for the throughput comparison")
+    ap.add_argument("--size", type=int, default=256, help="image side in pixels")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating raw/e2e rounds (fair under varying load)")
+    ap.add_argument("--rate", type=float, default=10.0, help="drop rate for the latency run (images/s)")
+    ap.add_argument("--latency-n", type=int, default=200, help="images for the latency run")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "watch.json")
+    ap.add_argument("--threads", default="0,1",
+                    help="ORT CPU threads to compare, raw and watcher alike (0: ORT default); the first is the headline")
+    ap.add_argument("--build-model", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.build_model:
+        with tempfile.TemporaryDirectory(prefix="watch-bench-data-") as tmp:
+            build_model(a.build_model, Path(tmp), a.size)
+        return
+    threads = [int(t) for t in str(a.threads).split(",")]
+    runs: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="watch-bench-") as tmp:
+        work = Path(tmp)
+        model = a.model or work / "models" / "part"
+        if not model.exists():  # in a child process: torch's thread pool must not share this process with ORT
+            subprocess.run([sys.executable, __file__, "--build-model", str(model), "--size", str(a.size)], check=True)
+        paths = make_images(work / "images", a.n, a.size, defect_every=10)
+        for t in threads:
+            raw, e2e = throughput(work / f"t{t}", model, paths, a.rounds, t)
+            runs[str(t)] = {"throughput_ratio": round(e2e / raw, 3), "e2e_fps": round(e2e, 1), "raw_fps": round(raw, 1)}
+        lat = latency_ms(work, model, make_images(work / "lat_images", a.latency_n, a.size, 0, seed=1), a.rate, threads[0])
+    head = runs[str(threads[0])]
+    result = {**head, "alert_latency_ms": lat, "ort_threads": threads[0], "by_ort_threads": runs, "n_images": a.n,
+              "rounds": a.rounds, "image_size": a.size, "providers": ["cpu"], "cpu_count": os.cpu_count(),
+              "machine": platform.machine()}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| ORT threads | raw scorer (read+score) | watcher end to end | ratio (target >= 0.85) |\n|---|---|---|---|")
+    for t, r in runs.items():
+        print(f"| {t if t != '0' else '0 (default)'} | {r['raw_fps']} img/s | {r['e2e_fps']} img/s | {r['throughput_ratio']} |")
+    print(f"\nalert latency at {a.rate:g} img/s (file appears -> MQTT message), {lat['n']} alerts: "
+          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms (target < 1000), max {lat['max']} ms")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

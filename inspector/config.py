@@ -1,0 +1,44 @@
+"""Settings shared by the CLI, the flows and the watcher: pydantic, unknown keys rejected, bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FitSettings(Settings):
+    """How `inspector fit` learns what good parts look like."""
+
+    short_side: int = Field(256, ge=32, le=2048, description="Short image side fed to the network (px).")
+    max_long_side: int = Field(4096, ge=32, le=16384, description="Cap on the long side; aspect is kept.")
+    keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
+    backbone: str = Field("efficientnet_lite0", description="timm backbone name.")
+    weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
+    layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features.")
+    latent: int = Field(32, ge=2, le=512, description="Autoencoder latent size per patch.")
+    hidden: int = Field(256, ge=4, le=4096, description="Autoencoder hidden width.")
+    bank_size: int = Field(4096, ge=16, le=65536, description="Latent memory bank size (kNN reference).")
+    global_bank: int = Field(0, ge=0, le=100000, description="Image-level embeddings kept (0 = off).")
+    pos_weight: float = Field(0.0, ge=0, le=100, description="Position awareness of the kNN (0 = none).")
+    w_latent: float = Field(1.0, ge=0, description="Weight of the latent kNN distance in the map.")
+    w_recon: float = Field(1.0, ge=0, description="Weight of the reconstruction error in the map.")
+    w_gauss: float = Field(1.0, ge=0, description="Weight of the per-position latent Mahalanobis distance.")
+    w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
+    smooth: int = Field(5, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map.")
+    steps: int = Field(1500, ge=1, le=1_000_000, description="Autoencoder training steps.")
+    batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
+    lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Good images held out for calibration.")
+    max_bad_fraction: float = Field(0.1, ge=0, le=1, description="Abort when more images than this are unreadable.")
+    seed: int = Field(0, description="Random seed (split, sampling, init).")
+
+
+class CalibrateSettings(Settings):
+    fpr: float = Field(0.01, gt=0, lt=0.5, description="Target false-alarm rate on good parts.")
+    strategy: str = Field("fpr", pattern="^(fpr|f1)$", description="fpr (good images only) or f1 (labelled defects).")
+    min_holdout: int = Field(20, ge=1, description="Fewest held-out good images accepted.")

@@ -1,0 +1,138 @@
+"""Evaluate a calibrated model on labelled test images: metrics, heat-map overlays, score histogram.
+
+Metric implementations are torchmetrics' (AUROC) and anomalib's (AUPRO), not our own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, load_model, read_json, staging, write_json_atomic
+from inspector.data import LoadReport, discover, load_mask
+from inspector.errors import InspectorError
+from inspector.infer import score_paths
+from inspector.preprocess import overlay
+from inspector.scoring import pr_at
+
+log = logging.getLogger(__name__)
+PIXEL_GRID = (256, 256)  # maps and masks are compared on a common grid (images differ in size)
+EVAL_DIR = "evaluation"
+
+
+@dataclass
+class Item:
+    path: Path
+    label: int
+    score: float  # normalized: 1.0 = threshold
+    image: np.ndarray
+    amap: np.ndarray  # normalized, network input size
+
+
+def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True) -> dict:
+    cal = read_json(staging(model_dir) / CALIBRATION_FILE, "run `inspector calibrate` first")
+    fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
+    ds = discover(Path(data or fit_info["data"]))
+    if not ds.test:
+        raise InspectorError(f"{ds.root} has no test/ images to evaluate on")
+    net, pre, _ = load_model(model_dir)
+    thr = float(cal["threshold"])
+    t0 = time.time()
+    labels = {s.path: s for s in ds.test}
+    items, preds, masks = [], [], []
+    for r in score_paths(net, pre, [s.path for s in ds.test], LoadReport()):
+        s = labels[r.path]
+        item = Item(r.path, s.label, r.score / thr, r.image, r.amap / thr)
+        items.append(item)
+        if any(x.mask for x in ds.test):
+            preds.append(cv2.resize(item.amap, PIXEL_GRID[::-1], interpolation=cv2.INTER_LINEAR))
+            masks.append(load_mask(s.mask, PIXEL_GRID))
+    ms = (time.time() - t0) / max(len(items), 1) * 1000
+    metrics = image_metrics(items) | pixel_metrics(preds, masks, items) | {"ms_per_image": ms}
+    out = staging(model_dir) / EVAL_DIR
+    out.mkdir(exist_ok=True)
+    save_examples(items, out)
+    save_histogram(items, out / "histogram.png")
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def image_metrics(items: list[Item]) -> dict:
+    from torchmetrics.functional.classification import binary_auroc
+
+    scores = np.array([i.score for i in items])
+    labels = np.array([i.label for i in items])
+    good = scores[labels == 0]
+    res = {"images": len(items), "defects": int(labels.sum()), "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None}
+    if labels.min() != labels.max():
+        res["image_auroc"] = float(binary_auroc(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels)))
+        at = pr_at(scores, labels, 1.0)
+        res.update(f1_at_threshold=at["f1"], precision_at_threshold=at["precision"], recall_at_threshold=at["recall"])
+    return res
+
+
+def pixel_metrics(preds: list[np.ndarray], masks: list[np.ndarray], items: list[Item]) -> dict:
+    if not masks or not any(m.any() for m in masks):
+        return {}
+    from anomalib.metrics.aupro import _AUPRO
+    from torchmetrics.functional.classification import binary_auroc
+
+    p = torch.from_numpy(np.stack(preds)).float()  # (N, H, W)
+    t = torch.from_numpy(np.stack(masks)).long()
+    aupro = _AUPRO(fpr_limit=0.3)
+    aupro.update(p, t)
+    return {"pixel_auroc": float(binary_auroc(p.flatten(), t.flatten())), "aupro": float(aupro.compute())}
+
+
+def _pick(items: list[Item]) -> dict[str, Item]:
+    good = sorted((i for i in items if i.label == 0), key=lambda i: i.score)
+    bad = sorted((i for i in items if i.label == 1), key=lambda i: i.score)
+    picks: dict[str, Item] = {}
+    if bad:
+        picks |= {"best_defect": bad[-1], "worst_defect": bad[0], "borderline_defect": min(bad, key=lambda i: abs(i.score - 1))}
+    if good:
+        picks |= {"worst_good": good[-1], "best_good": good[0], "borderline_good": min(good, key=lambda i: abs(i.score - 1))}
+    return picks
+
+
+def save_examples(items: list[Item], out: Path) -> None:
+    for name, it in _pick(items).items():
+        img = overlay(it.image, it.amap)
+        label = f"{it.path.name}  {it.score:.2f}x threshold"
+        cv2.putText(img, label, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.imwrite(str(out / f"{name}.png"), np.hstack([it.image, img]))
+
+
+def save_histogram(items: list[Item], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = np.array([i.score for i in items])
+    labels = np.array([i.label for i in items])
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    bins = np.linspace(0, max(2.0, np.quantile(scores, 0.99)), 50)
+    ax.hist(scores[labels == 0], bins, alpha=0.6, label="good")
+    if labels.any():
+        ax.hist(scores[labels == 1], bins, alpha=0.6, label="defect")
+    ax.axvline(1.0, color="k", ls="--", label="threshold")
+    ax.set_xlabel("score (multiple of threshold)")
+    ax.set_ylabel("images")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def format_table(m: dict) -> str:
+    rows = [(k, m[k]) for k in ("images", "defects", "image_auroc", "pixel_auroc", "aupro", "f1_at_threshold",
+                                "precision_at_threshold", "recall_at_threshold", "fpr_at_threshold", "ms_per_image") if k in m]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)

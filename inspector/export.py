@@ -1,0 +1,221 @@
+"""`inspector export`: the fitted, calibrated torch model -> a new version folder `v<N>/`.
+
+One ONNX graph maps a normalized image batch (dynamic batch; height and width are the model's fixed
+input size, or dynamic for a model fitted without one) to the raw anomaly map and image score; backbone, autoencoder, latent kNN distance, reconstruction term and smoothing are all
+inside, the reference statistics as graph constants. The threshold stays out of the graph, in
+`manifest.json`, so sensitivity can change without re-exporting. Before the version is published, a
+parity check runs the same frames through torch and ONNX Runtime and refuses the export if any score
+differs by more than PARITY_TOLERANCE of the threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import shutil
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from inspector import registry
+from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
+from inspector.errors import ImageError, InspectorError
+from inspector.model.net import InspectorNet
+from inspector.preprocess import Preprocess, load_image, prepare
+from inspector.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, check_threshold, load_verified
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT, MAP, SCORE = "image", "anomaly_map", "score"
+PARITY_TOLERANCE = 1e-3  # max |score_onnx - score_torch| / threshold: verdicts can differ only this close to 1.0
+PARITY_FRAMES = 6
+CALIBRATION_KEYS = ("strategy", "target_fpr", "holdout_images", "expected_fpr", "fpr_interval_90", "meaning", "f1", "created")
+
+
+def export_model(model_dir: Path, opset: int = OPSET) -> Path:
+    """Export staging/ as the next version; the first version ever exported also becomes `current`."""
+    model_dir = Path(model_dir)
+    check_model_dir(model_dir)
+    cal = read_json(staging(model_dir) / CALIBRATION_FILE, "run `inspector calibrate` first")
+    threshold = check_threshold(cal.get("threshold"), f"threshold in {staging(model_dir) / CALIBRATION_FILE}")
+    fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
+    net, pre, _ = load_model(model_dir)
+    tmp = registry.new_temp_dir(model_dir)
+    try:
+        to_onnx(net, tmp / MODEL_FILE, input_hw(pre), dynamic_hw=not fixed_size(pre), opset=opset)
+        parity = check_parity(net, pre, tmp / MODEL_FILE, parity_frames(fit_info), threshold)
+        shutil.copy2(staging(model_dir) / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+        write_json_atomic(tmp / MANIFEST_FILE, build_manifest(net, pre, tmp / MODEL_FILE, cal, fit_info, parity, opset))
+        load_verified(tmp)  # what the runtime will check, checked before anyone can see it
+        final = registry.publish(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if registry.current_version(model_dir) is None:
+        registry.promote(model_dir, final.name, reason="first export")
+        log.info("%s is the first exported version: `current` now points at it", final.name)
+    return final
+
+
+def fixed_size(pre: Preprocess) -> bool:
+    """Models fitted with one network input size (per-position statistics) get a graph of that size."""
+    return bool(getattr(pre, "height", 0) and getattr(pre, "width", 0))
+
+
+def input_hw(pre: Preprocess) -> tuple[int, int]:
+    """The network input size the graph is traced at: the model's own, else its square default."""
+    return pre.input_size(pre.short_side, pre.short_side)
+
+
+def to_onnx(
+    net: InspectorNet | torch.nn.Module, path: Path, hw: tuple[int, int], dynamic_hw: bool = False,
+    opset: int = OPSET, names: tuple[str, ...] = (MAP, SCORE),
+) -> None:
+    """Trace the network once: dynamic batch (and height/width if asked); unused backbone stages pruned."""
+    net.eval()
+    x = torch.zeros(2, 3, *hw)  # batch 2: nothing may be specialized to one frame
+    spatial = {2: "height", 3: "width"} if dynamic_hw else {}
+    axes = {INPUT: {0: "batch", **spatial}, **{n: {0: "batch"} for n in names}}
+    if MAP in names:
+        axes[MAP] = {0: "batch", **spatial}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+        torch.onnx.export(
+            net, (x,), str(path), input_names=[INPUT], output_names=list(names), dynamic_axes=axes,
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+
+
+def parity_frames(fit_info: dict, n: int = PARITY_FRAMES) -> list[np.ndarray]:
+    """Held-out good images (never fitted on) plus a wide and a tall crop (other aspect ratios, and other
+    input sizes when the graph takes any), several frames per batch. Seeded noise if the images are gone."""
+    frames = []
+    for item in fit_info.get("holdout", []):
+        try:
+            frames.append(load_image(item["path"]))
+        except (ImageError, KeyError, TypeError):
+            continue
+        if len(frames) >= n - 2:
+            break
+    if not frames:
+        log.warning("hold-out images of the fit are not readable: parity check on seeded noise frames")
+        frames = [np.random.default_rng(i).integers(0, 256, (96, 96, 3), dtype=np.uint8) for i in range(n - 2)]
+    base = frames[0]
+    frames.append(np.ascontiguousarray(np.concatenate([base, base[:, : base.shape[1] // 2]], axis=1)))  # wide
+    frames.append(np.ascontiguousarray(np.concatenate([base, base[: base.shape[0] // 2]], axis=0)))  # tall
+    return frames
+
+
+def check_parity(net: InspectorNet, pre: Preprocess, path: Path, frames: list[np.ndarray], threshold: float) -> dict:
+    """Run the frames through torch and ORT CPU; raise unless every score agrees within tolerance."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for f in frames:
+        x = prepare(f, pre)
+        groups.setdefault(x.shape, []).append(x)
+    d_score = d_map = 0.0
+    for xs in groups.values():
+        batch = np.stack(xs)  # (B, 3, H, W)
+        try:
+            with torch.inference_mode():
+                ref = net(torch.from_numpy(batch))
+        except RuntimeError as e:
+            raise InspectorError(f"the model cannot score a {batch.shape[2]}x{batch.shape[3]} input ({str(e).splitlines()[0]})") from None
+        amap, score = sess.run([MAP, SCORE], {INPUT: batch})
+        d_score = max(d_score, float(np.abs(score - ref.score.numpy()).max()))
+        d_map = max(d_map, float(np.abs(amap - ref.anomaly_map.numpy()).max()))
+    result = {
+        "frames": len(frames), "input_sizes": [list(s[1:]) for s in groups],
+        "max_abs_diff_score": d_score, "max_abs_diff_map": d_map,
+        "max_diff_normalized": d_score / threshold, "tolerance_normalized": PARITY_TOLERANCE,
+    }
+    if d_score / threshold > PARITY_TOLERANCE:
+        raise InspectorError(
+            f"export parity check failed: ONNX Runtime and torch scores differ by {d_score / threshold:.2e} of the "
+            f"threshold (tolerance {PARITY_TOLERANCE:.0e}); nothing was exported"
+        )
+    return result
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("inspector", "torch", "timm", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "opencv-python-headless"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out.setdefault("onnxruntime", ort.__version__)
+    return out
+
+
+def _policy(pre: Preprocess) -> str:
+    h, w = input_hw(pre)
+    if fixed_size(pre):
+        return (
+            f"every frame is resized to {h}x{w} (H x W), chosen at fit from the training images' median aspect "
+            f"(short side {pre.short_side} px); INTER_AREA when shrinking, else INTER_LINEAR"
+        )
+    if not pre.keep_aspect:
+        return f"squash to {h}x{w} (aspect not kept)"
+    return (
+        f"keep aspect: short side scaled to {pre.short_side} px, long side to the nearest multiple of 32 "
+        f"(at most {pre.max_long_side}); INTER_AREA when shrinking, else INTER_LINEAR"
+    )
+
+
+def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dict, fit_info: dict, parity: dict, opset: int) -> dict:
+    cfg = net.cfg
+    blob = onnx_path.read_bytes()
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob), "opset": opset},
+        "input": {
+            "name": INPUT, "layout": "NCHW", "dtype": "float32", "channels": "RGB",
+            "dynamic_axes": ["batch"] if fixed_size(pre) else ["batch", "height", "width"],
+            "size": list(input_hw(pre)) if fixed_size(pre) else None, "multiple_of": 32,
+        },
+        "outputs": {
+            "anomaly_map": {"name": MAP, "shape": "(B, 1, H, W)", "units": "raw, at the input size"},
+            "score": {"name": SCORE, "shape": "(B,)", "units": "raw; score / threshold >= 1.0 means anomaly"},
+        },
+        "preprocess": pre.to_dict(),
+        "resize_policy": _policy(pre),
+        "normalization": {"scale": 1 / 255, "mean": list(pre.mean), "std": list(pre.std), "order": "RGB", "from": "BGR uint8"},
+        "backbone": {"name": cfg.backbone, "layers": list(cfg.layers), "feature_dim": cfg.feature_dim},
+        "latent_size": cfg.latent,
+        "reference": _reference(net),
+        "model_config": cfg.to_dict(),
+        "threshold": float(cal["threshold"]),
+        "calibration": _calibration_summary(cal),
+        "training": {k: fit_info.get(k) for k in ("fingerprint", "fit_images", "holdout_images", "data", "created")},
+        "parity": parity,
+        "versions": _versions(),
+    }
+
+
+def _reference(net: InspectorNet) -> dict:
+    """The statistics of "good" baked into the graph as constants, and their size (the runtime sizes
+    batches from the memory bank: its kNN distance matrix is the largest tensor of a run)."""
+    buffers = {n: b for n, b in net.named_buffers() if not n.startswith("backbone.")}
+    return {
+        "bank_size": int(net.bank.shape[0]), "dim": int(net.bank.shape[1]), "patch_stride": int(net.backbone.strides[0]),
+        "buffers": {n: list(b.shape) for n, b in buffers.items()},
+        "bytes": int(sum(b.numel() * b.element_size() for b in buffers.values())),
+    }
+
+
+def _calibration_summary(cal: dict) -> dict:
+    out = {k: cal[k] for k in CALIBRATION_KEYS if k in cal}
+    if isinstance(cal.get("labelled"), dict):  # precision/recall on labelled defects, without the curve
+        out["labelled"] = {k: v for k, v in cal["labelled"].items() if k != "curve"}
+    return out

@@ -1,0 +1,42 @@
+"""Torch inference over image files (fit hold-out, evaluation, `score` before export)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspector.data import LoadReport, iter_images
+from inspector.model.net import InspectorNet
+from inspector.preprocess import Preprocess, prepare
+
+
+@dataclass
+class Scored:
+    path: Path
+    image: np.ndarray  # BGR as loaded
+    score: float  # raw
+    amap: np.ndarray  # (H, W) raw map at the network input size
+    components: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+def score_paths(
+    net: InspectorNet,
+    pre: Preprocess,
+    paths: Sequence[Path],
+    report: LoadReport,
+    max_bad_fraction: float = 0.1,
+    keep_components: bool = False,
+) -> Iterator[Scored]:
+    net.eval()
+    with torch.inference_mode():
+        for path, img in iter_images(paths, report, max_bad_fraction):
+            x = torch.from_numpy(prepare(img, pre))[None]  # (1, 3, H, W)
+            comps = net.components(x)
+            out = net.combine(*comps, x.shape[-2:])
+            yield Scored(
+                path, img, float(out.score[0]), out.anomaly_map[0, 0].numpy(), comps if keep_components else None
+            )

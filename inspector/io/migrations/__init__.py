@@ -1,0 +1,1 @@
+"""Alembic migrations of the watcher store (a package so wheels ship them)."""

@@ -1,0 +1,165 @@
+"""The inspection model: frozen CNN patch features -> autoencoder latent space -> anomaly map + score.
+
+Pure nn.Modules and their config; training glue lives in `inspector.train`. All reference statistics
+(feature normalization, latent memory bank, global embeddings, score scales) are buffers, so the
+state dict is the whole model and ONNX export bakes them in as graph constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspector.model.backbone import DEFAULT_BACKBONE, Backbone
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network; stored inside every checkpoint."""
+
+    backbone: str = DEFAULT_BACKBONE
+    layers: tuple[int, ...] = (2, 3)  # timm feature indices: stride 8 and stride 16
+    pool: int = 3  # local average pooling of patch features (neighbourhood context)
+    feature_dim: int = 0  # filled in from the backbone
+    hidden: int = 256
+    latent: int = 32
+    bank_size: int = 4096  # latent patch vectors kept as the memory bank of "good"
+    global_bank: int = 0  # image-level latent embeddings kept (0 = off)
+    pos_weight: float = 0.0  # weight of patch position (fraction of image) appended to the latent
+    grid: tuple[int, int] = (32, 32)  # patch grid (H/8, W/8) of the fixed input size
+    w_latent: float = 1.0
+    w_recon: float = 1.0
+    w_gauss: float = 1.0  # per-position Gaussian (Mahalanobis) distance in the latent space
+    w_global: float = 0.0
+    smooth: int = 5  # Gaussian kernel size on the patch grid (stride 8), odd, 1 = off
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{**d, "layers": tuple(d["layers"]), "grid": tuple(d["grid"])})
+
+
+class Output(NamedTuple):
+    """Stable output names for ONNX: raw (un-normalized) anomaly map and image score."""
+
+    anomaly_map: torch.Tensor  # (B, 1, H, W) at the input resolution
+    score: torch.Tensor  # (B,)
+
+
+class PatchAutoencoder(nn.Module):
+    """Per-patch MLP autoencoder (1x1 convolutions); its bottleneck is the latent space."""
+
+    def __init__(self, dim: int, hidden: int, latent: int):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, latent, 1)
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(latent, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1)
+        )
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(f)  # (B, L, h, w)
+        return z, self.decoder(z)  # (B, C, h, w)
+
+
+def gaussian_kernel(size: int) -> torch.Tensor:
+    sigma = max(size / 4.0, 0.5)
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]  # (1, 1, k, k)
+
+
+def nearest_distance(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance of each row of z (N, L) to its nearest row of bank (M, L)."""
+    d2 = (z * z).sum(1, keepdim=True) - 2.0 * z @ bank.T + bank_sq[None, :]  # (N, M)
+    return d2.min(dim=1).values.clamp_min(0.0).sqrt()
+
+
+class InspectorNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, weights: Path | None = None):
+        super().__init__()
+        self.backbone = Backbone(cfg.backbone, cfg.layers, weights)
+        cfg.feature_dim = sum(self.backbone.channels)
+        self.cfg = cfg
+        self.ae = PatchAutoencoder(cfg.feature_dim, cfg.hidden, cfg.latent)
+        c, l = cfg.feature_dim, cfg.latent
+        self.register_buffer("feat_mean", torch.zeros(1, c, 1, 1))
+        self.register_buffer("feat_std", torch.ones(1, c, 1, 1))
+        self.register_buffer("bank", torch.zeros(cfg.bank_size, l + 2))
+        self.register_buffer("bank_sq", torch.zeros(cfg.bank_size))
+        # Latent units per unit of position (set at fit from the latent spread).
+        self.register_buffer("pos_scale", torch.zeros(()))
+        self.register_buffer("global_bank", torch.zeros(max(cfg.global_bank, 1), l))
+        self.register_buffer("global_sq", torch.zeros(max(cfg.global_bank, 1)))
+        # Per-position Gaussian of good latents on the patch grid: mean and precision matrices.
+        gh, gw = cfg.grid
+        self.register_buffer("gauss_mean", torch.zeros(1, l, gh, gw))
+        self.register_buffer("gauss_prec", torch.eye(l).repeat(gh * gw, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1))
+        # Typical size of each score component on held-out good images (set at fit).
+        self.register_buffer("scales", torch.ones(4))
+        self.register_buffer("kernel", gaussian_kernel(cfg.smooth))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized multi-scale patch features on the stride-8 grid: (B, C, H/8, W/8)."""
+        maps = self.backbone(x)
+        size = maps[0].shape[-2:]
+        maps = [F.avg_pool2d(m, self.cfg.pool, 1, self.cfg.pool // 2) for m in maps]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        f = torch.cat(maps, dim=1)  # (B, C, h, w)
+        return (f - self.feat_mean) / self.feat_std
+
+    def with_position(self, z: torch.Tensor) -> torch.Tensor:
+        """Append each patch's (y, x) position, as a fraction of the image, scaled: (B, L+2, h, w).
+
+        Makes the kNN position-aware: a dark blob in the middle does not match a dark border.
+        Built with cumsum so the grid follows dynamic input sizes in ONNX.
+        """
+        ones = torch.ones_like(z[:, :1])  # (B, 1, h, w)
+        ys = (ones.cumsum(2) - 0.5) / ones.sum(2, keepdim=True)
+        xs = (ones.cumsum(3) - 0.5) / ones.sum(3, keepdim=True)
+        return torch.cat([z, self.pos_scale * ys, self.pos_scale * xs], dim=1)
+
+    def components(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-patch latent kNN distance, reconstruction error, latent Mahalanobis (each (B, h, w))
+        and the image-level latent distance (B,)."""
+        f = self.features(x)
+        z, rec = self.ae(f)
+        b, l, h, w = z.shape
+        zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, l + 2)  # (B*h*w, L+2)
+        lat = nearest_distance(zf, self.bank, self.bank_sq).reshape(b, h, w)
+        recon = (f - rec).pow(2).mean(1)  # (B, h, w)
+        if self.cfg.w_gauss > 0:
+            d = (z - self.gauss_mean).flatten(2).permute(2, 0, 1)  # (h*w, B, L)
+            m = (torch.bmm(d, self.gauss_prec) * d).sum(-1)  # (h*w, B)
+            gauss = m.clamp_min(0.0).sqrt().T.reshape(b, h, w)
+        else:
+            gauss = torch.zeros_like(recon)
+        if self.cfg.global_bank > 0:
+            glob = nearest_distance(z.mean((2, 3)), self.global_bank, self.global_sq)  # (B,)
+        else:
+            glob = torch.zeros(b, device=x.device)
+        return lat, recon, gauss, glob
+
+    def combine(self, lat: torch.Tensor, recon: torch.Tensor, gauss: torch.Tensor, glob: torch.Tensor, size) -> Output:
+        """Weighted, scale-normalized components -> smoothed map at `size` and image score."""
+        cfg, sc = self.cfg, self.scales
+        patch = cfg.w_latent * lat / sc[0] + cfg.w_recon * recon / sc[1] + cfg.w_gauss * gauss / sc[2]
+        patch = patch.unsqueeze(1)  # (B, 1, h, w)
+        if cfg.smooth > 1:
+            patch = F.conv2d(patch, self.kernel, padding=cfg.smooth // 2)  # (B, 1, h, w)
+        score = patch.flatten(1).max(1).values + cfg.w_global * glob / sc[3]  # (B,)
+        amap = F.interpolate(patch, size=size, mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        return Output(amap, score)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        return self.combine(*self.components(x), x.shape[-2:])

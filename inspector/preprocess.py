@@ -1,0 +1,134 @@
+"""Image loading and preprocessing in numpy/OpenCV, shared by training and the ONNX runtime.
+
+Both paths call `prepare` so a frame becomes the same tensor whether torch or ONNX Runtime scores it.
+Every model has one network input size (H, W), chosen at fit from the median aspect ratio of the
+training images: the short side is `short_side`, the long side the nearest multiple of the network
+stride, so a 4096x256 line-scan strip is never squashed into a square. One fixed grid keeps patch
+positions comparable between images (the model keeps per-position statistics) and batches simple.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+# OpenCV refuses to decode images above this many pixels instead of allocating gigabytes.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from inspector.errors import ImageError  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIDE = 32
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a frame becomes the network input. Stored in checkpoints and manifests."""
+
+    short_side: int = 256
+    max_long_side: int = 4096
+    keep_aspect: bool = True
+    height: int = 0  # fixed network input size; 0 until chosen from the training images
+    width: int = 0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
+    def fixed_for(self, sizes: list[tuple[int, int]]) -> "Preprocess":
+        """This policy with the input size fixed from the median aspect of (H, W) image sizes."""
+        aspect = float(np.median([w / h for h, w in sizes])) if sizes else 1.0
+        h, w = self.input_size(1000, max(1, round(1000 * aspect)))
+        return replace(self, height=h, width=w)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input (H, W) for a frame of this size: multiples of the stride."""
+        if self.height and self.width:
+            return self.height, self.width
+        s = self.short_side
+        if not self.keep_aspect:
+            return s, s
+        if height <= width:
+            long = _round_stride(s * width / height, s, self.max_long_side)
+            return s, long
+        long = _round_stride(s * height / width, s, self.max_long_side)
+        return long, s
+
+
+def _round_stride(x: float, lo: int, hi: int) -> int:
+    return int(min(max(round(x / STRIDE) * STRIDE, lo), hi))
+
+
+def to_bgr8(img: np.ndarray) -> np.ndarray:
+    """Convert gray, RGBA, 16-bit or float images to 3-channel 8-bit BGR."""
+    if img is None or img.size == 0:
+        raise ImageError("empty image")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = np.nan_to_num((img - lo) * scale).clip(0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise ImageError(f"unsupported image shape {img.shape}")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as 8-bit BGR; raises ImageError with the reason."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: file is empty")
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as e:
+        raise ImageError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None  # OpenCV raises for images above OPENCV_IO_MAX_IMAGE_PIXELS
+    if img is None:
+        raise ImageError(f"{p}: not a readable image (corrupt, truncated, too large or unknown format)")
+    try:
+        return to_bgr8(img)
+    except ImageError as e:
+        raise ImageError(f"{p}: {e}") from None
+
+
+def prepare(img_bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """8-bit BGR frame -> normalized float32 CHW RGB tensor at the network input size."""
+    h, w = pre.input_size(*img_bgr.shape[:2])
+    interp = cv2.INTER_AREA if h * w < img_bgr.shape[0] * img_bgr.shape[1] else cv2.INTER_LINEAR
+    resized = cv2.resize(img_bgr, (w, h), interpolation=interp)  # (H, W, 3) BGR
+    rgb = resized[:, :, ::-1].astype(np.float32) / 255.0
+    x = (rgb - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
+
+
+def overlay(img_bgr: np.ndarray, amap: np.ndarray, vmax: float = 2.0) -> np.ndarray:
+    """Blend a normalized anomaly map (1.0 = threshold) over the frame as a JET heat map."""
+    h, w = img_bgr.shape[:2]
+    m = cv2.resize(amap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap((np.clip(m / vmax, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(img_bgr, 0.55, heat, 0.45, 0)

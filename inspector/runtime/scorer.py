@@ -1,0 +1,114 @@
+"""`Scorer`: the one object production code uses to score frames (torch-free)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspector import registry
+from inspector.errors import InspectorError
+from inspector.preprocess import prepare
+from inspector.runtime.manifest import check_threshold
+from inspector.runtime.providers import choose
+from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, run_batches, stamp_of, to_result
+from inspector.types import FrameResult
+
+log = logging.getLogger(__name__)
+
+
+class Scorer:
+    """Scores frames with one exported version; follows the model folder's `current` on request.
+
+    Scores are normalized so 1.0 is the threshold: the manifest's calibrated one, or a per-call raw
+    `threshold` (the watcher's per-source setting) in the same units as `manifest["threshold"]`.
+    """
+
+    def __init__(self, model: LoadedModel, model_dir: Path | None, providers: list[str], threads: int, max_batch: int):
+        self._model = model
+        self._model_dir = model_dir
+        self._providers = providers
+        self._threads = threads
+        self.max_batch = max_batch
+        self._reload_lock = threading.Lock()
+        self._failed: tuple | None = None  # the stamp that failed to load: not retried each frame
+
+    @classmethod
+    def load(cls, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, max_batch: int = 8) -> "Scorer":
+        """Load a version folder, or a model folder's `current` version (then `reload_if_changed` works).
+
+        providers: e.g. ["cuda", "cpu"]; default TensorRT -> CUDA -> CPU (or $INSPECTOR_PROVIDERS).
+        """
+        version_dir, model_dir = registry.resolve(Path(path))
+        wanted = choose(list(providers) if providers is not None else None)
+        return cls(load_version(version_dir, wanted, threads), model_dir, wanted, threads, max(1, max_batch))
+
+    @property
+    def version(self) -> str:
+        return self._model.manifest.version_dir.name
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated threshold in raw model units."""
+        return self._model.manifest.threshold
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._model.manifest.data
+
+    @property
+    def providers(self) -> list[str]:
+        """Execution providers the session actually runs on, best first."""
+        return list(self._model.session.get_providers())
+
+    def prepare(self, frame: Frame) -> np.ndarray:
+        """The exact network input for a frame: (3, H, W) float32, same function as training."""
+        return prepare(as_bgr(frame), self._model.preprocess)
+
+    def score(self, frame: Frame, overlay: bool = False, threshold: float | None = None) -> FrameResult:
+        """Score one BGR frame or image file; an unreadable file raises ImageError naming it."""
+        return self.score_batch([frame], overlay, threshold)[0]
+
+    def score_batch(self, frames: Sequence[Frame], overlay: bool = False, threshold: float | None = None) -> list[FrameResult]:
+        """Score frames together (frames of equal input size share one graph run), in order."""
+        model = self._model  # one version for the whole batch, even if a reload swaps meanwhile
+        thr = model.manifest.threshold if threshold is None else check_threshold(threshold)
+        images = [as_bgr(f) for f in frames]
+        raw = run_batches(model, [prepare(img, model.preprocess) for img in images], self.max_batch)
+        return [to_result(img, s, m, thr, overlay) for img, (s, m) in zip(images, raw)]
+
+    def reload_if_changed(self) -> bool:
+        """Swap to the version `current` names now (or a re-edited manifest); True when swapped.
+
+        Cheap when nothing changed (one readlink, one stat), so a loop can call it between frames.
+        A version that fails to load is logged once and the running model is kept.
+        """
+        if self._model_dir is None or not self._reload_lock.acquire(blocking=False):
+            return False
+        try:
+            try:
+                version_dir, _ = registry.resolve(self._model_dir)
+            except InspectorError as e:
+                return self._keep(("?", str(e)), e)
+            stamp = stamp_of(version_dir)
+            if stamp == self._model.stamp or stamp == self._failed:
+                return False
+            try:
+                new = load_version(version_dir, self._providers, self._threads)
+            except InspectorError as e:
+                return self._keep(stamp, e)
+            old, self._model, self._failed = self._model.stamp[0], new, None
+            log.info("model reloaded: %s -> %s", old, new.stamp[0])
+            return True
+        finally:
+            self._reload_lock.release()
+
+    def _keep(self, stamp: tuple, err: InspectorError) -> bool:
+        if stamp != self._failed:
+            log.error("keeping model %s: %s", self.version, err)
+            self._failed = stamp
+        return False

@@ -1,0 +1,143 @@
+"""ONNX Runtime sessions for exported versions: verified load, warm-up, batched runs (no torch).
+
+A loaded version is one immutable `LoadedModel`. The `Scorer` reloads by building a new one completely
+(checked, session created, warmed up) and only then swapping its reference, so frames scored meanwhile
+use the old model and no frame is dropped or scored by half of each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from inspector.errors import InspectorError
+from inspector.preprocess import Preprocess, load_image, overlay, to_bgr8
+from inspector.runtime.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, load_verified
+from inspector.runtime.providers import TENSORRT
+from inspector.types import FrameResult
+
+log = logging.getLogger(__name__)
+KNN_BUDGET_BYTES = 64 << 20  # per graph run, for the kNN distance matrix (see images_per_run)
+
+Frame = np.ndarray | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One verified, warmed-up version; replaced as a whole on reload."""
+
+    manifest: Manifest
+    session: ort.InferenceSession
+    preprocess: Preprocess
+    stamp: tuple[str, int, int]  # (version name, manifest mtime, graph mtime): a change means reload
+
+
+def stamp_of(version_dir: Path) -> tuple[str, int, int]:
+    """What a reload compares: version name and the manifest's and graph's mtimes (cheap stats)."""
+    times = []
+    for name in (MANIFEST_FILE, MODEL_FILE):
+        try:
+            times.append((version_dir / name).stat().st_mtime_ns)
+        except FileNotFoundError:
+            times.append(-1)
+    return version_dir.name, times[0], times[1]
+
+
+def _provider_options(providers: list[str]) -> list[str | tuple[str, dict]]:
+    """TensorRT builds engines for minutes: cache them across restarts."""
+    cache = Path(os.environ.get("INSPECTOR_TRT_CACHE", Path.home() / ".cache" / "inspector" / "trt"))
+    trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
+    return [(p, trt) if p == TENSORRT else p for p in providers]
+
+
+def open_session(blob: bytes, m: Manifest, providers: list[str], threads: int = 0) -> ort.InferenceSession:
+    """An ORT session on checked graph bytes; an unloadable or mismatched graph is one clear error."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # ORT's warnings (e.g. shape ops placed on CPU) are not the user's business
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        so.intra_op_num_threads = threads
+    try:
+        sess = ort.InferenceSession(blob, sess_options=so, providers=_provider_options(providers))
+    except Exception as e:  # ORT raises several pybind types (InvalidProtobuf, Fail, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise InspectorError(f"{m.model_path} cannot be loaded by ONNX Runtime ({first[:200]}); re-export") from None
+    inputs = [i.name for i in sess.get_inputs()]
+    outputs = [o.name for o in sess.get_outputs()]
+    if m.input_name not in inputs or any(n not in outputs for n in m.output_names):
+        raise InspectorError(f"{m.model_path} does not match its manifest (inputs {inputs}, outputs {outputs}); re-export")
+    if sess.get_providers()[0] != providers[0]:
+        log.warning("%s could not start; running on %s", providers[0], sess.get_providers()[0])
+    return sess
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """The first run allocates and plans (TensorRT: builds the engine); do it before real frames."""
+    s = model.preprocess.short_side
+    h, w = model.preprocess.input_size(s, s)
+    model.session.run(None, {model.manifest.input_name: np.zeros((1, 3, h, w), np.float32)})
+
+
+def load_version(version_dir: Path, providers: list[str], threads: int = 0) -> LoadedModel:
+    stamp = stamp_of(version_dir)  # taken first: an edit during loading triggers another reload
+    m, blob = load_verified(version_dir)
+    model = LoadedModel(m, open_session(blob, m, providers, threads), m.preprocess, stamp)
+    _warm_up(model)
+    return model
+
+
+def as_bgr(frame: Frame) -> np.ndarray:
+    """A BGR uint8 frame from an OpenCV array (any depth/channels) or an image file path."""
+    if isinstance(frame, np.ndarray):
+        return to_bgr8(frame)
+    if isinstance(frame, (str, os.PathLike)):
+        return load_image(frame)
+    raise TypeError(f"expected a numpy image or a path, got {type(frame).__name__}")
+
+
+def images_per_run(m: Manifest, shape: tuple[int, ...], max_batch: int, budget: int | None = None) -> int:
+    """How many frames of this input size go through one graph run.
+
+    The kNN builds a (frames * patches, bank) float32 distance matrix: a batch of long line-scan strips
+    would ask for gigabytes, so the batch is split to keep that matrix under `budget`.
+    """
+    ref = m.data.get("reference", {})
+    stride, bank = int(ref.get("patch_stride", 8)), int(ref.get("bank_size", 4096))
+    per_frame = (shape[-2] // stride) * (shape[-1] // stride) * bank * 4
+    return max(1, min(max_batch, (budget or KNN_BUDGET_BYTES) // max(per_frame, 1)))
+
+
+def run_batches(model: LoadedModel, tensors: list[np.ndarray], max_batch: int) -> list[tuple[float, np.ndarray]]:
+    """(raw score, raw map (H, W)) per tensor; equal input sizes go through the graph together."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.shape, []).append(i)
+    out: list[tuple[float, np.ndarray]] = [(0.0, np.empty(0))] * len(tensors)
+    map_name, score_name = model.manifest.output_names
+    for shape, idx in groups.items():
+        step = images_per_run(model.manifest, shape, max_batch)
+        for k in range(0, len(idx), step):
+            chunk = idx[k : k + step]
+            batch = np.stack([tensors[i] for i in chunk])  # (B, 3, H, W)
+            amap, score = model.session.run([map_name, score_name], {model.manifest.input_name: batch})
+            for j, i in enumerate(chunk):
+                out[i] = (float(score[j]), amap[j, 0])  # amap: (B, 1, H, W)
+    return out
+
+
+def to_result(img: np.ndarray, raw_score: float, raw_map: np.ndarray, threshold: float, want_overlay: bool) -> FrameResult:
+    h, w = img.shape[:2]
+    amap = cv2.resize((raw_map / threshold).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return FrameResult(
+        score=raw_score / threshold,
+        raw_score=raw_score,
+        is_anomaly=bool(raw_score >= threshold),
+        anomaly_map=amap,
+        overlay=overlay(img, amap) if want_overlay else None,
+    )

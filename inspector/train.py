@@ -1,0 +1,252 @@
+"""Fit: learn what good looks like from defect-free images only.
+
+1. split the good images into a fit set and a calibration hold-out (never used to fit);
+2. extract frozen-CNN patch features of the fit set and standardize them per channel;
+3. train the patch autoencoder on them;
+4. keep a k-center coreset of their latent vectors as the memory bank of "good";
+5. score the hold-out to learn the typical size of each score component.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from inspector.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging, write_json_atomic
+from inspector.config import FitSettings
+from inspector.data import LoadReport, discover, iter_images
+from inspector.errors import InspectorError
+from inspector.infer import score_paths
+from inspector.model.backbone import default_weights_path
+from inspector.model.net import InspectorNet, ModelConfig
+from inspector.preprocess import Preprocess, prepare
+
+log = logging.getLogger(__name__)
+MIN_FIT_IMAGES = 5
+
+
+@dataclass
+class FitResult:
+    model_dir: Path
+    n_fit: int
+    n_holdout: int
+    seconds: float
+    skipped: int
+
+
+def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic split: (fit, holdout)."""
+    order = sorted(paths)
+    random.Random(seed).shuffle(order)
+    n_hold = int(round(len(order) * fraction))
+    return sorted(order[n_hold:]), sorted(order[:n_hold])
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """sha256 over the names and bytes of the training images, to tell data sets apart later."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _bar(total: int, desc: str, show: bool):
+    return tqdm(total=total, desc=desc, disable=not show, file=sys.stderr, unit="img", leave=False)
+
+
+def extract_features(
+    net: InspectorNet, pre: Preprocess, paths: list[Path], report: LoadReport, max_bad: float, show: bool
+) -> torch.Tensor:
+    """Raw patch-feature maps of every readable image: (N, C, h, w) float16 (half the memory)."""
+    maps = []
+    with torch.inference_mode(), _bar(len(paths), "features", show) as bar:
+        for _, img in iter_images(paths, report, max_bad):
+            maps.append(net.features(torch.from_numpy(prepare(img, pre))[None]).half())
+            bar.update()
+    if not maps:
+        raise InspectorError("no readable images to fit on")
+    return torch.cat(maps)
+
+
+def patch_positions(h: int, w: int) -> torch.Tensor:
+    """(h*w, 2) centre of each patch as a fraction of the image (y, x), as `with_position` builds it."""
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    return torch.stack([ys.flatten(), xs.flatten()], 1)
+
+
+def fit_gaussian(z: torch.Tensor, shrink: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position mean (1, L, h, w) and precision (h*w, L, L) of latent maps z (N, L, h, w)."""
+    n, l, h, w = z.shape
+    mean = z.mean(0, keepdim=True)
+    d = (z - mean).flatten(2).permute(2, 0, 1)  # (h*w, N, L)
+    cov = d.transpose(1, 2) @ d / max(n - 1, 1)  # (h*w, L, L)
+    ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
+    cov = cov + ridge[:, None, None] * torch.eye(l)
+    return mean, torch.linalg.inv(cov)
+
+
+def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: torch.Generator, show: bool) -> float:
+    """Fit the autoencoder on standardized patch features x (N, C); returns the final loss."""
+    ae = net.ae
+    ae.train()
+    opt = torch.optim.Adam(ae.parameters(), lr=s.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=0.1)
+    loss_avg = float("nan")
+    with tqdm(range(s.steps), desc="autoencoder", disable=not show, file=sys.stderr, leave=False) as bar:
+        for step in bar:
+            idx = torch.randint(0, x.shape[0], (min(s.batch_size, x.shape[0]),), generator=gen)
+            xb = x[idx].float()[:, :, None, None]  # (B, C, 1, 1)
+            _, rec = ae(xb)
+            loss = (rec - xb).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_avg = loss.item() if step == 0 else 0.98 * loss_avg + 0.02 * loss.item()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss_avg:.4f}")
+    ae.eval()
+    return loss_avg
+
+
+def encode(net: InspectorNet, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([net.ae.encoder(x[i : i + chunk].float()[:, :, None, None])[:, :, 0, 0] for i in range(0, len(x), chunk)])
+
+
+def greedy_coreset(z: torch.Tensor, k: int, gen: torch.Generator, max_candidates: int = 131072) -> torch.Tensor:
+    """k-center greedy selection (as PatchCore): rows of z covering it with the smallest radius."""
+    if z.shape[0] > max_candidates:
+        z = z[torch.randperm(z.shape[0], generator=gen)[:max_candidates]]
+    if z.shape[0] <= k:
+        return z.clone()
+    sel = [int(torch.randint(0, z.shape[0], (1,), generator=gen))]
+    dist = (z - z[sel[0]]).pow(2).sum(1)
+    for _ in range(k - 1):
+        j = int(dist.argmax())
+        sel.append(j)
+        dist = torch.minimum(dist, (z - z[j]).pow(2).sum(1))
+    return z[sel].clone()
+
+
+def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
+    """Fill a fixed-size bank buffer; short banks repeat rows (distances are unchanged)."""
+    buf = getattr(net, name)
+    reps = math.ceil(buf.shape[0] / vectors.shape[0])
+    filled = vectors.repeat(reps, 1)[: buf.shape[0]]
+    buf.copy_(filled)
+    getattr(net, f"{name}_sq" if name == "bank" else "global_sq").copy_(filled.pow(2).sum(1))
+
+
+def model_config(s: FitSettings, grid: tuple[int, int]) -> ModelConfig:
+    return ModelConfig(
+        backbone=s.backbone, layers=tuple(s.layers), hidden=s.hidden, latent=s.latent, bank_size=s.bank_size,
+        global_bank=s.global_bank, pos_weight=s.pos_weight, grid=grid, w_latent=s.w_latent, w_recon=s.w_recon,
+        w_gauss=s.w_gauss, w_global=s.w_global, smooth=s.smooth,
+    )
+
+
+def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preprocess]:
+    """The untrained network and the preprocessing fixed to the training images' shape."""
+    weights = s.weights if s.weights is not None else (default_weights_path() if s.backbone == "efficientnet_lite0" else None)
+    if weights is None or not Path(weights).is_file():
+        raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {s.backbone}")
+    sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
+    pre = Preprocess(short_side=s.short_side, max_long_side=s.max_long_side, keep_aspect=s.keep_aspect).fixed_for(sizes)
+    try:
+        net = InspectorNet(model_config(s, (pre.height // 8, pre.width // 8)), Path(weights))
+    except (RuntimeError, ValueError) as e:
+        raise InspectorError(f"cannot build backbone {s.backbone} from {weights}: {e}") from None
+    return net, pre
+
+
+def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
+    t0 = time.time()
+    ds = discover(data)
+    fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed)
+    if len(fit_paths) < MIN_FIT_IMAGES:
+        raise InspectorError(f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out")
+    torch.manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    net, pre = build(s, fit_paths)
+    report = LoadReport()
+
+    maps = extract_features(net, pre, fit_paths, report, s.max_bad_fraction, show)  # (N, C, h, w)
+    n, c, h, w = maps.shape
+    x = maps.permute(0, 2, 3, 1).reshape(-1, c)  # (N*h*w, C)
+    mean, std = x.float().mean(0), x.float().std(0).clamp_min(1e-4)
+    net.feat_mean.copy_(mean.view(1, -1, 1, 1))
+    net.feat_std.copy_(std.view(1, -1, 1, 1))
+    x = ((x.float() - mean) / std).half()
+    loss = train_autoencoder(net, x, s, gen, show)
+
+    z = encode(net, x)  # (N*h*w, L)
+    del x, maps
+    net.pos_scale.fill_(s.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
+    pos = patch_positions(h, w).repeat(n, 1)
+    _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), s.bank_size, gen))
+    zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
+    if s.w_gauss > 0:
+        g_mean, g_prec = fit_gaussian(zmaps)
+        net.gauss_mean.copy_(g_mean)
+        net.gauss_prec.copy_(g_prec)
+    if s.global_bank > 0:
+        _set_bank(net, "global_bank", zmaps.mean((2, 3))[: s.global_bank])
+    del z, zmaps
+
+    holdout_scores = _calibrate_scales(net, pre, holdout, report, s, show)
+    result_dir = _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0)
+    return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad))
+
+
+def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, float]]:
+    """Set each component's scale to its median image-level value on the hold-out; return raw scores."""
+    comps, names = [], []
+    with _bar(len(holdout), "hold-out", show) as bar:
+        for r in score_paths(net, pre, holdout, report, s.max_bad_fraction, keep_components=True):
+            comps.append(r.components)
+            names.append(str(r.path))
+            bar.update()
+    if comps:
+        med = lambda vals: max(float(np.median(vals)), 1e-6)  # noqa: E731
+        net.scales.copy_(torch.tensor([
+            med([c[0].max().item() for c in comps]),
+            med([c[1].max().item() for c in comps]),
+            med([c[2].max().item() for c in comps]) if s.w_gauss > 0 else 1.0,
+            med([c[3].item() for c in comps]) if s.global_bank > 0 else 1.0,
+        ]))
+    with torch.inference_mode():
+        scores = [float(net.combine(*c, c[0].shape[-2:]).score[0]) for c in comps]
+    return list(zip(names, scores))
+
+
+def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0) -> Path:
+    final = staging(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
+    save_model(tmp / MODEL_FILE, net, pre, {"settings": s.model_dump(mode="json")})
+    write_json_atomic(tmp / FIT_FILE, {
+        "data": str(Path(data).resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fit_images": len(fit_paths),
+        "holdout_images": len(holdout_scores),
+        "fingerprint": fingerprint(fit_paths),
+        "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
+        "autoencoder_loss": loss,
+        "fit_seconds": round(time.time() - t0, 2),
+        "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
+    })
+    replace_dir(tmp, final)
+    return Path(out)

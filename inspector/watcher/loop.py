@@ -1,0 +1,226 @@
+"""The thin watch loop: source -> scorer -> decision -> writer (store + outbox) -> sinks.
+
+Everything that decides is a pure function in `decisions`; everything that touches the outside world
+is in `inspector.io`. The loop thread reads and scores one frame at a time and decides; the writer
+thread commits results in order while the next frame is scored; the outbox sender delivers alerts.
+A stop request is honoured between frames, and the writer commits every frame already scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+
+from inspector.errors import ImageError
+from inspector.io.camera import CameraSource, FrameItem
+from inspector.io.images import read_image
+from inspector.io.outbox import Sender
+from inspector.io.sinks import Sink
+from inspector.io.sources import FileItem, FolderSource
+from inspector.io.store import ScoredFrame, Store
+from inspector.watch_config import CameraSourceConfig, Rules, WatchConfig, source_rules
+from inspector.watcher.decisions import AlertState, effective_threshold, is_anomalous, should_alert
+from inspector.watcher.ops import Metrics
+from inspector.watcher.writer import Job, Writer
+
+log = logging.getLogger("inspector.watch")
+
+
+@dataclass
+class _Source:
+    src: FolderSource | CameraSource
+    rules: Rules
+    state: AlertState = field(default_factory=AlertState)
+
+
+class _ScoringFailed(Exception):
+    """The scorer raised on this input (the message says why)."""
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, timezone.utc)
+
+
+class Watcher:
+    """Runs a line: `run(stop)` until `stop` is set. `scorer` has the `inspector.runtime.Scorer` interface."""
+
+    def __init__(self, cfg: WatchConfig, scorer: Any, store: Store, sinks: dict[str, Sink], metrics: Metrics | None = None) -> None:
+        self.cfg, self.scorer, self.store, self.sinks = cfg, scorer, store, sinks
+        self.metrics = metrics or Metrics()
+        self.sources = [
+            _Source(CameraSource(c) if isinstance(c, CameraSourceConfig) else FolderSource(c), source_rules(cfg, c))
+            for c in cfg.sources
+        ]
+        self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert)
+        self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
+                             self._store_down)
+        self.wake = threading.Event()
+        self.heartbeat = time.monotonic()
+        self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
+        self._store_ok = True
+
+    def run(self, stop: threading.Event) -> None:
+        """Score until `stop` is set, then commit what was scored and stop; pending alerts stay in the outbox."""
+        self.metrics.set_model(self.scorer.version)
+        self.sender.start()
+        self.writer.start()
+        for s in self.sources:
+            s.src.start(self.wake)
+        log.info("watching line %s: %s with model %s", self.cfg.line,
+                 ", ".join(f"{s.src.kind} {s.src.name}" for s in self.sources), self.scorer.version)
+        try:
+            while not stop.is_set():
+                self.heartbeat = time.monotonic()
+                if not self._store_ok:  # back off; the failed inputs are offered again
+                    self._store_ok = True
+                    stop.wait(2.0)
+                busy = self.step(stop)
+                self._periodic()
+                if not busy:
+                    self.wake.wait(0.2)
+                    self.wake.clear()
+        finally:
+            for s in self.sources:
+                s.src.stop()
+            self.writer.stop()
+            self.sender.stop()
+            log.info("stopped line %s; %d alerts still pending", self.cfg.line, sum(self.store.pending_count().values()))
+
+    def step(self, stop: threading.Event | None = None) -> bool:
+        """One round over the sources, at most one item each; True when something was processed."""
+        busy = False
+        for s in self.sources:
+            if stop is not None and stop.is_set():
+                break
+            item = s.src.poll()
+            if isinstance(s.src, CameraSource):
+                self._count_dropped(s)
+            if item is None:
+                continue
+            busy = True
+            try:
+                if isinstance(item, FileItem):
+                    self._process_file(s, item)
+                else:
+                    self._process_frame(s, item)
+            except SQLAlchemyError as e:
+                self._store_down(e)
+                if isinstance(item, FileItem):
+                    s.src.release(item)  # type: ignore[union-attr]
+        return busy
+
+    def _process_file(self, s: _Source, item: FileItem) -> None:
+        src: FolderSource = s.src  # type: ignore[assignment]
+        if item.maybe_done and (done := self.store.ledger_status(item.key)) is not None:
+            log.info("folder %s: %s was already recorded (%s); finishing it", src.name, item.relpath, done[0])
+            src.quarantine(item, done[1] or "") if done[0] == "quarantined" else src.finish(item)
+            return
+        try:
+            img, data = read_image(item.path, src.cfg.max_pixels, int(src.cfg.max_file_mb * 2**20))
+            self._score(s, img, item, data, item.path.suffix.lower() or ".png", item.relpath)
+        except (ImageError, _ScoringFailed) as e:
+            self.store.record_error(src.name, _utc(time.time()), item.key, str(item.path), str(e))
+            self.metrics.errors.labels(src.name).inc()
+            log.warning("folder %s: quarantined %s: %s", src.name, item.relpath, e, extra={"source": src.name})
+            src.quarantine(item, str(e))
+
+    def _process_frame(self, s: _Source, item: FrameItem) -> None:
+        try:
+            self._score(s, item.frame, item, item.frame, "." + s.src.cfg.image_format, str(s.src.cfg.uri))
+        except _ScoringFailed as e:
+            log.error("camera %s: frame %d: %s", s.src.name, item.index, e)
+            self.metrics.errors.labels(s.src.name).inc()
+            self.store.record_error(s.src.name, _utc(time.time()))
+
+    def _score(self, s: _Source, img: np.ndarray, item: FileItem | FrameItem, original: bytes | np.ndarray,
+               ext: str, origin: str) -> None:
+        """Score and decide here; the writer saves, commits and moves the file."""
+        thr = effective_threshold(self.scorer.threshold, s.rules)
+        overridden = s.rules.threshold is not None or s.rules.threshold_scale != 1.0
+        t0 = time.perf_counter()
+        try:
+            res = self.scorer.score(img, overlay=False, threshold=thr if overridden else None)
+        except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
+            raise _ScoringFailed(f"scoring failed ({type(e).__name__}: {e})") from None
+        self.metrics.latency.labels(s.src.name).observe(time.perf_counter() - t0)
+        now = time.time()
+        anomalous = is_anomalous(res.raw_score, thr)
+        decision, s.state = should_alert(s.state, anomalous, now, s.rules)
+        is_file = isinstance(item, FileItem)
+        frame = ScoredFrame(s.src.name, item.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous,
+                            str(item.path) if is_file else None)
+        job = Job(s.src, item if is_file else None, frame, decision.flag, decision.alert, model_version=self.scorer.version,
+                  origin=origin)
+        if decision.flag:
+            job.img, job.amap, job.original, job.ext = img, res.anomaly_map, original, ext
+        self.writer.submit(job)
+
+    def _count_dropped(self, s: _Source) -> None:
+        n = s.src.take_dropped()  # type: ignore[union-attr]
+        if n:
+            self.metrics.dropped.labels(s.src.name).inc(n)
+            try:
+                self.store.add_dropped(s.src.name, n, _utc(time.time()))
+            except SQLAlchemyError as e:
+                self._store_down(e)
+
+    def _store_down(self, e: Exception) -> None:
+        """Inputs wait (files stay in the folder) until the store answers again."""
+        if self._store_ok:
+            log.error("store unavailable (%s); inputs wait until it is back", str(e).splitlines()[0])
+        self._store_ok = False
+
+    def _periodic(self) -> None:
+        mono = time.monotonic()
+        if mono >= self._due["reload"]:
+            self._due["reload"] = mono + self.cfg.model.reload_check_s
+            self._reload()
+        if mono < self._due["gauges"]:
+            return
+        self._due["gauges"] = mono + 1.0
+        for s in self.sources:
+            self.metrics.queue.labels(s.src.name).set(s.src.depth())
+        try:
+            for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count()}.items():
+                self.metrics.outbox.labels(sink).set(n)
+            if mono >= self._due["prune"]:
+                self._due["prune"] = mono + 600
+                self.store.prune(_utc(time.time()), self.cfg.store.keep_scores_days, self.cfg.store.max_score_rows)
+        except SQLAlchemyError as e:
+            self._store_down(e)
+
+    def _reload(self) -> None:
+        """Hot reload between frames when `current` moved; a broken new version keeps the old one."""
+        old = self.scorer.version
+        try:
+            changed = self.scorer.reload_if_changed()
+        except Exception as e:  # noqa: BLE001 - keep scoring with the model we have
+            log.error("model reload failed, keeping %s (%s)", old, e)
+            return
+        if changed:
+            log.info("now scoring with model %s (was %s)", self.scorer.version, old)
+            self.metrics.set_model(self.scorer.version)
+
+    def _on_alert(self, sink: str, delivered: bool, _alert: Any) -> None:
+        self.metrics.alerts.labels(sink, "delivered" if delivered else "failed").inc()
+
+    def health(self) -> dict:
+        """For /health: ok while the loop turns and the store answers."""
+        age = time.monotonic() - self.heartbeat
+        try:
+            pending, store_ok = self.store.pending_count(), True
+        except SQLAlchemyError:
+            pending, store_ok = {}, False
+        sources = {s.src.name: {"kind": s.src.kind, "waiting": s.src.depth(),
+                                **({"connected": s.src.connected, "finished": s.src.finished}
+                                   if isinstance(s.src, CameraSource) else {})} for s in self.sources}
+        return {"ok": store_ok and age < 60, "line": self.cfg.line, "model_version": self.scorer.version,
+                "loop_age_s": round(age, 2), "store_ok": store_ok, "writer_queue": self.writer.depth(),
+                "outbox_pending": pending, "sources": sources}

@@ -1,0 +1,35 @@
+"""The CLI: one clear line and a non-zero exit for every mistake a user can make."""
+
+import pytest
+
+from inspector.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["fit", "{tmp}/nope", "--out", "{tmp}/m"], "does not exist"),
+        (["fit", "{tmp}/empty", "--out", "{tmp}/m"], "no images"),
+        (["calibrate", "{tmp}/nope"], "does not exist"),
+        (["calibrate", "{tmp}/empty"], "not a fitted model folder"),
+        (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--short-side", "5"], "short_side"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, argv, words):
+    (tmp_path / "empty").mkdir()
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["fit", str(synthetic_data), "--out", str(out), "--short-side", "96", "--steps", "100", "-q"]) == 0
+    assert main(["calibrate", str(out), "--fpr", "0.05"]) == 0
+    assert "flagged when its score reaches 1.0" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "-q"]) == 0
+    assert "image_auroc" in capsys.readouterr().out
+    img = next((synthetic_data / "test" / "blob").iterdir())
+    assert main(["score", str(out), str(img), "--save-map", str(tmp_path / "maps")]) == 0
+    assert "x" in capsys.readouterr().out and any((tmp_path / "maps").iterdir())

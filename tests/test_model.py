@@ -1,0 +1,126 @@
+"""Fit on seeded synthetic parts: the model separates defects, checkpoints round-trip, errors are clear."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from inspector.calibrate import calibrate_model
+from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, MODEL_FILE, load_model, staging
+from inspector.config import CalibrateSettings, FitSettings
+from inspector.data import LoadReport, discover
+from inspector.errors import InspectorError
+from inspector.infer import score_paths
+from inspector.train import fit, split_holdout
+
+from .conftest import FAST_FIT
+
+
+def _scores(model_dir, samples):
+    net, pre, _ = load_model(model_dir)
+    res = list(score_paths(net, pre, [s.path for s in samples], LoadReport()))
+    return np.array([r.score for r in res]), res
+
+
+def test_model_separates_synthetic_defects(fitted_model, synthetic_data):
+    test = discover(synthetic_data).test
+    scores, _ = _scores(fitted_model, test)
+    labels = torch.tensor([s.label for s in test])
+    auroc = float(binary_auroc(torch.tensor(scores, dtype=torch.float32), labels))
+    assert auroc > 0.9, auroc
+
+
+def test_anomaly_map_points_at_the_defect(fitted_model, synthetic_data):
+    from inspector.data import load_mask
+
+    test = [s for s in discover(synthetic_data).test if s.defect == "blob"]
+    _, res = _scores(fitted_model, test)
+    hits = 0
+    for s, r in zip(test, res):
+        mask = load_mask(s.mask, r.amap.shape)
+        hits += r.amap[mask > 0].mean() > 1.4 * r.amap[mask == 0].mean()
+    assert hits >= 0.75 * len(test)
+
+
+def test_checkpoint_round_trip_gives_identical_scores(fitted_model, synthetic_data, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(fitted_model, copy)
+    net1, pre1, blob = load_model(fitted_model)
+    net2, pre2, _ = load_model(copy)
+    assert pre1 == pre2 and blob["config"]["feature_dim"] == 152
+    x = torch.randn(2, 3, pre1.height, pre1.width)
+    with torch.no_grad():
+        a, b = net1(x), net2(x)
+    assert torch.equal(a.score, b.score) and torch.equal(a.anomaly_map, b.anomaly_map)
+    assert a.anomaly_map.shape == (2, 1, 96, 96)
+
+
+def test_holdout_never_used_to_fit(synthetic_data, fitted_model):
+    info = json.loads((staging(fitted_model) / FIT_FILE).read_text())
+    fit_paths, hold = split_holdout(discover(synthetic_data).train, 0.2, 0)
+    assert {h["path"] for h in info["holdout"]} == {str(p) for p in hold}
+    assert not set(fit_paths) & set(hold) and info["fit_images"] == len(fit_paths)
+
+
+def test_calibration_says_what_the_threshold_means(fitted_model):
+    cal = json.loads((staging(fitted_model) / CALIBRATION_FILE).read_text())
+    assert cal["threshold"] > 0 and cal["holdout_images"] == 24
+    assert "flagged when its score reaches 1.0" in cal["meaning"]
+    assert cal["labelled"]["defects"] == 24 and 0 <= cal["labelled"]["at_fpr_threshold"]["recall"] <= 1
+    assert cal["fpr_interval_90"][0] < cal["expected_fpr"] < cal["fpr_interval_90"][1]
+
+
+def test_f1_strategy_uses_labelled_defects(fitted_model, tmp_path):
+    copy = tmp_path / "m"
+    shutil.copytree(fitted_model, copy)
+    cal = calibrate_model(copy, CalibrateSettings(strategy="f1"))
+    assert cal["threshold"] == cal["labelled"]["f1_optimal"]["threshold"]
+
+
+def test_too_few_good_images_to_calibrate(tmp_path):
+    from inspector.synthetic import write_dataset
+
+    data = write_dataset(tmp_path / "small", n_train=30, n_test_good=0, n_test_defect=0)
+    fit(data, tmp_path / "m", FitSettings(**FAST_FIT, steps=5), show=False)
+    with pytest.raises(InspectorError, match="only 6 held-out good images: calibration needs at least 20"):
+        calibrate_model(tmp_path / "m", CalibrateSettings())
+
+
+def test_model_from_another_version_is_refused(fitted_model, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(fitted_model, copy)
+    blob = torch.load(staging(copy) / MODEL_FILE, weights_only=True)
+    blob["format"] = 0
+    torch.save(blob, staging(copy) / MODEL_FILE)
+    with pytest.raises(InspectorError, match="another inspector version"):
+        load_model(copy)
+    (staging(copy) / MODEL_FILE).write_bytes(b"garbage")
+    with pytest.raises(InspectorError, match="unreadable"):
+        load_model(copy)
+
+
+def test_unreadable_images_are_skipped_then_abort(tmp_path):
+    from inspector.synthetic import write_dataset
+
+    data = write_dataset(tmp_path / "d", n_train=40, n_test_good=0, n_test_defect=0)
+    (data / "train/good/0001.png").write_text("not an image")
+    r = fit(data, tmp_path / "m", FitSettings(**FAST_FIT, steps=5), show=False)
+    assert r.skipped == 1
+    for i in range(2, 12):
+        (data / f"train/good/{i:04d}.png").write_bytes(b"")
+    with pytest.raises(InspectorError, match="unreadable"):
+        fit(data, tmp_path / "m2", FitSettings(**FAST_FIT, steps=5), show=False)
+    assert not (tmp_path / "m2").exists() or not staging(tmp_path / "m2").exists()
+
+
+def test_evaluate_writes_metrics_and_pictures(fitted_model):
+    from inspector.evaluate import evaluate_model
+
+    m = evaluate_model(fitted_model, show=False)
+    assert m["image_auroc"] > 0.9 and 0 <= m["aupro"] <= 1 and m["pixel_auroc"] > 0.8
+    out = staging(fitted_model) / "evaluation"
+    for name in ("histogram.png", "best_defect.png", "worst_good.png", "borderline_defect.png", "metrics.json"):
+        assert (out / name).stat().st_size > 0

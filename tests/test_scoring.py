@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from inspector.scoring import f1_optimal, fpr_estimate, fpr_threshold, pr_at
+
+
+@pytest.mark.parametrize("n,target", [(100, 0.01), (200, 0.05), (500, 0.02)])
+def test_fpr_threshold_hits_its_target_on_fresh_good_scores(n, target):
+    """Averaged over many hold-out draws, the realized FPR matches the expected FPR."""
+    rng = np.random.default_rng(0)
+    fresh = rng.gamma(2.0, 1.0, 200_000)
+    realized, expected = [], []
+    for _ in range(200):
+        t = fpr_threshold(rng.gamma(2.0, 1.0, n), target)
+        realized.append((fresh >= t.threshold).mean())
+        expected.append(t.expected_fpr)
+        assert t.interval_90[0] < t.expected_fpr < t.interval_90[1]
+    assert np.mean(expected) <= target
+    assert abs(np.mean(realized) - np.mean(expected)) < 0.25 * np.mean(expected)
+
+
+def test_too_few_images_for_target_is_flagged_not_hidden():
+    t = fpr_threshold(np.arange(20, dtype=float), 0.01)
+    assert not t.attainable
+    assert t.threshold > 19 and t.above == 0
+    assert t.expected_fpr == pytest.approx(1 / 21)
+
+
+def test_pr_at_and_f1_optimal():
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.4])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    r = pr_at(scores, labels, 0.5)
+    assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (2, 0, 1, 3)
+    best = f1_optimal(scores, labels)
+    assert best["threshold"] == 0.4 and best["f1"] == 1.0
+
+
+def test_fpr_estimate_of_given_threshold():
+    t = fpr_estimate(np.linspace(0, 1, 99), 0.5, 0.01)
+    assert t.above == 49 and t.interval_90[0] < 0.5 < t.interval_90[1]

@@ -1,0 +1,153 @@
+"""Store on SQLite and on the real PostgreSQL (a throw-away database per run, dropped afterwards)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session
+
+from inspector.errors import InspectorError
+from inspector.io.schema import Base, Flagged, Processed, ScoreSample
+from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
+from tests.test_watch_support import temp_database
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with temp_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = Store.open(f"sqlite:///{tmp_path}/db/store.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+        s = Store.open(url, tmp_path / "media")
+        with s.engine.begin() as c:  # each test starts empty; the schema stays
+            for t in reversed(Base.metadata.sorted_tables):
+                c.execute(t.delete())
+    yield s
+    s.close()
+
+
+def frame(key: str, source: str = "cam", score: float = 0.5, path: str | None = "in/a.png", t: datetime = T0) -> ScoredFrame:
+    return ScoredFrame(source, key, t, score, score * 2, 2.0, score >= 1, path)
+
+
+def flag(sinks=("mq",), source: str = "cam") -> FlagRecord:
+    return FlagRecord("v1", f"{source}/a.png", f"{source}/a.overlay.jpg", None, 64, 48, "a.png",
+                      {s: {"idempotency_key": "x", "source": source} for s in sinks})
+
+
+def test_schema_matches_migrations(store):
+    with store.engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c), Base.metadata)
+        assert diff == []
+        assert MigrationContext.configure(c).get_current_revision() == "0001"
+    names = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("flagged")}
+    assert {"ix_flagged_source_created", "ix_flagged_review_created"} <= names
+
+
+def test_media_dir_next_to_sqlite_file(tmp_path):
+    s = Store.open(f"sqlite:///{tmp_path}/x/store.db")
+    assert s.media_dir == tmp_path / "x" / "media" and s.media_dir.is_dir()
+    s.close()
+
+
+def test_postgres_needs_media_dir_and_bad_url_is_one_line(tmp_path):
+    with pytest.raises(InspectorError, match="set store.media_dir"):
+        Store.open("postgresql://postgres@127.0.0.1:5432/test")
+    with pytest.raises(InspectorError, match=r"cannot open") as e:
+        Store.open("postgresql://postgres:secret@127.0.0.1:1/none", tmp_path)
+    assert "secret" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_frame_flag_and_alerts_in_one_transaction(store):
+    fid = store.record_frame(frame("k1", score=1.5), flag(("mq", "hook")))
+    store.record_frame(frame("k2", score=0.2, path="in/b.png"))
+    c = store.counters()["cam"]
+    assert (c["scored"], c["flagged"], c["errors"], c["last_score"]) == (2, 1, 0, 0.2)
+    assert c["last_seen"] == T0  # tz-aware UTC on both backends
+    assert store.ledger_status("k1") == ("scored", None) and store.ledger_status("nope") is None
+    heads = {a.sink: a for a in [*store.pending_heads("mq"), *store.pending_heads("hook")]}
+    assert set(heads) == {"mq", "hook"} and json.loads(heads["mq"].payload)["flagged_id"] == fid
+    with Session(store.engine) as s:
+        row = s.get(Flagged, fid)
+        assert row.review_status == "pending" and row.created_at == T0 and row.frame_key == "k1"
+        assert s.scalar(sa.select(sa.func.count()).select_from(ScoreSample)) == 2
+
+
+def test_duplicate_frame_records_nothing(store):
+    store.record_frame(frame("k1", score=1.5), flag())
+    with pytest.raises(DuplicateFrame):
+        store.record_frame(frame("k1", score=1.5), flag())
+    with pytest.raises(DuplicateFrame):  # camera frame (no ledger): the flagged row's key is unique too
+        store.record_frame(frame("k1", path=None, score=1.5), flag())
+    c = store.counters()["cam"]
+    assert (c["scored"], c["flagged"]) == (1, 1)
+    assert len(store.pending_heads("mq")) == 1 and store.pending_count() == {"mq": 1}
+
+
+def test_outbox_heads_keep_order_per_source(store):
+    for i in range(3):
+        for src in ("a", "b"):
+            store.record_frame(frame(f"{src}{i}", source=src, score=2.0, path=None), flag(source=src))
+    heads = store.pending_heads("mq")
+    assert [h.source for h in heads] == ["a", "b"] and [h.idempotency_key for h in heads] == ["a0", "b0"]
+    store.mark_failed(heads[0].id, "broker down", T0 + timedelta(seconds=5))
+    again = store.pending_heads("mq")[0]
+    assert (again.id, again.attempts, again.next_attempt_at) == (heads[0].id, 1, T0 + timedelta(seconds=5))
+    store.mark_delivered(heads[0].id, T0)
+    assert [h.idempotency_key for h in store.pending_heads("mq")] == ["b0", "a1"]  # oldest first
+    assert store.pending_count() == {"mq": 5}
+
+
+def test_quarantine_is_in_the_ledger_once(store):
+    store.record_error("f", T0, "kq", "in/bad.png", "truncated JPEG")
+    store.record_error("f", T0, "kq", "in/bad.png", "truncated JPEG")  # replay after a crash
+    store.record_error("cam", T0)  # a camera frame that failed: counted, no ledger
+    assert store.ledger_status("kq") == ("quarantined", "truncated JPEG")
+    assert store.counters()["f"]["errors"] == 1 and store.counters()["cam"]["errors"] == 1
+    store.add_dropped("cam", 7, T0)
+    assert store.counters()["cam"]["dropped"] == 7
+
+
+def test_prune_bounds_scores_and_old_deliveries(store):
+    for i in range(30):
+        store.record_frame(frame(f"k{i}", path=f"p{i}", t=T0 - timedelta(days=40 if i < 5 else 0)))
+    fid = store.record_frame(frame("kf", score=2.0, path="pf", t=T0 - timedelta(days=60)), flag())
+    store.mark_delivered(store.pending_heads("mq")[0].id, T0 - timedelta(days=60))
+    store.prune(T0, keep_scores_days=30, max_score_rows=20)
+    with Session(store.engine) as s:
+        kept = s.scalars(sa.select(ScoreSample.created_at)).all()
+        assert len(kept) == 20 and min(kept) >= T0 - timedelta(days=30)
+        assert s.get(Flagged, fid) is not None  # flagged items are never pruned
+        assert s.scalar(sa.select(sa.func.count()).select_from(Processed)) == 31
+    assert store.pending_count() == {}
+
+
+def test_store_at_an_older_revision_opens_with_its_data(tmp_path):
+    """A store created by an earlier version (here: the first revision) is upgraded, not recreated."""
+    from alembic import command
+
+    from inspector.io.store import _engine, alembic_config
+
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = _engine(url)
+    with engine.begin() as c:
+        command.upgrade(alembic_config(c), "0001")
+        c.execute(sa.text("INSERT INTO frames (source, scored, flagged, dropped, errors) VALUES ('old', 41, 2, 0, 0)"))
+    engine.dispose()
+    s = Store.open(url)
+    s.record_frame(frame("new", source="old", path=None))
+    assert s.counters()["old"]["scored"] == 42
+    s.close()
