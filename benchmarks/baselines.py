@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def build_model(method: str) -> nn.Module:
     if method == "padim":
         from anomalib.models.image.padim.torch_model import PadimModel
 
-        model: nn.Module = PadimModel(backbone=BACKBONE, layers=list(LAYERS), pre_trained=False, n_features=PADIM_FEATURES)
+        model: nn.Module = PadimModel(
+            backbone=BACKBONE, layers=list(LAYERS), pre_trained=False, n_features=PADIM_FEATURES
+        )
     elif method == "patchcore":
         from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
@@ -169,7 +172,10 @@ def fit_model(model: nn.Module, method: str, paths: Sequence[Path], image_size: 
     if method == "padim":
         model.fit()
     else:
-        model.subsample_embedding(coreset_ratio)
+        with warnings.catch_warnings():
+            # anomalib 2.7's @deprecate warns about `embeddings` even when it is not passed.
+            warnings.filterwarnings("ignore", message="Argument embeddings is deprecated")
+            model.subsample_embedding(coreset_ratio)
     seconds += time.perf_counter() - start
     model.eval()
     return seconds
@@ -261,11 +267,16 @@ def run_baseline(
     train_images (number actually fitted on) and threshold_note.
     """
     previous_threads = torch.get_num_threads()
+    numpy_state = np.random.get_state()
     torch.set_num_threads(TORCH_THREADS)
     try:
-        return _run(method, Path(root), list(holdout), list(fit), image_size, target_fpr, max_train, seed, CORESET_RATIO)
+        with torch.random.fork_rng(devices=[]):
+            return _run(
+                method, Path(root), list(holdout), list(fit), image_size, target_fpr, max_train, seed, CORESET_RATIO
+            )
     finally:
         torch.set_num_threads(previous_threads)
+        np.random.set_state(numpy_state)
 
 
 def _run(
@@ -279,14 +290,17 @@ def _run(
     seed: int,
     coreset_ratio: float,
 ) -> dict:
-    """Body of `run_baseline` (which only manages the thread count)."""
+    """Body of `run_baseline` (which only manages threads and restores the global RNG states)."""
     if max_train is not None and max_train < len(fit):
         rng = np.random.default_rng(seed)
         fit = [fit[i] for i in sorted(rng.choice(len(fit), size=max_train, replace=False))]
     if not fit:
         raise ValueError("no images to fit on")
 
-    torch.manual_seed(seed)  # PaDiM's feature subset, PatchCore's projection and coreset start
+    # Global RNGs: PaDiM's feature subset and PatchCore's coreset start use torch's; PatchCore's
+    # sparse random projection draws column indices from numpy's (sklearn, random_state=None).
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     model = build_model(method)
     fit_s = fit_model(model, method, fit, image_size, coreset_ratio)
 

@@ -1,15 +1,16 @@
 """Speed benchmark (not a test): the exported model against torch, the bare backbone and anomalib PaDiM.
 
-    .venv/bin/python benchmarks/speed.py [--model models/ballscrew] [--data DATASET] [--runs 60]
+    .venv/bin/python benchmarks/speed.py [--model models/ballscrew] [--data DATASET] [--work DIR]
 
-At the model's input size (256x256 for the default quick fit), side by side in one run: latency p50/p99 at batch 1 and throughput at batch 8 for
+At the model's input size (256x256 for the default quick fit), side by side in one run: latency p50/p99
+at batch 1 and throughput at batch 8 for
   onnx_cpu       the exported inspector graph in ONNX Runtime (CPU), exactly as the runtime opens it
   torch_eager    the same network in torch eager mode (inference_mode)
   backbone_onnx  the bare backbone stages the model runs, alone in ORT: the floor
   padim_onnx     anomalib PaDiM (same backbone and layers, 100 features), exported by anomalib, in ORT
-Each variant is measured in a fresh child process (so its peak RSS is its own), in alternating rounds;
-per variant the round with the lowest p50 is kept (other people's jobs share this machine).
-Writes benchmarks/results/speed.json.
+Timing: all four loaded in one process, timed in short interleaved blocks in rotating order, so other
+jobs on this shared 2-core machine slow them alike and the ratios hold. Peak RSS: each variant loaded and
+run (batch 1, then batch 8) alone in a fresh process. Writes benchmarks/results/speed.json.
 """
 
 from __future__ import annotations
@@ -69,19 +70,21 @@ def _runner(variant: str, artifact: Path):
     return _ort_session(artifact)
 
 
-def _e2e_ms(artifact: Path, hw: tuple[int, int], runs: int) -> float:
+def _scorer_runner(artifact: Path, hw: tuple[int, int]):
     """Scorer.score on a BGR frame of the input size: preprocessing, graph, map resize, normalization."""
     from inspector.runtime import Scorer
 
     scorer = Scorer.load(artifact, providers=["cpu"])
     frame = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
-    scorer.score(frame)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        scorer.score(frame)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
+    return lambda _x: scorer.score(frame)
+
+
+def _inputs(variant: str, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(batch 1, batch 8). PaDiM's graph includes anomalib's pre-processor: [0, 1] RGB; the others normalized."""
+    rng = np.random.default_rng(0)
+    if variant == "padim_onnx":
+        return rng.random((1, 3, *hw), dtype=np.float32), rng.random((8, 3, *hw), dtype=np.float32)
+    return rng.normal(0, 1, (1, 3, *hw)).astype(np.float32), rng.normal(0, 1, (8, 3, *hw)).astype(np.float32)
 
 
 def peak_rss_mb() -> float:
@@ -96,36 +99,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(variant: str, artifact: Path, hw: tuple[int, int], runs: int) -> dict:
-    rng = np.random.default_rng(0)
-    # PaDiM's exported graph includes anomalib's pre-processor: it takes [0, 1] RGB, the others normalized.
-    make = (lambda b: rng.random((b, 3, *hw), dtype=np.float32)) if variant == "padim_onnx" else (
-        lambda b: rng.normal(0, 1, (b, 3, *hw)).astype(np.float32))
-    x1, x8 = make(1), make(8)
+def _timed(run, x, n: int) -> list[float]:
+    run(x)  # not timed: wakes this variant's threads while the previous variant's threads settle
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        run(x)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def time_all(artifacts: dict[str, Path], hw: tuple[int, int], runs: int, rounds: int) -> dict:
+    """All variants in this one process, timed in short interleaved blocks (rotating order), so load from
+    other jobs on the machine falls on all of them alike."""
+    runners = {v: _runner(v, artifacts[v]) for v in VARIANTS}
+    runners["e2e"] = _scorer_runner(artifacts["onnx_cpu"], hw)
+    inputs = {v: _inputs(v, hw) for v in VARIANTS} | {"e2e": _inputs("onnx_cpu", hw)}
+    lat = {v: [] for v in runners}
+    b8 = {v: [] for v in VARIANTS}
+    names = list(runners)
+    for r in range(rounds):
+        for v in names[r % len(names):] + names[: r % len(names)]:
+            lat[v] += _timed(runners[v], inputs[v][0], max(1, runs // rounds))
+            if v in b8:
+                b8[v] += _timed(runners[v], inputs[v][1], 2)
+    out = {v: {"p50_ms": float(np.percentile(lat[v], 50) * 1e3), "p99_ms": float(np.percentile(lat[v], 99) * 1e3),
+               "throughput_b8": float(8 / np.median(b8[v]))} for v in VARIANTS}
+    out["onnx_cpu"]["e2e_p50_ms"] = float(np.percentile(lat["e2e"], 50) * 1e3)
+    return out
+
+
+def memory(variant: str, artifact: Path, hw: tuple[int, int]) -> dict:
+    """Load and run one variant alone (batch 1, then batch 8): its peak RSS."""
     run = _runner(variant, artifact)
+    x1, x8 = _inputs(variant, hw)
     for _ in range(3):
         run(x1)
-    run(x8)
-    lat = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run(x1)
-        lat.append(time.perf_counter() - t)
-    b8 = []
-    for _ in range(max(5, runs // 6)):
-        t = time.perf_counter()
+    for _ in range(2):
         run(x8)
-        b8.append(time.perf_counter() - t)
-    out = {
-        "p50_ms": float(np.percentile(lat, 50) * 1e3),
-        "p99_ms": float(np.percentile(lat, 99) * 1e3),
-        "throughput_b8": float(8 / np.median(b8)),
-    }
-    if variant == "onnx_cpu":
-        out["e2e_p50_ms"] = _e2e_ms(artifact, hw, runs)
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["torch_imported"] = "torch" in sys.modules
-    return out
+    return {"peak_rss_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules}
 
 
 # ----------------------------------------------------------------------------- parent: build the four artifacts
@@ -214,28 +226,23 @@ def artifact_mb(variant: str, artifact: Path) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
 
 
-def run_child(variant: str, artifact: Path, hw: tuple[int, int], runs: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--artifact", str(artifact), "--hw", str(hw[0]), str(hw[1]),
-           "--runs", str(runs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def run_child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
-        raise SystemExit(f"{variant} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"benchmark child {args[:2]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure(artifacts: dict[str, Path], hw: tuple[int, int], runs: int, rounds: int) -> dict[str, dict]:
-    best: dict[str, dict] = {}
-    for r in range(rounds):
-        for v in VARIANTS:
-            res = run_child(v, artifacts[v], hw, runs)
-            if res.pop("torch_imported") and v != "torch_eager":
-                raise SystemExit(f"{v} imported torch: its memory figure would be wrong")
-            print(f"  round {r + 1} {v:14s} p50 {res['p50_ms']:8.2f} ms  b8 {res['throughput_b8']:7.2f} fps", flush=True)
-            if v not in best or res["p50_ms"] < best[v]["p50_ms"]:
-                best[v] = res
+    hw_args = ["--hw", str(hw[0]), str(hw[1])]
+    arts = [f"{v}={artifacts[v]}" for v in VARIANTS]
+    res = run_child(["--child", "time", *hw_args, "--runs", str(runs), "--rounds", str(rounds), "--artifact", *arts])
     for v in VARIANTS:
-        best[v]["artifact_mb"] = artifact_mb(v, artifacts[v])
-    return best
+        mem = run_child(["--child", v, *hw_args, "--artifact", f"{v}={artifacts[v]}"])
+        if mem.pop("torch_imported") and v != "torch_eager":
+            raise SystemExit(f"{v} imported torch: its memory figure would be wrong")
+        res[v].update(mem, artifact_mb=artifact_mb(v, artifacts[v]))
+    return res
 
 
 def report(res: dict[str, dict]) -> str:
@@ -261,16 +268,19 @@ def main() -> int:
     ap.add_argument("--model", type=Path, help="calibrated model folder to export (default: quick fit on --data)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset root or folder of good images")
     ap.add_argument("--images", type=int, default=60, help="good images for the quick fits")
-    ap.add_argument("--runs", type=int, default=60, help="timed batch-1 runs per variant and round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=120, help="timed batch-1 runs per variant (over all rounds)")
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved blocks per variant")
     ap.add_argument("--work", type=Path, help="keep the built artifacts here and reuse them on the next run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    ap.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("time", *VARIANTS), help=argparse.SUPPRESS)
+    ap.add_argument("--artifact", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--hw", type=int, nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.artifact, tuple(a.hw), a.runs)))
+        arts = {k: Path(v) for k, v in (item.split("=", 1) for item in a.artifact)}
+        hw = tuple(a.hw)
+        out = time_all(arts, hw, a.runs, a.rounds) if a.child == "time" else memory(a.child, arts[a.child], hw)
+        print(json.dumps(out))
         return 0
     with tempfile.TemporaryDirectory(prefix="inspector-bench-") as tmp:
         work = a.work or Path(tmp)

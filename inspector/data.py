@@ -6,6 +6,7 @@ Layout: train/good, test/good, test/<defect>, ground_truth/<defect>/<stem>_mask.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,17 +100,27 @@ def iter_images(
             return p, str(e)
 
     with ThreadPoolExecutor(threads) as pool:
-        for p, img in pool.map(_load, paths):
-            if isinstance(img, str):
-                report.bad.append((p, img))
-                log.warning("skipping %s", img)
-                if len(report.bad) > max_bad_fraction * max(report.total, 1):
-                    raise InspectorError(
-                        f"{len(report.bad)} of {report.total} images are unreadable "
-                        f"(more than {max_bad_fraction:.0%}); first: {report.bad[0][1]}"
-                    )
-                continue
-            yield p, img
+        pending: deque = deque()
+        for p in paths:  # read ahead a few images only: large images must not pile up in memory
+            pending.append(pool.submit(_load, p))
+            if len(pending) > 2 * threads:
+                yield from _checked(pending.popleft().result(), report, max_bad_fraction)
+        while pending:
+            yield from _checked(pending.popleft().result(), report, max_bad_fraction)
+
+
+def _checked(item: tuple[Path, np.ndarray | str], report: LoadReport, max_bad_fraction: float):
+    p, img = item
+    if isinstance(img, str):
+        report.bad.append((p, img))
+        log.warning("skipping %s", img)
+        if len(report.bad) > max_bad_fraction * max(report.total, 1):
+            raise InspectorError(
+                f"{len(report.bad)} of {report.total} images are unreadable "
+                f"(more than {max_bad_fraction:.0%}); first: {report.bad[0][1]}"
+            )
+        return
+    yield p, img
 
 
 def load_mask(path: Path | None, shape: tuple[int, int]) -> np.ndarray:

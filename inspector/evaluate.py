@@ -46,11 +46,12 @@ def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True)
     t0 = time.time()
     labels = {s.path: s for s in ds.test}
     items, preds, masks = [], [], []
+    has_masks = any(x.mask for x in ds.test)
     for r in score_paths(net, pre, [s.path for s in ds.test], LoadReport()):
         s = labels[r.path]
         item = Item(r.path, s.label, r.score / thr, r.image, r.amap / thr)
         items.append(item)
-        if any(x.mask for x in ds.test):
+        if has_masks:
             preds.append(cv2.resize(item.amap, PIXEL_GRID[::-1], interpolation=cv2.INTER_LINEAR))
             masks.append(load_mask(s.mask, PIXEL_GRID))
     ms = (time.time() - t0) / max(len(items), 1) * 1000
@@ -63,15 +64,23 @@ def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True)
     return metrics
 
 
-def image_metrics(items: list[Item]) -> dict:
+def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """torchmetrics' AUROC on scores rescaled into [0, 1] (it applies a sigmoid to anything outside,
+    which saturates large scores into ties)."""
     from torchmetrics.functional.classification import binary_auroc
 
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-12)
+    return float(binary_auroc(s, torch.as_tensor(labels).long()))
+
+
+def image_metrics(items: list[Item]) -> dict:
     scores = np.array([i.score for i in items])
     labels = np.array([i.label for i in items])
     good = scores[labels == 0]
     res = {"images": len(items), "defects": int(labels.sum()), "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None}
     if labels.min() != labels.max():
-        res["image_auroc"] = float(binary_auroc(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels)))
+        res["image_auroc"] = auroc(scores, labels)
         at = pr_at(scores, labels, 1.0)
         res.update(f1_at_threshold=at["f1"], precision_at_threshold=at["precision"], recall_at_threshold=at["recall"])
     return res
@@ -81,13 +90,12 @@ def pixel_metrics(preds: list[np.ndarray], masks: list[np.ndarray], items: list[
     if not masks or not any(m.any() for m in masks):
         return {}
     from anomalib.metrics.aupro import _AUPRO
-    from torchmetrics.functional.classification import binary_auroc
 
     p = torch.from_numpy(np.stack(preds)).float()  # (N, H, W)
     t = torch.from_numpy(np.stack(masks)).long()
     aupro = _AUPRO(fpr_limit=0.3)
     aupro.update(p, t)
-    return {"pixel_auroc": float(binary_auroc(p.flatten(), t.flatten())), "aupro": float(aupro.compute())}
+    return {"pixel_auroc": auroc(p.flatten(), t.flatten()), "aupro": float(aupro.compute())}
 
 
 def _pick(items: list[Item]) -> dict[str, Item]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from inspector.config import Settings
 from inspector.errors import InspectorError
@@ -223,6 +223,18 @@ class OpsConfig(Settings):
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line.")
 
 
+class DashboardConfig(Settings):
+    """The `dashboard:` section of a line config."""
+
+    token: SecretStr | None = Field(
+        None, description="Review token. Prefer token_env: a secret in a file is read by whoever reads the file.")
+    token_env: str = Field("INSPECTOR_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+                           description="Environment variable holding the review token (used when `token` is unset).")
+    retrain_dir: Path | None = Field(
+        None, description="Reviewed false alarms are copied here as good images for the next retrain "
+                          "(default: retrain/good/ beside the store).")
+
+
 class WatchConfig(Settings):
     """A production line: model, sources, rules, sinks, store."""
 
@@ -234,6 +246,7 @@ class WatchConfig(Settings):
     store: StoreConfig = Field(default_factory=StoreConfig, description="The store.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Alert retries.")
     ops: OpsConfig = Field(default_factory=OpsConfig, description="Operations.")
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig, description="The review dashboard.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "WatchConfig":

@@ -103,6 +103,19 @@ class Processed(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class RetrainCopy(Base):
+    """A false alarm copied into the retrain folder of good images; the scheduled retrain reads that folder.
+
+    The row says which file came from which item, so undoing the review removes exactly that copy.
+    """
+
+    __tablename__ = "retrain_copies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flagged_id: Mapped[int] = mapped_column(ForeignKey("flagged.id"), unique=True)
+    path: Mapped[str] = mapped_column(String(1024))  # the copy, absolute
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Outbox(Base):
     """Alerts waiting for (or acknowledged by) a sink; written with their flagged row."""
 

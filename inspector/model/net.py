@@ -80,9 +80,15 @@ def gaussian_kernel(size: int) -> torch.Tensor:
 
 
 def nearest_distance(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each row of z (N, L) to its nearest row of bank (M, L)."""
-    d2 = (z * z).sum(1, keepdim=True) - 2.0 * z @ bank.T + bank_sq[None, :]  # (N, M)
-    return d2.min(dim=1).values.clamp_min(0.0).sqrt()
+    """Euclidean distance of each row of z (N, L) to its nearest row of bank (M, L).
+
+    |z - b|^2 = |z|^2 + (|b|^2 - 2 z.b): one matmul of [z, 1] with the constant [-2 bank, |bank|^2]
+    gives the second term, so the (N, M) matrix is built once (in ONNX: MatMul + ReduceMin, no extra
+    passes over it): a third of the memory and faster.
+    """
+    aug = torch.cat([-2.0 * bank, bank_sq[:, None]], dim=1)  # (M, L+1), constant-folded at export
+    zb = torch.cat([z, torch.ones_like(z[:, :1])], dim=1) @ aug.T  # (N, M)
+    return ((z * z).sum(1) + zb.min(dim=1).values).clamp_min(0.0).sqrt()
 
 
 class InspectorNet(nn.Module):

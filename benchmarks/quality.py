@@ -1,0 +1,107 @@
+"""Quality benchmark (not a test): inspector vs anomalib PaDiM and PatchCore on every real data set.
+
+Same backbone weights (EfficientNet-Lite0, ImageNet) and short side 256 for all; the same split of
+train/good into fit images and calibration hold-out. Prints one table and writes
+benchmarks/results/quality.json: {"sets": {SET: {METHOD: {image_auroc, pixel_auroc, aupro,
+fpr_at_threshold, fit_s, ms_per_image, ...}}}}.
+
+    .venv/bin/python benchmarks/quality.py [--sets bsdata] [--methods inspector,padim] [--patchcore-train 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from inspector.calibrate import calibrate_model  # noqa: E402
+from inspector.config import CalibrateSettings, FitSettings  # noqa: E402
+from inspector.data import discover  # noqa: E402
+from inspector.evaluate import evaluate_model  # noqa: E402
+from inspector.train import fit, split_holdout  # noqa: E402
+
+DATASETS = Path(os.environ.get("INSPECTOR_DATASETS", ROOT.parent / "shared" / "datasets"))
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "fpr_at_threshold", "fit_s", "ms_per_image")
+
+
+def find_sets(root: Path) -> dict[str, Path]:
+    """Every <set>/<category> folder with train/good, named like 'bsdata/ballscrew'."""
+    return {f"{p.parent.parent.name}/{p.parent.name}": p.parent for p in sorted(root.glob("*/*/train/good"))}
+
+
+def run_inspector(data: Path, fpr: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model"
+        t0 = time.time()
+        r = fit(data, model, FitSettings(), show=False)
+        fit_s = time.time() - t0
+        calibrate_model(model, CalibrateSettings(fpr=fpr))
+        m = evaluate_model(model, show=False)
+    return {k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit}
+
+
+def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int) -> dict:
+    from baselines import run_baseline
+
+    fit_paths, holdout = split_holdout(discover(data).train, FitSettings().holdout_fraction, FitSettings().seed)
+    out = {}
+    for method in methods:
+        print(f"[{name}] {method} ...", file=sys.stderr, flush=True)
+        if method == "inspector":
+            out[method] = run_inspector(data, fpr)
+        else:
+            cap = patchcore_train if method == "patchcore" else None
+            out[method] = run_baseline(method, data, holdout, fit_paths, 256, fpr, cap)
+    return out
+
+
+def table(results: dict) -> str:
+    head = f"| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | fit s | ms/img |"
+    lines = [head, "|" + "---|" * 9]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for name, methods in results["sets"].items():
+        for method, m in methods.items():
+            lines.append(
+                f"| {name} | {method} | {m.get('train_images', '-')} | {fmt(m.get('image_auroc'), '.3f')} | "
+                f"{fmt(m.get('pixel_auroc'), '.3f')} | {fmt(m.get('aupro'), '.3f')} | {fmt(m.get('fpr_at_threshold'), '.3f')} | "
+                f"{fmt(m.get('fit_s'), '.0f')} | {fmt(m.get('ms_per_image'), '.0f')} |"
+            )
+    for method in ("inspector", "padim", "patchcore"):
+        vals = [m[method]["image_auroc"] for m in results["sets"].values() if method in m and m[method].get("image_auroc")]
+        if vals:
+            lines.append(f"| mean | {method} | | {sum(vals) / len(vals):.3f} | | | | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="", help="comma-separated substrings of set names (default: all)")
+    ap.add_argument("--methods", default="inspector,padim,patchcore")
+    ap.add_argument("--fpr", type=float, default=0.01)
+    ap.add_argument("--patchcore-train", type=int, default=100, help="PatchCore fits on a subsample (its coreset is slow)")
+    a = ap.parse_args()
+    sets = {k: v for k, v in find_sets(DATASETS).items() if not a.sets or any(s in k for s in a.sets.split(","))}
+    if not sets:
+        sys.exit(f"no data sets with train/good under {DATASETS}")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"sets": {}}
+    for name, data in sets.items():
+        results["sets"].setdefault(name, {}).update(run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train))
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    results["note"] = (f"short side 256 for all; PatchCore fitted on {a.patchcore_train} random fit images; "
+                       "FPR measured on test/good at the threshold calibrated on held-out train/good")
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
