@@ -237,7 +237,8 @@ def demo(a: argparse.Namespace) -> int:
     model = DEMO / "models" / "part"
     print(f"demo: training {model} on {data} with the train flow (Prefect, no server needed)")
     result = train_model(data, model, a.size, a.steps)
-    print(f"demo: {result.version} {'is current' if result.promoted else 'not promoted: ' + '; '.join(result.reasons)}")
+    print(f"demo: {result.version} {'is current' if result.promoted else 'registered, not promoted'}; gate:")
+    print("\n".join(f"  {c}" for c in result.checks))
     return run_line(a, model, t0)
 
 

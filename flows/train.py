@@ -37,7 +37,8 @@ class TrainResult(BaseModel):
     previous: str | None
     promoted: bool
     gate_ok: bool
-    reasons: list[str]
+    checks: list[str]  # every gate check, "pass: ..." or "FAIL: ..."
+    reasons: list[str]  # the failed ones
     candidate: dict
     current: dict | None
     overlays: list[Path]
@@ -55,7 +56,6 @@ def train(data: Path, model: Path, fit: FitSettings = FitSettings(), calibrate: 
 def train_and_gate(data: Path, model: Path, fit: FitSettings, calibrate: CalibrateSettings, gate: GateSettings,
                    eval_data: Path, why: str) -> TrainResult:
     """The body shared by `train` and `retrain` (runs inside their flow run)."""
-    log = get_run_logger()
     previous = current_version(model)
     fit_model(data, model, fit)
     cal = calibrate_model(model, calibrate)
@@ -63,23 +63,28 @@ def train_and_gate(data: Path, model: Path, fit: FitSettings, calibrate: Calibra
     if has_test:
         evaluate_model(model, eval_data)
     version = export_version(model)
-    if has_test:
-        candidate = measure_version(model / version, eval_data)
-        current = measure_version(model / previous, eval_data) if previous else None
-        decision = compare(candidate, current, float(cal["target_fpr"]), gate)
-    else:
-        candidate, current = {"version": version}, None
-        decision = GateResult(False, [Check("evaluation", False, f"{eval_data} has no test/ images: nothing to gate on")])
+    candidate, current, decision = _gate(model, version, previous, eval_data if has_test else None, cal, gate)
     promoted = _decide(model, version, previous, decision, why)
-    overlays = keep_evaluation(model, version)
-    key = artifact_key(why, model.name)
     result = TrainResult(model=model, version=version, previous=previous, promoted=promoted, gate_ok=decision.ok,
-                         reasons=decision.reasons, candidate=candidate, current=current, overlays=overlays,
-                         artifact_key=key)
-    publish_artifacts(key, report_markdown(result, decision, cal), metrics_table(candidate, current),
+                         checks=[f"{'pass' if c.ok else 'FAIL'}: {c.detail}" for c in decision.checks],
+                         reasons=decision.reasons, candidate=candidate, current=current,
+                         overlays=keep_evaluation(model, version), artifact_key=artifact_key(why, model.name))
+    publish_artifacts(result.artifact_key, report_markdown(result, cal), metrics_table(candidate, current),
                       f"{why} of {model}: {version} {'promoted' if promoted else 'not promoted'}")
-    log.info("%s: %s is %s", model, version, "now current" if promoted else f"registered, not promoted ({'; '.join(decision.reasons)})")
+    get_run_logger().info("%s: %s is %s", model, version, "now current" if promoted
+                          else f"registered, not promoted ({'; '.join(decision.reasons)})")
     return result
+
+
+def _gate(model: Path, version: str, previous: str | None, eval_data: Path | None, cal: dict,
+          gate: GateSettings) -> tuple[dict, dict | None, GateResult]:
+    """Measure candidate and current on the evaluation set and compare them."""
+    if eval_data is None:
+        check = Check("evaluation", False, "the data set has no test/ images: nothing to gate on")
+        return {"version": version}, None, GateResult(False, [check])
+    candidate = measure_version(model / version, eval_data)
+    current = measure_version(model / previous, eval_data) if previous else None
+    return candidate, current, compare(candidate, current, float(cal["target_fpr"]), gate)
 
 
 def _decide(model: Path, version: str, previous: str | None, decision: GateResult, why: str) -> bool:
@@ -114,12 +119,12 @@ def metrics_table(candidate: dict, current: dict | None) -> list[dict]:
     return rows
 
 
-def report_markdown(r: TrainResult, decision: GateResult, cal: dict) -> str:
+def report_markdown(r: TrainResult, cal: dict) -> str:
     """The run as people read it: verdict, gate checks, calibration meaning, metrics, heat-map overlays."""
     verdict = (f"**{r.version} is now `current`**" if r.promoted
                else f"**{r.version} registered, not promoted**: the line keeps `{r.previous}`")
     lines = [f"# {r.model.name}: {r.version}", "", verdict, "", "## Gate", ""]
-    lines += [f"- {'pass' if c.ok else 'FAIL'}: {c.detail}" for c in decision.checks]
+    lines += [f"- {c}" for c in r.checks]
     lines += ["", "## Threshold", "", cal.get("meaning", ""), "", "## Metrics (ONNX Runtime, labelled test images)", "",
               "| metric | candidate | current | change |", "|---|---|---|---|"]
     lines += [f"| {row['metric']} | {row['candidate']} | {row['current']} | {row['change']} |"

@@ -33,6 +33,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, path)
 
 
@@ -96,7 +97,13 @@ def load_model(model_dir: Path):
             f"{model_dir} was written by another inspector version (model format {fmt}, this one reads "
             f"{FORMAT_VERSION}); refit it with `inspector fit`"
         )
-    net = InspectorNet(ModelConfig.from_dict(blob["config"]), weights=None)
-    net.load_state_dict(blob["state_dict"])
+    try:
+        net = InspectorNet(ModelConfig.from_dict(blob["config"]), weights=None)
+        net.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise InspectorError(
+            f"{staging(model_dir) / MODEL_FILE} does not match this inspector version "
+            f"({e.__class__.__name__}: {str(e).splitlines()[0][:120]}); refit it with `inspector fit`"
+        ) from None
     net.eval()
     return net, Preprocess.from_dict(blob["preprocess"]), blob

@@ -20,6 +20,7 @@ class FitSettings(Settings):
     backbone: str = Field("efficientnet_lite0", description="timm backbone name.")
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features.")
+    pool: int = Field(3, ge=1, le=9, description="Local average pooling of patch features (odd, 1 = none).")
     latent: int = Field(32, ge=2, le=512, description="Autoencoder latent size per patch.")
     hidden: int = Field(256, ge=4, le=4096, description="Autoencoder hidden width.")
     bank_size: int = Field(4096, ge=16, le=65536, description="Latent memory bank size (kNN reference).")

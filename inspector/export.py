@@ -159,16 +159,17 @@ def _versions() -> dict[str, str]:
 
 def _policy(pre: Preprocess) -> str:
     h, w = input_hw(pre)
+    interp = "INTER_AREA when shrinking, else INTER_LINEAR"
+    if not pre.keep_aspect:
+        return f"every frame is squashed to {h}x{w} (H x W, aspect not kept); {interp}"
     if fixed_size(pre):
         return (
-            f"every frame is resized to {h}x{w} (H x W), chosen at fit from the training images' median aspect "
-            f"(short side {pre.short_side} px); INTER_AREA when shrinking, else INTER_LINEAR"
+            f"every frame is resized to {h}x{w} (H x W), the training images' median aspect with short side "
+            f"{pre.short_side} px; {interp}"
         )
-    if not pre.keep_aspect:
-        return f"squash to {h}x{w} (aspect not kept)"
     return (
         f"keep aspect: short side scaled to {pre.short_side} px, long side to the nearest multiple of 32 "
-        f"(at most {pre.max_long_side}); INTER_AREA when shrinking, else INTER_LINEAR"
+        f"(at most {pre.max_long_side}); {interp}"
     )
 
 

@@ -152,7 +152,7 @@ def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
 
 def model_config(s: FitSettings, grid: tuple[int, int]) -> ModelConfig:
     return ModelConfig(
-        backbone=s.backbone, layers=tuple(s.layers), hidden=s.hidden, latent=s.latent, bank_size=s.bank_size,
+        backbone=s.backbone, layers=tuple(s.layers), pool=s.pool, hidden=s.hidden, latent=s.latent, bank_size=s.bank_size,
         global_bank=s.global_bank, pos_weight=s.pos_weight, grid=grid, w_latent=s.w_latent, w_recon=s.w_recon,
         w_gauss=s.w_gauss, w_global=s.w_global, smooth=s.smooth,
     )
@@ -236,6 +236,7 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
     final = staging(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a watcher may run as another user
     save_model(tmp / MODEL_FILE, net, pre, {"settings": s.model_dump(mode="json")})
     write_json_atomic(tmp / FIT_FILE, {
         "data": str(Path(data).resolve()),

@@ -83,7 +83,7 @@ def test_too_few_good_images_to_calibrate(tmp_path):
     from inspector.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "small", n_train=30, n_test_good=0, n_test_defect=0)
-    fit(data, tmp_path / "m", FitSettings(**FAST_FIT, steps=5), show=False)
+    fit(data, tmp_path / "m", FitSettings(**{**FAST_FIT, "steps": 5}), show=False)
     with pytest.raises(InspectorError, match="only 6 held-out good images: calibration needs at least 20"):
         calibrate_model(tmp_path / "m", CalibrateSettings())
 
@@ -106,12 +106,12 @@ def test_unreadable_images_are_skipped_then_abort(tmp_path):
 
     data = write_dataset(tmp_path / "d", n_train=40, n_test_good=0, n_test_defect=0)
     (data / "train/good/0001.png").write_text("not an image")
-    r = fit(data, tmp_path / "m", FitSettings(**FAST_FIT, steps=5), show=False)
+    r = fit(data, tmp_path / "m", FitSettings(**{**FAST_FIT, "steps": 5}), show=False)
     assert r.skipped == 1
     for i in range(2, 12):
         (data / f"train/good/{i:04d}.png").write_bytes(b"")
     with pytest.raises(InspectorError, match="unreadable"):
-        fit(data, tmp_path / "m2", FitSettings(**FAST_FIT, steps=5), show=False)
+        fit(data, tmp_path / "m2", FitSettings(**{**FAST_FIT, "steps": 5}), show=False)
     assert not (tmp_path / "m2").exists() or not staging(tmp_path / "m2").exists()
 
 

@@ -62,6 +62,10 @@ class Backbone(nn.Module):
             load_weights(full, weights)
         # Keep only the stages we need: the rest would cost time at every frame.
         self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=layers)
+        # timm keeps (and runs) the stages after the last one we use: drop them.
+        last = max(int(name.split(".")[1]) for name in self.body.feature_info.module_name() if name.startswith("blocks."))
+        if hasattr(self.body, "blocks"):
+            self.body.blocks = self.body.blocks[: last + 1]
         self.body.load_state_dict({k: v for k, v in full.state_dict().items() if k in self.body.state_dict()})
         self.channels = tuple(self.body.feature_info.channels())
         self.strides = tuple(self.body.feature_info.reduction())
