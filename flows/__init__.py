@@ -5,3 +5,10 @@ Prefect. Deployment code (schedules, work pools) lives in `flows/serve.py` and `
 from the flow code. `flows.watch` imports nothing that needs torch, so a line PC with
 `inspector[runtime]` and Prefect can run the watcher as a managed deployment.
 """
+
+import os
+
+# OpenMP threads that spin while waiting make torch 30-40x slower when another process holds a core
+# (measured here: a fit of 3 s took 110 s on a busy 2-core box); sleeping waiters cost ~nothing when idle.
+# Set before torch is first imported by a flow; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

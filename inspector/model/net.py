@@ -24,16 +24,16 @@ class ModelConfig:
 
     backbone: str = DEFAULT_BACKBONE
     layers: tuple[int, ...] = (2, 3)  # timm feature indices: stride 8 and stride 16
-    pool: int = 3  # local average pooling of patch features (neighbourhood context)
+    pool: int = 1  # local average pooling of patch features (neighbourhood context)
     feature_dim: int = 0  # filled in from the backbone
     hidden: int = 256
-    latent: int = 32
+    latent: int = 64
     bank_size: int = 4096  # latent patch vectors kept as the memory bank of "good"
     global_bank: int = 0  # image-level latent embeddings kept (0 = off)
     pos_weight: float = 0.0  # weight of patch position (fraction of image) appended to the latent
     grid: tuple[int, int] = (32, 32)  # patch grid (H/8, W/8) of the fixed input size
     w_latent: float = 1.0
-    w_recon: float = 1.0
+    w_recon: float = 0.0  # measured on magnetic tile: adding it lowered image AUROC 0.853 -> 0.799
     w_gauss: float = 1.0  # per-position Gaussian (Mahalanobis) distance in the latent space
     w_global: float = 0.0
     smooth: int = 5  # Gaussian kernel size on the patch grid (stride 8), odd, 1 = off
@@ -139,11 +139,12 @@ class InspectorNet(nn.Module):
         """Per-patch latent kNN distance, reconstruction error, latent Mahalanobis (each (B, h, w))
         and the image-level latent distance (B,)."""
         f = self.features(x)
-        z, rec = self.ae(f)
+        z = self.ae.encoder(f)  # (B, L, h, w)
         b, l, h, w = z.shape
         zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, l + 2)  # (B*h*w, L+2)
         lat = nearest_distance(zf, self.bank, self.bank_sq).reshape(b, h, w)
-        recon = (f - rec).pow(2).mean(1)  # (B, h, w)
+        # The decoder runs only when its error is part of the score.
+        recon = (f - self.ae.decoder(z)).pow(2).mean(1) if self.cfg.w_recon > 0 else torch.zeros_like(lat)
         if self.cfg.w_gauss > 0:
             d = (z - self.gauss_mean).flatten(2).permute(2, 0, 1)  # (h*w, B, L)
             m = (torch.bmm(d, self.gauss_prec) * d).sum(-1)  # (h*w, B)
