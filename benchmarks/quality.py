@@ -35,7 +35,7 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "fpr_at_threshold", "fit_s", "ms_
 
 def find_sets(root: Path) -> dict[str, Path]:
     """Every <set>/<category> folder with train/good, named like 'bsdata/ballscrew'."""
-    return {f"{p.parent.parent.name}/{p.parent.name}": p.parent for p in sorted(root.glob("*/*/train/good"))}
+    return {f"{p.parents[2].name}/{p.parents[1].name}": p.parents[1] for p in sorted(root.glob("*/*/train/good"))}
 
 
 def run_inspector(data: Path, fpr: float) -> dict:

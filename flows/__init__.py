@@ -12,3 +12,5 @@ import os
 # (measured here: a fit of 3 s took 110 s on a busy 2-core box); sleeping waiters cost ~nothing when idle.
 # Set before torch is first imported by a flow; a value in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Plants are offline more often than not: the ephemeral server's usage telemetry only logs DNS errors there.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,16 +1,11 @@
 """`make demo`: the whole pipeline on a synthetic product, on one machine, in a few minutes.
 
-1. a seeded synthetic product data set under demo/data/ (or `--data`), made once;
-2. the train flow (fit -> calibrate -> evaluate -> export -> gate -> promote) into demo/models/part;
-3. the watcher (`inspector watch`, exactly as on a line) on the hot folder demo/line/incoming, fed by a
-   simulated camera that now and then produces a defective part; alerts go to a local webhook (and to
-   MQTT when a broker answers on 127.0.0.1:1883);
-4. the dashboard on http://127.0.0.1:8080 with a review token, showing flagged parts with heat maps;
-5. after `--seconds` (or Ctrl-C): the watcher finishes what it took, everything stops, and a summary
-   says what was scored, flagged and alerted, against the camera's ground truth.
-
-The line folder starts empty on every run; the model folder keeps its versions (a second run registers
-the next version and shows the gate deciding).
+A synthetic data set (made once under demo/data, or `--data`), the train flow into demo/models/part, then
+`inspector watch` on the hot folder demo/line/incoming fed by a simulated camera that now and then makes a
+defective part (alerts to a local webhook, and to MQTT when a broker answers on 127.0.0.1:1883), and the
+dashboard with a review token. After `--seconds` or Ctrl-C the watcher finishes what it took, everything
+stops, and a summary compares what was flagged with the camera's ground truth. The line folder starts empty
+each run; the model folder keeps its versions, so a second run shows the gate deciding.
 """
 
 from __future__ import annotations
@@ -34,8 +29,9 @@ import cv2
 import numpy as np
 import yaml
 
+from inspector.synthetic import DEFECTS, add_defect, good_part
+
 DEMO = Path("demo")
-DEFECTS = ("scratch", "blob", "missing")
 
 
 class Camera(threading.Thread):
@@ -49,8 +45,6 @@ class Camera(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from inspector.synthetic import add_defect, good_part
-
         n = 0
         while not self.stop.wait(self.interval):
             img = good_part(self.rng, (self.size, self.size))
@@ -90,13 +84,16 @@ class Webhook:
         self.server.server_close()
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+def pick_port(wanted: int = 0) -> int:
+    """`wanted` when it is free, else any free port."""
+    for port in (wanted, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise OSError("no free port")
 
 
 def port_answers(port: int) -> bool:
@@ -129,7 +126,8 @@ def line_config(line: Path, model: Path, hook_url: str, mqtt: bool, ops_port: in
     sinks = [{"kind": "webhook", "name": "mes", "url": hook_url}]
     if mqtt:
         sinks.append({"kind": "mqtt", "name": "plant-mqtt", "host": "127.0.0.1", "port": 1883})
-    doc = {"line": "demo", "model": {"path": str(model.resolve()), "providers": ["cpu"], "threads": 1, "reload_check_s": 2},
+    doc = {"line": "demo",
+           "model": {"path": str(model.resolve()), "providers": ["cpu"], "threads": 1, "reload_check_s": 2},
            "sources": [{"kind": "folder", "name": "camera", "path": "incoming", "stable_s": 0.3, "rescan_s": 2}],
            "sinks": sinks, "store": {"url": "sqlite:///store/store.db", "save_map": True},
            "outbox": {"backoff_min_s": 0.5, "backoff_max_s": 5}, "ops": {"port": ops_port}}
@@ -202,7 +200,8 @@ def summary(line: Path, cam: Camera, hook: Webhook) -> list[str]:
     c = facts["counters"]
     return [f"camera: {len(cam.truth)} parts written, {sum(k != 'good' for k in cam.truth.values())} of them defective",
             f"watcher: {c.get('scored', 0)} frames scored, {len(flagged)} flagged, {c.get('errors', 0)} unreadable",
-            f"defects caught: {len(defects & flagged)} of {len(defects)} scored; false alarms: {len(flagged - defects)} "
+            f"defects caught: {len(defects & flagged)} of {len(defects)} scored; "
+            f"false alarms: {len(flagged - defects)} "
             f"of {len(scored - defects)} good parts",
             f"alerts raised: {facts['alerts'].get('mes', 0)}; delivered to the webhook: {len(hook.alerts)}"
             + (f"; to MQTT: {facts['alerts']['plant-mqtt'] - facts['pending'].get('plant-mqtt', 0)}"
@@ -232,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def demo(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     data = a.data or ensure_data(DEMO / "data" / "part", a.size)
     model = DEMO / "models" / "part"
     print(f"demo: training {model} on {data} with the train flow (Prefect, no server needed)")
@@ -250,9 +248,9 @@ def run_line(a: argparse.Namespace, model: Path, t0: float) -> int:
     shutil.rmtree(line, ignore_errors=True)
     (line / "incoming").mkdir(parents=True)
     hook, token = Webhook(), secrets.token_urlsafe(18)
-    port = a.port if port_free(a.port) else _free_port()
-    config = line_config(line, model, hook.url, port_answers(1883), _free_port())
-    Store.open(f"sqlite:///{(line / 'store' / 'store.db').resolve()}").close()  # the dashboard opens an existing store
+    port = pick_port(a.port)
+    config = line_config(line, model, hook.url, port_answers(1883), pick_port())
+    Store.open(f"sqlite:///{(line / 'store' / 'store.db').resolve()}").close()  # the dashboard needs it to exist
     watcher = spawn(["watch", "--config", str(config)], line / "watcher.log")
     dashboard = spawn(["dashboard", "--config", str(config), "--port", str(port)], line / "dashboard.log",
                       {"INSPECTOR_TOKEN": token})
@@ -260,7 +258,8 @@ def run_line(a: argparse.Namespace, model: Path, t0: float) -> int:
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_http(url, dashboard)
-        print(f"demo: dashboard on {url} (review token: {token}); camera runs for {a.seconds:.0f} s, Ctrl-C stops early")
+        print(f"demo: dashboard on {url} (review token: {token}); "
+              f"camera runs for {a.seconds:.0f} s, Ctrl-C stops early")
         cam.start()
         deadline = time.monotonic() + a.seconds
         while time.monotonic() < deadline and watcher.poll() is None:
@@ -268,22 +267,29 @@ def run_line(a: argparse.Namespace, model: Path, t0: float) -> int:
     except KeyboardInterrupt:
         print("\ndemo: stopping")
     finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the children
-        cam.stop.set()
-        if cam.is_alive():
-            cam.join()
-        drain(line / "incoming", watcher)
-        code = stop(watcher)
-        if not a.keep_dashboard:
-            stop(dashboard, 30)
-        signal.signal(signal.SIGINT, previous)
-        lines = summary(line, cam, hook)
-        hook.close()
-    print("\n".join(["", "demo summary", *(f"  {s}" for s in lines), f"  watcher exit code: {code}",
+        code = shutdown(cam, watcher, None if a.keep_dashboard else dashboard, line / "incoming")
+    print("\n".join(["", "demo summary", *(f"  {s}" for s in summary(line, cam, hook)),
+                     f"  watcher exit code: {code}",
                      f"  model registry: {model} (`inspector promote`), line: {line} (logs, store, media)",
                      f"  see it again: .venv/bin/inspector dashboard --config {config}",
                      f"  total time: {time.monotonic() - t0:.0f} s"]))
+    hook.close()
     return finish_dashboard(dashboard, url, a.keep_dashboard) if code == 0 else 1
+
+
+def shutdown(cam: Camera, watcher: subprocess.Popen, dashboard: subprocess.Popen | None, incoming: Path) -> int | None:
+    """Camera off, the watcher scores what is left and stops; a second Ctrl-C meanwhile must not orphan them."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cam.stop.set()
+        if cam.is_alive():
+            cam.join()
+        drain(incoming, watcher)
+        code = stop(watcher)
+        stop(dashboard, 30)
+        return code
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def finish_dashboard(dashboard: subprocess.Popen, url: str, keep: bool) -> int:
@@ -295,12 +301,6 @@ def finish_dashboard(dashboard: subprocess.Popen, url: str, keep: bool) -> int:
             pass
     stop(dashboard, 30)
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -136,10 +136,12 @@ def report_markdown(r: Report, drift_limit: float) -> str:
     for s in r.sources:
         text = f"- **{s.source}**: {s.scored} frames scored, {s.flagged} flagged"
         text += f" ({s.flag_rate:.2%})" if s.flag_rate is not None else ""
-        text += f"; reviewed {s.confirmed + s.false_alarms} ({s.false_alarms} false alarms), {s.pending} waiting for review"
+        text += (f"; reviewed {s.confirmed + s.false_alarms} ({s.false_alarms} false alarms), "
+                 f"{s.pending} waiting for review")
         if s.drift is not None:
             text += f"; good-frame scores moved {s.drift:+.2f} spreads from calibration"
-            text += f" **above the {drift_limit:g} limit: check the camera, lighting and material**" if s.drifting else ""
+            if s.drifting:
+                text += f" **above the {drift_limit:g} limit: check the camera, lighting and material**"
         lines.append(text)
     lines += ["", "| " + " | ".join(report_table(r)[0]) + " |", "|" + "---|" * len(report_table(r)[0])]
     lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in report_table(r)]
@@ -172,3 +174,18 @@ def report(config: Path | None = None, store: str | None = None, model: Path | N
         if s.drifting:
             get_run_logger().warning("%s: good-frame scores drifted %+.2f spreads from calibration", s.source, s.drift)
     return r
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Run the report flow once (ephemeral Prefect API, no server needed).")
+    ap.add_argument("--config", type=Path, help="line config YAML (store and model)")
+    ap.add_argument("--store", help="store URL instead of the config's")
+    ap.add_argument("--model", type=Path, help="model folder instead of the config's")
+    ap.add_argument("--hours", type=float, default=24)
+    a = ap.parse_args()
+    r = report(a.config, a.store, a.model, ReportSettings(hours=a.hours))
+    print(report_markdown(r, ReportSettings().drift_limit))
+    sys.exit(0)

@@ -103,9 +103,24 @@ def retrain(data: Path, model: Path, retrain_dir: Path, fit: FitSettings = FitSe
         log.info("retrain skipped: no new reviewed false alarms in %s since the last retrain (%d in use)",
                  retrain_dir, len(files))
         return RetrainResult(status="skipped", added=[], removed=[])
-    log.info("retraining %s with %d reviewed false alarms (%d new, %d withdrawn)", model, len(files), len(added), len(removed))
+    log.info("retraining %s with %d reviewed false alarms (%d new, %d withdrawn)", model, len(files), len(added),
+             len(removed))
     with inspector_logs_to_prefect():
         assembled = assemble_data(data, retrain_dir, sorted(files), model)
         result = train_and_gate(assembled, model, fit, calibrate, gate, eval_data=data, why="retrain")
     record_used(model, files, result.version, result.promoted)
     return RetrainResult(status="trained", added=added, removed=removed, train=result)
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Run the retrain flow once (ephemeral Prefect API, no server needed).")
+    ap.add_argument("data", type=Path, help="the original data set (train/good, test/...)")
+    ap.add_argument("model", type=Path, help="model folder (the registry)")
+    ap.add_argument("retrain_dir", type=Path, help="folder the dashboard copies reviewed false alarms into")
+    a = ap.parse_args()
+    r = retrain(a.data, a.model, a.retrain_dir)
+    print(r.status if r.train is None else f"{r.train.version}: {'promoted' if r.train.promoted else 'not promoted'}")
+    sys.exit(0)

@@ -130,7 +130,8 @@ def report_markdown(r: TrainResult, cal: dict) -> str:
     lines += [f"| {row['metric']} | {row['candidate']} | {row['current']} | {row['change']} |"
               for row in metrics_table(r.candidate, r.current)]
     if r.overlays:
-        lines += ["", "## Heat-map overlays", "", "Image and heat map side by side, score as a multiple of the threshold:", ""]
+        lines += ["", "## Heat-map overlays", "",
+                  "Image and heat map side by side, score as a multiple of the threshold:", ""]
         lines += [f"- [{p.stem.replace('_', ' ')}]({p.as_uri()}) `{p}`" for p in r.overlays]
     lines += ["", f"Model folder: `{r.model.resolve()}`; promote by hand: `inspector promote {r.model} {r.version}`"]
     return "\n".join(lines)

@@ -1,0 +1,7 @@
+"""inspector: industrial visual inspection. Fit on good parts, calibrate, export to ONNX, watch a line."""
+
+import os
+
+# OpenCV reads this once, when cv2 is first imported: set it before any module imports cv2, so a
+# 20000x20000 image is refused instead of decoded into gigabytes.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))

@@ -30,7 +30,7 @@ class FitSettings(Settings):
     w_recon: float = Field(0.0, ge=0, description="Weight of the reconstruction error in the map.")
     w_gauss: float = Field(1.0, ge=0, description="Weight of the per-position latent Mahalanobis distance.")
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
-    smooth: int = Field(5, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map.")
+    smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
     steps: int = Field(1500, ge=1, le=1_000_000, description="Autoencoder training steps.")
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")

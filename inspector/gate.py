@@ -76,9 +76,10 @@ def metric_check(name: str, candidate: float | None, current: float | None, max_
     if current is None:
         return Check(name, True, f"{name} {candidate:.4f} (nothing to compare with)")
     delta = candidate - current
-    ok = delta >= -max_drop
-    verdict = "not worse than" if ok else f"worse than (allowed drop {max_drop:g})"
-    return Check(name, ok, f"{name} {candidate:.4f} {verdict} current {current:.4f} ({delta:+.4f})")
+    if delta >= -max_drop:
+        return Check(name, True, f"{name} {candidate:.4f}, current {current:.4f} ({delta:+.4f}): not worse")
+    return Check(name, False, f"{name} {candidate:.4f} is worse than current {current:.4f} ({delta:+.4f}; "
+                              f"allowed drop {max_drop:g})")
 
 
 def compare(candidate: dict, current: dict | None, target_fpr: float, s: GateSettings | None = None) -> GateResult:
@@ -91,7 +92,8 @@ def compare(candidate: dict, current: dict | None, target_fpr: float, s: GateSet
     checks = [c for name in s.metrics
               if (c := metric_check(name, candidate.get(name), (current or {}).get(name), s.max_drop)) is not None]
     if not checks:
-        checks.append(Check("labelled", True, "no labelled defects in the evaluation set: only the false-alarm rate is gated"))
+        checks.append(Check("labelled", True,
+                            "no labelled defects in the evaluation set: only the false-alarm rate is gated"))
     checks.append(fpr_check(int(candidate.get("false_alarms", 0)), int(candidate.get("good_images", 0)),
                             target_fpr, s.fpr_confidence))
     return GateResult(all(c.ok for c in checks), checks)

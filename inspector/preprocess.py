@@ -9,17 +9,13 @@ positions comparable between images (the model keeps per-position statistics) an
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-# OpenCV refuses to decode images above this many pixels instead of allocating gigabytes.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 27))
+import cv2  # OpenCV's pixel limit is set in inspector/__init__.py, before cv2 is first imported
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from inspector.errors import ImageError  # noqa: E402
+from inspector.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

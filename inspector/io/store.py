@@ -262,8 +262,17 @@ class Store:
             s.execute(sa.delete(Outbox).where(Outbox.delivered_at < now - timedelta(days=keep_delivered_days)))
 
 
+MIGRATION_LOCK = 0x1E5C7042  # any constant shared by every inspector process
+
+
 def _migrate(conn: sa.Connection, url: str) -> None:
-    """Upgrade to the newest schema, logging only when something changed."""
+    """Upgrade to the newest schema, logging only when something changed.
+
+    On PostgreSQL a transaction-scoped advisory lock serializes watchers that open a new store at the
+    same instant (otherwise both CREATE TABLE and one dies on a unique violation).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
     before = MigrationContext.configure(conn).get_current_revision()
     command.upgrade(alembic_config(conn), "head")
     after = MigrationContext.configure(conn).get_current_revision()
