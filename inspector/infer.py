@@ -20,7 +20,7 @@ class Scored:
     image: np.ndarray  # BGR as loaded
     score: float  # raw
     amap: np.ndarray  # (H, W) raw map at the network input size
-    components: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    components: tuple[torch.Tensor, ...] | None = None  # (lat, recon, gauss, glob) when asked for
 
 
 def score_paths(
