@@ -15,7 +15,6 @@ import sqlalchemy as sa
 import yaml
 from pydantic import ValidationError
 
-from inspector.config import Settings
 from inspector.errors import InspectorError
 from inspector.io.store import Store
 from inspector.watch_config import DashboardConfig, StoreConfig
