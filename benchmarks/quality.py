@@ -6,6 +6,7 @@ benchmarks/results/quality.json: {"sets": {SET: {METHOD: {image_auroc, pixel_aur
 fpr_at_threshold, fit_s, ms_per_image, ...}}}}.
 
     .venv/bin/python benchmarks/quality.py [--sets bsdata] [--methods inspector,padim] [--patchcore-train 100]
+                                           [--fit latent=96 pool=3] [--out other.json]
 """
 
 from __future__ import annotations
@@ -38,18 +39,18 @@ def find_sets(root: Path) -> dict[str, Path]:
     return {f"{p.parents[2].name}/{p.parents[1].name}": p.parents[1] for p in sorted(root.glob("*/*/train/good"))}
 
 
-def run_inspector(data: Path, fpr: float) -> dict:
+def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         t0 = time.time()
-        r = fit(data, model, FitSettings(), show=False)
+        r = fit(data, model, FitSettings(**(overrides or {})), show=False)
         fit_s = time.time() - t0
         calibrate_model(model, CalibrateSettings(fpr=fpr))
         m = evaluate_model(model, show=False)
     return {k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit}
 
 
-def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int) -> dict:
+def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int, overrides: dict) -> dict:
     from baselines import run_baseline
 
     fit_paths, holdout = split_holdout(discover(data).train, FitSettings().holdout_fraction, FitSettings().seed)
@@ -57,7 +58,7 @@ def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_tra
     for method in methods:
         print(f"[{name}] {method} ...", file=sys.stderr, flush=True)
         if method == "inspector":
-            out[method] = run_inspector(data, fpr)
+            out[method] = run_inspector(data, fpr, overrides) | ({"settings": overrides} if overrides else {})
         else:
             cap = patchcore_train if method == "patchcore" else None
             out[method] = run_baseline(method, data, holdout, fit_paths, 256, fpr, cap)
@@ -65,7 +66,7 @@ def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_tra
 
 
 def table(results: dict) -> str:
-    head = f"| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | fit s | ms/img |"
+    head = "| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | fit s | ms/img |"
     lines = [head, "|" + "---|" * 9]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for name, methods in results["sets"].items():
@@ -88,18 +89,28 @@ def main() -> None:
     ap.add_argument("--methods", default="inspector,padim,patchcore")
     ap.add_argument("--fpr", type=float, default=0.01)
     ap.add_argument("--patchcore-train", type=int, default=100, help="PatchCore fits on a subsample (its coreset is slow)")
+    ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="inspector fit settings other than the defaults (e.g. latent=96), recorded in the JSON")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
+    if any("=" not in kv for kv in a.fit):
+        ap.error("--fit takes KEY=VALUE pairs, e.g. --fit latent=96 pool=3")
+    overrides = dict(kv.split("=", 1) for kv in a.fit)
+    try:
+        FitSettings(**overrides)  # a bad key or value: one clear error before any work
+    except ValueError as e:
+        ap.error(f"--fit: {e}".splitlines()[0] + " " + " ".join(str(e).splitlines()[1:3]))
     sets = {k: v for k, v in find_sets(DATASETS).items() if not a.sets or any(s in k for s in a.sets.split(","))}
     if not sets:
         sys.exit(f"no data sets with train/good under {DATASETS}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"sets": {}}
+    results = json.loads(a.out.read_text()) if a.out.exists() else {"sets": {}}
     for name, data in sets.items():
-        results["sets"].setdefault(name, {}).update(run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train))
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        results["sets"].setdefault(name, {}).update(run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train, overrides))
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
     results["note"] = (f"short side 256 for all; PatchCore fitted on {a.patchcore_train} random fit images; "
                        "FPR measured on test/good at the threshold calibrated on held-out train/good")
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    a.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 
 

@@ -150,7 +150,7 @@ def _images(data: Path, n: int) -> list[Path]:
     return paths[:: max(1, len(paths) // n)][:n]
 
 
-def build_model(work: Path, data: Path, model: Path | None, n_images: int) -> Path:
+def build_model(work: Path, data: Path, model: Path | None, n_images: int, overrides: dict | None = None) -> Path:
     """The inspector model, exported: an existing calibrated model folder, or a quick fit on `data`."""
     from inspector.calibrate import calibrate_model
     from inspector.config import CalibrateSettings, FitSettings
@@ -168,7 +168,7 @@ def build_model(work: Path, data: Path, model: Path | None, n_images: int) -> Pa
         for p in _images(data, n_images):
             os.symlink(p.resolve(), folder / p.name)
         print(f"fitting on {n_images} images of {data} (default architecture, {SIZE}x{SIZE}, 300 steps) ...", flush=True)
-        fit(folder, out, FitSettings(short_side=SIZE, keep_aspect=False, steps=300), show=False)
+        fit(folder, out, FitSettings(**{"short_side": SIZE, "keep_aspect": False, "steps": 300, **(overrides or {})}), show=False)
         calibrate_model(out, CalibrateSettings(min_holdout=5))
     export_model(out)
     return out
@@ -275,7 +275,11 @@ def main() -> int:
     ap.add_argument("--child", choices=("time", *VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--artifact", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--hw", type=int, nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE", help="fit settings other than the defaults")
     a = ap.parse_args()
+    if any("=" not in kv for kv in a.fit):
+        ap.error("--fit takes KEY=VALUE pairs, e.g. --fit latent=96")
+    overrides = dict(kv.split("=", 1) for kv in a.fit)
     if a.child:
         arts = {k: Path(v) for k, v in (item.split("=", 1) for item in a.artifact)}
         hw = tuple(a.hw)
@@ -285,7 +289,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="inspector-bench-") as tmp:
         work = a.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        model = build_model(work, a.data, a.model, a.images)
+        model = build_model(work, a.data, a.model, a.images, overrides)
         hw = tuple(json.loads((model / "v1" / "manifest.json").read_text())["input"]["size"] or (SIZE, SIZE))
         artifacts = {
             "onnx_cpu": model / "v1", "torch_eager": model,
@@ -295,6 +299,8 @@ def main() -> int:
         print(f"measuring at {hw[0]}x{hw[1]}, {os.cpu_count()} CPU cores ...", flush=True)
         res = measure(artifacts, hw, a.runs, a.rounds)
     print(report(res))
+    if overrides:
+        res["fit_settings"] = overrides
     a.out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = a.out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(res, indent=2) + "\n")

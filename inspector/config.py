@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Settings(BaseModel):
@@ -37,6 +37,12 @@ class FitSettings(Settings):
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Good images held out for calibration.")
     max_bad_fraction: float = Field(0.1, ge=0, le=1, description="Abort when more images than this are unreadable.")
     seed: int = Field(0, description="Random seed (split, sampling, init).")
+
+    @model_validator(mode="after")
+    def _some_patch_term(self) -> "FitSettings":
+        if not (self.w_latent > 0 or self.w_recon > 0 or self.w_gauss > 0):
+            raise ValueError("at least one of w_latent, w_recon, w_gauss must be > 0: the anomaly map is their sum")
+        return self
 
 
 class CalibrateSettings(Settings):

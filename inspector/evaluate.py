@@ -79,11 +79,23 @@ def image_metrics(items: list[Item]) -> dict:
     labels = np.array([i.label for i in items])
     good = scores[labels == 0]
     res = {"images": len(items), "defects": int(labels.sum()), "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None}
+    by_size = fpr_by_image_size([i for i in items if i.label == 0])
+    if len(by_size) > 1:  # good images from more than one camera format: where do the false alarms come from?
+        res["fpr_by_image_size"] = by_size
     if labels.min() != labels.max():
         res["image_auroc"] = auroc(scores, labels)
         at = pr_at(scores, labels, 1.0)
         res.update(f1_at_threshold=at["f1"], precision_at_threshold=at["precision"], recall_at_threshold=at["recall"])
     return res
+
+
+def fpr_by_image_size(good: list[Item]) -> dict[str, dict]:
+    """False-alarm rate of good images per image size ("WxH"): a format the fit never saw shows up here."""
+    groups: dict[str, list[float]] = {}
+    for it in good:
+        h, w = it.image.shape[:2]
+        groups.setdefault(f"{w}x{h}", []).append(it.score)
+    return {k: {"images": len(v), "fpr": float(np.mean(np.asarray(v) >= 1.0))} for k, v in sorted(groups.items())}
 
 
 def pixel_metrics(preds: list[np.ndarray], masks: list[np.ndarray], items: list[Item]) -> dict:
@@ -143,4 +155,7 @@ def format_table(m: dict) -> str:
     rows = [(k, m[k]) for k in ("images", "defects", "image_auroc", "pixel_auroc", "aupro", "f1_at_threshold",
                                 "precision_at_threshold", "recall_at_threshold", "fpr_at_threshold", "ms_per_image") if k in m]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
+    lines = [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
+    for size, g in m.get("fpr_by_image_size", {}).items():
+        lines.append(f"{'  fpr ' + size:<{width}}  {g['fpr']:.4f}  ({g['images']} good images of this size)")
+    return "\n".join(lines)

@@ -209,7 +209,7 @@ def _reference(net: InspectorNet) -> dict:
     batches from the memory bank: its kNN distance matrix is the largest tensor of a run)."""
     buffers = {n: b for n, b in net.named_buffers() if not n.startswith("backbone.")}
     return {
-        "bank_size": int(net.bank.shape[0]), "dim": int(net.bank.shape[1]), "patch_stride": int(net.backbone.strides[0]),
+        "bank_size": int(net.bank.shape[0]) if net.cfg.w_latent > 0 else 0, "dim": int(net.bank.shape[1]), "patch_stride": int(net.backbone.strides[0]),
         "buffers": {n: list(b.shape) for n, b in buffers.items()},
         "bytes": int(sum(b.numel() * b.element_size() for b in buffers.values())),
     }

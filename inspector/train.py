@@ -194,9 +194,10 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
 
     z = encode(net, x)  # (N*h*w, L)
     del x, maps
-    net.pos_scale.fill_(s.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
-    pos = patch_positions(h, w).repeat(n, 1)
-    _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), s.bank_size, gen))
+    if s.w_latent > 0:  # the k-center coreset is the slowest step of a fit: only when the kNN term is used
+        net.pos_scale.fill_(s.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
+        pos = patch_positions(h, w).repeat(n, 1)
+        _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), s.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
     if s.w_gauss > 0:
         g_mean, g_prec = fit_gaussian(zmaps)
@@ -222,8 +223,8 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, flo
     if comps:
         med = lambda vals: max(float(np.median(vals)), 1e-6)  # noqa: E731
         net.scales.copy_(torch.tensor([
-            med([c[0].max().item() for c in comps]),
-            med([c[1].max().item() for c in comps]),
+            med([c[0].max().item() for c in comps]) if s.w_latent > 0 else 1.0,
+            med([c[1].max().item() for c in comps]) if s.w_recon > 0 else 1.0,
             med([c[2].max().item() for c in comps]) if s.w_gauss > 0 else 1.0,
             med([c[3].item() for c in comps]) if s.global_bank > 0 else 1.0,
         ]))

@@ -48,7 +48,8 @@ def test_export_publishes_a_self_describing_version(v1, model_dir):
     net, pre, _ = load_model(model_dir)
     assert Preprocess.from_dict(m["preprocess"]) == pre
     assert m["backbone"]["name"] == net.cfg.backbone and m["latent_size"] == net.cfg.latent
-    assert m["reference"]["bank_size"] == net.bank.shape[0] and m["reference"]["patch_stride"] == 8
+    assert m["reference"]["bank_size"] == (net.bank.shape[0] if net.cfg.w_latent > 0 else 0)
+    assert m["reference"]["patch_stride"] == 8
     assert m["input"]["layout"] == "NCHW"
     if export.fixed_size(pre):  # one network input size per model: only the batch is dynamic
         assert m["input"]["dynamic_axes"] == ["batch"] and m["input"]["size"] == [pre.height, pre.width]
@@ -88,7 +89,31 @@ def test_graph_is_its_weights_not_a_blown_up_reference(v1, model_dir):
     assert constants <= size < constants + 1_000_000  # constants + a small graph, nothing materialized
     net, _, _ = load_model(model_dir)
     assert constants <= sum(t.numel() * t.element_size() for t in net.state_dict().values())
-    assert net.bank.numel() * 4 < size  # the memory bank is inside, as a constant
+    assert net.gauss_prec.numel() * 4 < size  # the per-position Gaussian is inside, as constants
+    kinds = {n.op_type for n in graph.graph.node}
+    assert ("ReduceMin" in kinds) == (net.cfg.w_latent > 0)  # the kNN runs only in models that use it
+
+
+def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
+    """kNN bank, reconstruction, image-level distance and smoothing: all inside the graph, parity checked."""
+    from inspector.calibrate import calibrate_model
+    from inspector.config import CalibrateSettings, FitSettings
+    from inspector.train import fit
+
+    from .conftest import FAST_FIT
+
+    s = FitSettings(**{**FAST_FIT, "steps": 30, "w_latent": 1.0, "w_recon": 0.5, "global_bank": 40, "w_global": 0.5,
+                       "pool": 3, "smooth": 3, "pos_weight": 0.5})
+    fit(synthetic_data, tmp_path / "m", s, show=False)
+    calibrate_model(tmp_path / "m", CalibrateSettings(fpr=0.05))
+    v = export_model(tmp_path / "m")  # refuses to publish unless torch and ORT agree
+    m = json.loads((v / "manifest.json").read_text())
+    assert m["parity"]["max_diff_normalized"] <= PARITY_TOLERANCE
+    assert m["reference"]["bank_size"] == 512
+    graph = onnx.load(str(v / "model.onnx"))
+    assert {"ReduceMin", "MatMul"} <= {n.op_type for n in graph.graph.node}
+    net, _, _ = load_model(tmp_path / "m")
+    assert (net.bank.numel() + net.gauss_prec.numel()) * 4 < (v / "model.onnx").stat().st_size
 
 
 def test_threshold_is_not_in_the_graph(v1, model_dir):

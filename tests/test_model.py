@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,19 @@ def test_evaluate_writes_metrics_and_pictures(fitted_model):
     out = staging(fitted_model) / "evaluation"
     for name in ("histogram.png", "best_defect.png", "worst_good.png", "borderline_defect.png", "metrics.json"):
         assert (out / name).stat().st_size > 0
+
+
+def test_false_alarms_are_broken_down_by_image_size():
+    """Good images in a format the fit never saw (a camera change) show up as their own false-alarm rate."""
+    from inspector.evaluate import Item, format_table, image_metrics
+
+    def item(score, label, hw):
+        return Item(Path(f"{score}.png"), label, score, np.zeros((*hw, 3), np.uint8), np.zeros(hw, np.float32))
+
+    items = [item(s, 0, (46, 113)) for s in (0.2, 0.5, 0.9, 1.2)] + [item(s, 0, (64, 154)) for s in (1.5, 2.0)]
+    items += [item(3.0, 1, (46, 113))]
+    m = image_metrics(items)
+    assert m["fpr_at_threshold"] == pytest.approx(3 / 6)
+    assert m["fpr_by_image_size"] == {"113x46": {"images": 4, "fpr": 0.25}, "154x64": {"images": 2, "fpr": 1.0}}
+    assert "fpr 154x64" in format_table(m)
+    assert "fpr_by_image_size" not in image_metrics(items[:4] + items[-1:])  # one size: no breakdown

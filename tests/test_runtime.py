@@ -175,17 +175,20 @@ def test_batch_of_mixed_sizes_equals_one_by_one(scorer, frames):
 
 
 def test_long_strips_are_split_to_bound_ort_memory(scorer, frames, monkeypatch):
+    from types import SimpleNamespace
+
     from inspector.runtime import session
 
-    m = scorer._model.manifest
-    bank = m.data["reference"]["bank_size"]
-    assert session.images_per_run(m, (3, 96, 96), 8) == 8
-    strip_bytes = (96 // 8) * (96 * 40 // 8) * bank * 4  # one 96 x 3840 strip's distance matrix
-    assert session.images_per_run(m, (3, 96, 96 * 40), 8, budget=2 * strip_bytes) == 2
-    assert session.images_per_run(m, (3, 96, 96 * 40), 8, budget=strip_bytes // 2) == 1
+    knn = SimpleNamespace(data={"reference": {"patch_stride": 8, "bank_size": 512}})  # a model with the kNN term
+    assert session.images_per_run(knn, (3, 96, 96), 8) == 8
+    strip_bytes = (96 // 8) * (96 * 40 // 8) * 512 * 4  # one 96 x 3840 strip's distance matrix
+    assert session.images_per_run(knn, (3, 96, 96 * 40), 8, budget=2 * strip_bytes) == 2
+    assert session.images_per_run(knn, (3, 96, 96 * 40), 8, budget=strip_bytes // 2) == 1
+    no_knn = SimpleNamespace(data={"reference": {"patch_stride": 8, "bank_size": 0}})  # nothing of that size
+    assert session.images_per_run(no_knn, (3, 96, 96 * 40), 8, budget=1) == 8
     imgs = frames["good"] + frames["bad"]
     together = scorer.score_batch(imgs)
-    monkeypatch.setattr(session, "KNN_BUDGET_BYTES", 1)  # every frame in its own run
+    monkeypatch.setattr(session, "images_per_run", lambda *a, **k: 1)  # every frame in its own run
     apart = scorer.score_batch(imgs)
     np.testing.assert_allclose([r.raw_score for r in apart], [r.raw_score for r in together], rtol=1e-5)
 

@@ -101,8 +101,9 @@ class InspectorNet(nn.Module):
         c, l = cfg.feature_dim, cfg.latent
         self.register_buffer("feat_mean", torch.zeros(1, c, 1, 1))
         self.register_buffer("feat_std", torch.ones(1, c, 1, 1))
-        self.register_buffer("bank", torch.zeros(cfg.bank_size, l + 2))
-        self.register_buffer("bank_sq", torch.zeros(cfg.bank_size))
+        bank = cfg.bank_size if cfg.w_latent > 0 else 1  # no kNN term: no memory bank in the graph
+        self.register_buffer("bank", torch.zeros(bank, l + 2))
+        self.register_buffer("bank_sq", torch.zeros(bank))
         # Latent units per unit of position (set at fit from the latent spread).
         self.register_buffer("pos_scale", torch.zeros(()))
         self.register_buffer("global_bank", torch.zeros(max(cfg.global_bank, 1), l))
@@ -115,14 +116,46 @@ class InspectorNet(nn.Module):
         self.register_buffer("scales", torch.ones(4))
         self.register_buffer("kernel", gaussian_kernel(cfg.smooth))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized multi-scale patch features on the stride-8 grid: (B, C, H/8, W/8)."""
+    def backbone_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's feature maps (stride 8, 16, ...), locally pooled if configured."""
         maps = self.backbone(x)
+        if self.cfg.pool > 1:
+            maps = [F.avg_pool2d(m, self.cfg.pool, 1, self.cfg.pool // 2) for m in maps]
+        return maps
+
+    @staticmethod
+    def concat(maps: list[torch.Tensor]) -> torch.Tensor:
+        """Maps upsampled to the finest grid and stacked: (B, C, h, w)."""
         size = maps[0].shape[-2:]
-        maps = [F.avg_pool2d(m, self.cfg.pool, 1, self.cfg.pool // 2) for m in maps]
-        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
-        f = torch.cat(maps, dim=1)  # (B, C, h, w)
-        return (f - self.feat_mean) / self.feat_std
+        return torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]], 1)
+
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-scale patch features on the stride-8 grid, not yet standardized: (B, C, H/8, W/8)."""
+        return self.concat(self.backbone_maps(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardized multi-scale patch features on the stride-8 grid: (B, C, H/8, W/8)."""
+        return (self.raw_features(x) - self.feat_mean) / self.feat_std
+
+    def encode_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """Latent maps (B, L, h, w) straight from the backbone maps; equal to `ae.encoder(features)`.
+
+        The feature standardization is folded into the encoder's first 1x1 convolution, and since that
+        convolution and bilinear upsampling are both linear, they commute: each map meets its slice of the
+        weights at its own resolution (a quarter of the work for the stride-16 map) and only the sum is
+        upsampled. No concatenated feature tensor, no per-pixel Sub/Div: a lighter graph.
+        """
+        conv = self.ae.encoder[0]
+        w = conv.weight / self.feat_std.view(1, -1, 1, 1)  # (hidden, C, 1, 1)
+        b = conv.bias - (w * self.feat_mean.view(1, -1, 1, 1)).sum((1, 2, 3))
+        size = maps[0].shape[-2:]
+        h = F.conv2d(maps[0], w[:, : maps[0].shape[1]], b)
+        start = maps[0].shape[1]
+        for m in maps[1:]:
+            part = F.conv2d(m, w[:, start : start + m.shape[1]])
+            h = h + F.interpolate(part, size=size, mode="bilinear", align_corners=False)
+            start += m.shape[1]
+        return self.ae.encoder[2](self.ae.encoder[1](h))
 
     def with_position(self, z: torch.Tensor) -> torch.Tensor:
         """Append each patch's (y, x) position, as a fraction of the image, scaled: (B, L+2, h, w).
@@ -138,13 +171,20 @@ class InspectorNet(nn.Module):
     def components(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-patch latent kNN distance, reconstruction error, latent Mahalanobis (each (B, h, w))
         and the image-level latent distance (B,)."""
-        f = self.features(x)
-        z = self.ae.encoder(f)  # (B, L, h, w)
+        maps = self.backbone_maps(x)
+        z = self.encode_maps(maps)  # (B, L, h, w)
         b, l, h, w = z.shape
-        zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, l + 2)  # (B*h*w, L+2)
-        lat = nearest_distance(zf, self.bank, self.bank_sq).reshape(b, h, w)
-        # The decoder runs only when its error is part of the score.
-        recon = (f - self.ae.decoder(z)).pow(2).mean(1) if self.cfg.w_recon > 0 else torch.zeros_like(lat)
+        # Each term is computed only when it is part of the score (the graph holds just those).
+        if self.cfg.w_latent > 0:
+            zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, l + 2)  # (B*h*w, L+2)
+            lat = nearest_distance(zf, self.bank, self.bank_sq).reshape(b, h, w)
+        else:
+            lat = torch.zeros_like(z[:, 0])
+        if self.cfg.w_recon > 0:
+            f = (self.concat(maps) - self.feat_mean) / self.feat_std
+            recon = (f - self.ae.decoder(z)).pow(2).mean(1)
+        else:
+            recon = torch.zeros_like(lat)
         if self.cfg.w_gauss > 0:
             d = (z - self.gauss_mean).flatten(2).permute(2, 0, 1)  # (h*w, B, L)
             m = (torch.bmm(d, self.gauss_prec) * d).sum(-1)  # (h*w, B)
@@ -160,7 +200,13 @@ class InspectorNet(nn.Module):
     def combine(self, lat: torch.Tensor, recon: torch.Tensor, gauss: torch.Tensor, glob: torch.Tensor, size) -> Output:
         """Weighted, scale-normalized components -> smoothed map at `size` and image score."""
         cfg, sc = self.cfg, self.scales
-        patch = cfg.w_latent * lat / sc[0] + cfg.w_recon * recon / sc[1] + cfg.w_gauss * gauss / sc[2]
+        terms = [(cfg.w_latent, lat, 0), (cfg.w_recon, recon, 1), (cfg.w_gauss, gauss, 2)]
+        used = [(w / sc[i]) * t for w, t, i in terms if w > 0]  # only the terms in use enter the graph
+        if not used:
+            raise ValueError("no patch score term has a weight > 0 (w_latent, w_recon, w_gauss)")
+        patch = used[0]
+        for t in used[1:]:
+            patch = patch + t
         patch = patch.unsqueeze(1)  # (B, 1, h, w)
         if cfg.smooth > 1:
             patch = F.conv2d(patch, self.kernel, padding=cfg.smooth // 2)  # (B, 1, h, w)

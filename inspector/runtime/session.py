@@ -110,7 +110,9 @@ def images_per_run(m: Manifest, shape: tuple[int, ...], max_batch: int, budget: 
     ref = m.data.get("reference", {})
     stride, bank = int(ref.get("patch_stride", 8)), int(ref.get("bank_size", 4096))
     per_frame = (shape[-2] // stride) * (shape[-1] // stride) * bank * 4
-    return max(1, min(max_batch, (budget or KNN_BUDGET_BYTES) // max(per_frame, 1)))
+    if per_frame == 0:  # no kNN term in this model: nothing grows with the batch beyond the frames themselves
+        return max(1, max_batch)
+    return max(1, min(max_batch, (budget or KNN_BUDGET_BYTES) // per_frame))
 
 
 def run_batches(model: LoadedModel, tensors: list[np.ndarray], max_batch: int) -> list[tuple[float, np.ndarray]]:
