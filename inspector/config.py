@@ -14,19 +14,21 @@ class Settings(BaseModel):
 class FitSettings(Settings):
     """How `inspector fit` learns what good parts look like."""
 
-    short_side: int = Field(256, ge=32, le=2048, description="Short image side fed to the network (px).")
+    area: int = Field(256, ge=32, le=2048, description="Network input of about area x area pixels in the "
+                      "training images' aspect (a 1130x460 part -> 160x384); unused when short_side is set.")
+    short_side: int | None = Field(None, ge=32, le=2048, description="Short image side fed to the network (px).")
     max_long_side: int = Field(4096, ge=32, le=16384, description="Cap on the long side; aspect is kept.")
     keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
     backbone: str = Field("efficientnet_lite0", description="timm backbone name.")
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features.")
     pool: int = Field(1, ge=1, le=9, description="Local average pooling of patch features (odd, 1 = none).")
-    latent: int = Field(64, ge=2, le=512, description="Autoencoder latent size per patch.")
+    latent: int = Field(128, ge=2, le=512, description="Autoencoder latent size per patch.")
     hidden: int = Field(256, ge=4, le=4096, description="Autoencoder hidden width.")
     bank_size: int = Field(4096, ge=16, le=65536, description="Latent memory bank size (kNN reference).")
     global_bank: int = Field(0, ge=0, le=100000, description="Image-level embeddings kept (0 = off).")
     pos_weight: float = Field(0.0, ge=0, le=100, description="Position awareness of the kNN (0 = none).")
-    w_latent: float = Field(1.0, ge=0, description="Weight of the latent kNN distance in the map.")
+    w_latent: float = Field(0.0, ge=0, description="Weight of the latent kNN distance (memory bank) in the map.")
     w_recon: float = Field(0.0, ge=0, description="Weight of the reconstruction error in the map.")
     w_gauss: float = Field(1.0, ge=0, description="Weight of the per-position latent Mahalanobis distance.")
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")

@@ -34,6 +34,8 @@ from inspector.preprocess import Preprocess, prepare
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
+IMAGES_PER_LATENT_DIM = 3
+MIN_LATENT = 8
 
 
 @dataclass
@@ -87,7 +89,12 @@ def patch_positions(h: int, w: int) -> torch.Tensor:
 
 
 def fit_gaussian(z: torch.Tensor, shrink: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position mean (1, L, h, w) and precision (h*w, L, L) of latent maps z (N, L, h, w)."""
+    """Per-position mean (1, L, h, w) and precision (h*w, L, L) of latent maps z (N, L, h, w).
+
+    A ridge of `shrink` x the mean variance keeps the inverse well conditioned. (Ledoit-Wolf shrinkage
+    was measured too: magnetic tile, latent 128, 533 images: image AUROC 0.847 against 0.854 with the
+    ridge; the latent is capped by the image count instead, see `latent_for`.)
+    """
     n, l, h, w = z.shape
     mean = z.mean(0, keepdim=True)
     d = (z - mean).flatten(2).permute(2, 0, 1)  # (h*w, N, L)
@@ -95,6 +102,15 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01) -> tuple[torch.Tensor, t
     ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
     cov = cov + ridge[:, None, None] * torch.eye(l)
     return mean, torch.linalg.inv(cov)
+
+
+def latent_for(s: FitSettings, n_fit: int) -> int:
+    """The latent size: as asked, but at most a third of the fit images when the per-position Gaussian is
+    used (it estimates an L x L covariance per position from one sample per image; with 96 images and
+    latent 128 it was singular enough to drop magnetic tile AUROC from 0.854 to 0.64)."""
+    if s.w_gauss <= 0:
+        return s.latent
+    return max(min(s.latent, n_fit // IMAGES_PER_LATENT_DIM), min(s.latent, MIN_LATENT))
 
 
 def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: torch.Generator, show: bool) -> float:
@@ -150,9 +166,9 @@ def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
     getattr(net, f"{name}_sq" if name == "bank" else "global_sq").copy_(filled.pow(2).sum(1))
 
 
-def model_config(s: FitSettings, grid: tuple[int, int]) -> ModelConfig:
+def model_config(s: FitSettings, grid: tuple[int, int], latent: int | None = None) -> ModelConfig:
     return ModelConfig(
-        backbone=s.backbone, layers=tuple(s.layers), pool=s.pool, hidden=s.hidden, latent=s.latent, bank_size=s.bank_size,
+        backbone=s.backbone, layers=tuple(s.layers), pool=s.pool, hidden=s.hidden, latent=latent or s.latent, bank_size=s.bank_size,
         global_bank=s.global_bank, pos_weight=s.pos_weight, grid=grid, w_latent=s.w_latent, w_recon=s.w_recon,
         w_gauss=s.w_gauss, w_global=s.w_global, smooth=s.smooth,
     )
@@ -164,9 +180,14 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     if weights is None or not Path(weights).is_file():
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {s.backbone}")
     sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
-    pre = Preprocess(short_side=s.short_side, max_long_side=s.max_long_side, keep_aspect=s.keep_aspect).fixed_for(sizes)
+    pre = Preprocess(short_side=s.short_side or s.area, max_long_side=s.max_long_side, keep_aspect=s.keep_aspect,
+                     area=0 if s.short_side else s.area).fixed_for(sizes)
+    latent = latent_for(s, len(fit_paths))
+    if latent < s.latent:
+        log.warning("latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "
+                    "%d dimensions (more good images allow more)", latent, s.latent, len(fit_paths), latent)
     try:
-        net = InspectorNet(model_config(s, (pre.height // 8, pre.width // 8)), Path(weights))
+        net = InspectorNet(model_config(s, (pre.height // 8, pre.width // 8), latent), Path(weights))
     except (RuntimeError, ValueError) as e:
         raise InspectorError(f"cannot build backbone {s.backbone} from {weights}: {e}") from None
     return net, pre

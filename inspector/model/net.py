@@ -27,12 +27,14 @@ class ModelConfig:
     pool: int = 1  # local average pooling of patch features (neighbourhood context)
     feature_dim: int = 0  # filled in from the backbone
     hidden: int = 256
-    latent: int = 64
+    latent: int = 128
     bank_size: int = 4096  # latent patch vectors kept as the memory bank of "good"
     global_bank: int = 0  # image-level latent embeddings kept (0 = off)
     pos_weight: float = 0.0  # weight of patch position (fraction of image) appended to the latent
     grid: tuple[int, int] = (32, 32)  # patch grid (H/8, W/8) of the fixed input size
-    w_latent: float = 1.0
+    # kNN to a coreset bank: at latent 64 it added 0.001 (bsdata) / 0.013 (magnetic tile) image AUROC to the
+    # Gaussian for 3 ms a frame at 256x256 (3x the rest of the head); latent 128 gains more (mt 0.83 -> 0.857)
+    w_latent: float = 0.0
     w_recon: float = 0.0  # measured on magnetic tile: adding it lowered image AUROC 0.853 -> 0.799
     w_gauss: float = 1.0  # per-position Gaussian (Mahalanobis) distance in the latent space
     w_global: float = 0.0
