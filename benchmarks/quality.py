@@ -47,7 +47,8 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
         fit_s = time.time() - t0
         calibrate_model(model, CalibrateSettings(fpr=fpr))
         m = evaluate_model(model, show=False)
-    return {k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit}
+    extra = {"fpr_by_image_size": m["fpr_by_image_size"]} if "fpr_by_image_size" in m else {}
+    return {k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit} | extra
 
 
 def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int, overrides: dict) -> dict:

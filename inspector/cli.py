@@ -19,7 +19,7 @@ def _fit(a: argparse.Namespace) -> int:
     from inspector.train import fit
 
     overrides = {k: v for k, v in {
-        "area": a.area, "short_side": a.short_side, "backbone": a.backbone, "weights": a.weights, "steps": a.steps,
+        "max_pixels": a.max_pixels, "short_side": a.short_side, "backbone": a.backbone, "weights": a.weights, "steps": a.steps,
         "keep_aspect": False if a.square else None, "seed": a.seed,
     }.items() if v is not None}
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fit", help="learn what good looks like from defect-free images")
     s.add_argument("data", help="folder of good images, or a dataset root with train/good")
     s.add_argument("--out", required=True, help="model folder to write, e.g. models/ballscrew")
-    s.add_argument("--area", type=int, help="network input of about AREA x AREA pixels in the images' aspect (default 256)")
-    s.add_argument("--short-side", type=int, help="network input short side in px instead (e.g. 256 for line-scan strips)")
+    s.add_argument("--short-side", type=int, help="network input short side in px (default 256, lowered for long images "
+                   "to keep within --max-pixels; given, it is kept: e.g. 256 for line-scan strips)")
+    s.add_argument("--max-pixels", type=int, help="cap on network input pixels when --short-side is not given (default 81920 = 320x256)")
     s.add_argument("--square", action="store_true", help="squash images into a square instead of keeping aspect")
     s.add_argument("--backbone", help="timm backbone name (needs --weights unless efficientnet_lite0)")
     s.add_argument("--weights", help="local backbone weights file")

@@ -14,9 +14,9 @@ class Settings(BaseModel):
 class FitSettings(Settings):
     """How `inspector fit` learns what good parts look like."""
 
-    area: int = Field(256, ge=32, le=2048, description="Network input of about area x area pixels in the "
-                      "training images' aspect (a 1130x460 part -> 160x384); unused when short_side is set.")
-    short_side: int | None = Field(None, ge=32, le=2048, description="Short image side fed to the network (px).")
+    max_pixels: int = Field(81920, ge=1024, le=2**26, description="Cap on network input pixels (default 320x256): long "
+                            "images get a smaller short side (a 1130x460 part -> 160x384); unused when short_side is set.")
+    short_side: int | None = Field(None, ge=32, le=2048, description="Short image side fed to the network (px); default 256, capped by max_pixels.")
     max_long_side: int = Field(4096, ge=32, le=16384, description="Cap on the long side; aspect is kept.")
     keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
     backbone: str = Field("efficientnet_lite0", description="timm backbone name.")

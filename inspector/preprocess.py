@@ -2,9 +2,9 @@
 
 Both paths call `prepare` so a frame becomes the same tensor whether torch or ONNX Runtime scores it.
 Every model has one network input size (H, W), chosen at fit from the median aspect ratio of the
-training images: by default about `area` x `area` pixels in that aspect (or a given `short_side`), the
-long side the nearest multiple of the network stride, so a 4096x256 line-scan strip is never squashed
-into a square. One fixed grid keeps patch
+training images: the short side is `short_side` (lowered for long images until the input has at most
+`max_pixels` pixels, unless the short side was asked for), the long side the nearest multiple of the
+network stride, so a 4096x256 line-scan strip is never squashed into a square. One fixed grid keeps patch
 positions comparable between images (the model keeps per-position statistics) and batches simple.
 """
 
@@ -31,7 +31,7 @@ class Preprocess:
     short_side: int = 256
     max_long_side: int = 4096
     keep_aspect: bool = True
-    area: int = 0  # if set, fixed_for picks short_side so the input has about area x area pixels
+    max_pixels: int = 0  # if set, fixed_for lowers short_side (by the stride) until the input has at most this many pixels
     height: int = 0  # fixed network input size; 0 until chosen from the training images
     width: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -47,20 +47,22 @@ class Preprocess:
     def fixed_for(self, sizes: list[tuple[int, int]]) -> "Preprocess":
         """This policy with the input size fixed from the median aspect of (H, W) image sizes."""
         aspect = float(np.median([w / h for h, w in sizes])) if sizes else 1.0
-        pre = replace(self, short_side=self.short_side_for(aspect)) if self.area else self
+        pre = replace(self, short_side=self.short_side_for(aspect)) if self.max_pixels else self
         h, w = pre.input_size(1000, max(1, round(1000 * aspect)))
         return replace(pre, height=h, width=w)
 
     def short_side_for(self, aspect: float) -> int:
-        """The short side (a multiple of the stride) whose input, at this aspect, has the pixel count
-        closest to area x area (ties: the larger). Every model then costs about what an area x area
-        frame costs: a 1130x460 part becomes 160x384, a 4096x256 strip 64x1024 (aspect kept)."""
+        """The largest short side (down from `short_side`, in steps of the stride) whose input at this aspect
+        has at most `max_pixels` pixels: a cap on the compute per frame. With 256 and 320x256 pixels, a
+        near-square part keeps 256 (320x256 at 4:5), a 1130x460 part becomes 160x384, a 4096x256 strip
+        64x1024: aspect kept, never a square."""
         if not self.keep_aspect:
-            return self.area
+            return self.short_side
         a = max(aspect, 1 / aspect)
-        best = min(range(STRIDE, max(self.area, STRIDE) + 1, STRIDE),
-                   key=lambda s: (abs(s * _round_stride(s * a, s, self.max_long_side) - self.area**2), -s))
-        return best
+        s = self.short_side
+        while s > STRIDE and s * _round_stride(s * a, s, self.max_long_side) > self.max_pixels:
+            s -= STRIDE
+        return s
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """Network input (H, W) for a frame of this size: multiples of the stride."""

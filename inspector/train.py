@@ -3,7 +3,8 @@
 1. split the good images into a fit set and a calibration hold-out (never used to fit);
 2. extract frozen-CNN patch features of the fit set and standardize them per channel;
 3. train the patch autoencoder on them;
-4. keep a k-center coreset of their latent vectors as the memory bank of "good";
+4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
+   k-center coreset of them as a memory bank);
 5. score the hold-out to learn the typical size of each score component.
 """
 
@@ -34,6 +35,7 @@ from inspector.preprocess import Preprocess, prepare
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
+DEFAULT_SHORT_SIDE = 256
 IMAGES_PER_LATENT_DIM = 3
 MIN_LATENT = 8
 
@@ -180,8 +182,8 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     if weights is None or not Path(weights).is_file():
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {s.backbone}")
     sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
-    pre = Preprocess(short_side=s.short_side or s.area, max_long_side=s.max_long_side, keep_aspect=s.keep_aspect,
-                     area=0 if s.short_side else s.area).fixed_for(sizes)
+    pre = Preprocess(short_side=s.short_side or DEFAULT_SHORT_SIDE, max_long_side=s.max_long_side, keep_aspect=s.keep_aspect,
+                     max_pixels=0 if s.short_side else s.max_pixels).fixed_for(sizes)
     latent = latent_for(s, len(fit_paths))
     if latent < s.latent:
         log.warning("latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "

@@ -67,14 +67,15 @@ def test_load_image_reads_16bit_gray_png(tmp_path):
     assert img.shape == (10, 12, 3) and img.max() == 255
 
 
-def test_default_input_has_the_pixels_of_an_area_square_in_the_images_aspect():
+def test_long_images_get_a_smaller_short_side_within_the_pixel_cap():
     def hw(pre, sizes):
         p = pre.fixed_for(sizes)
         return p.height, p.width
 
-    assert hw(Preprocess(area=256), [(460, 1130)] * 3) == (160, 384)  # BSData ball screw: 2.46:1 kept
-    assert hw(Preprocess(area=256), [(256, 4096)]) == (64, 1024)  # a line-scan strip: never squashed
-    assert hw(Preprocess(area=256), [(100, 100)]) == (256, 256)
-    assert hw(Preprocess(area=256), [(288, 250)]) == (288, 256)  # area tie between 224x256 and 256x288: the larger
-    assert hw(Preprocess(short_side=256), [(460, 1130)]) == (256, 640)  # an explicit short side wins
-    assert hw(Preprocess(area=256, keep_aspect=False), [(460, 1130)]) == (256, 256)
+    cap = Preprocess(short_side=256, max_pixels=320 * 256)
+    assert hw(cap, [(460, 1130)] * 3) == (160, 384)  # BSData ball screw: 2.46:1 kept, 5/8 the short side
+    assert hw(cap, [(256, 4096)]) == (64, 1024)  # a line-scan strip: never squashed
+    assert hw(cap, [(100, 100)]) == (256, 256)
+    assert hw(cap, [(320, 250)]) == (320, 256)  # near-square: exactly at the cap, short side kept
+    assert hw(Preprocess(short_side=256), [(460, 1130)]) == (256, 640)  # no cap (an explicit short side)
+    assert hw(Preprocess(short_side=256, max_pixels=1, keep_aspect=False), [(460, 1130)]) == (256, 256)
