@@ -140,6 +140,8 @@ def test_false_alarms_are_broken_down_by_image_size():
     assert m["fpr_by_image_size"] == {"113x46": {"images": 4, "fpr": 0.25}, "154x64": {"images": 2, "fpr": 1.0}}
     assert "fpr 154x64" in format_table(m)
     assert "fpr_by_image_size" not in image_metrics(items[:4] + items[-1:])  # one size: no breakdown
+    varied = [item(0.5, 0, (40 + i, 100 + i)) for i in range(12)] + items[-1:]  # every part its own size
+    assert "fpr_by_image_size" not in image_metrics(varied)
 
 
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
