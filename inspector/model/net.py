@@ -137,7 +137,10 @@ class InspectorNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Standardized multi-scale patch features on the stride-8 grid: (B, C, H/8, W/8)."""
-        return (self.raw_features(x) - self.feat_mean) / self.feat_std
+        return self.standardize(self.raw_features(x))
+
+    def standardize(self, f: torch.Tensor) -> torch.Tensor:
+        return (f - self.feat_mean) / self.feat_std
 
     def encode_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Latent maps (B, L, h, w) straight from the backbone maps; equal to `ae.encoder(features)`.
@@ -183,7 +186,7 @@ class InspectorNet(nn.Module):
         else:
             lat = torch.zeros_like(z[:, 0])
         if self.cfg.w_recon > 0:
-            f = (self.concat(maps) - self.feat_mean) / self.feat_std
+            f = self.standardize(self.concat(maps))
             recon = (f - self.ae.decoder(z)).pow(2).mean(1)
         else:
             recon = torch.zeros_like(lat)
