@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from inspector.calibrate import calibrate_model  # noqa: E402
-from inspector.config import CalibrateSettings, FitSettings  # noqa: E402
+from inspector.config import CalibrateSettings, FitSettings, fit_overrides  # noqa: E402
 from inspector.data import discover  # noqa: E402
 from inspector.evaluate import evaluate_model  # noqa: E402
 from inspector.train import fit, split_holdout  # noqa: E402
@@ -94,13 +94,10 @@ def main() -> None:
                     help="inspector fit settings other than the defaults (e.g. latent=96), recorded in the JSON")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
-    if any("=" not in kv for kv in a.fit):
-        ap.error("--fit takes KEY=VALUE pairs, e.g. --fit latent=96 pool=3")
-    overrides = dict(kv.split("=", 1) for kv in a.fit)
     try:
-        FitSettings(**overrides)  # a bad key or value: one clear error before any work
+        overrides = fit_overrides(a.fit)  # a bad key or value: one clear error before any work
     except ValueError as e:
-        ap.error(f"--fit: {e}".splitlines()[0] + " " + " ".join(str(e).splitlines()[1:3]))
+        ap.error(f"--fit: {e}")
     sets = {k: v for k, v in find_sets(DATASETS).items() if not a.sets or any(s in k for s in a.sets.split(","))}
     if not sets:
         sys.exit(f"no data sets with train/good under {DATASETS}")

@@ -278,9 +278,12 @@ def main() -> int:
     ap.add_argument("--hw", type=int, nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE", help="fit settings other than the defaults")
     a = ap.parse_args()
-    if any("=" not in kv for kv in a.fit):
-        ap.error("--fit takes KEY=VALUE pairs, e.g. --fit latent=96")
-    overrides = dict(kv.split("=", 1) for kv in a.fit)
+    from inspector.config import fit_overrides  # pydantic only: the torch-free children may import it
+
+    try:
+        overrides = fit_overrides(a.fit)
+    except ValueError as e:
+        ap.error(f"--fit: {e}")
     if a.child:
         arts = {k: Path(v) for k, v in (item.split("=", 1) for item in a.artifact)}
         hw = tuple(a.hw)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Settings(BaseModel):
@@ -51,3 +51,17 @@ class CalibrateSettings(Settings):
     fpr: float = Field(0.01, gt=0, lt=0.5, description="Target false-alarm rate on good parts.")
     strategy: str = Field("fpr", pattern="^(fpr|f1)$", description="fpr (good images only) or f1 (labelled defects).")
     min_holdout: int = Field(20, ge=1, description="Fewest held-out good images accepted.")
+
+
+def fit_overrides(pairs: list[str]) -> dict[str, str]:
+    """KEY=VALUE strings from a command line -> FitSettings overrides, checked; a bad one is a one-line ValueError."""
+    bad = [kv for kv in pairs if "=" not in kv]
+    if bad:
+        raise ValueError(f"expected KEY=VALUE (e.g. latent=96), got {bad[0]!r}")
+    out = dict(kv.split("=", 1) for kv in pairs)
+    try:
+        FitSettings(**out)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}") from None
+    return out

@@ -35,7 +35,6 @@ from inspector.preprocess import Preprocess, prepare
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
-DEFAULT_SHORT_SIDE = 256
 IMAGES_PER_LATENT_DIM = 3
 MIN_LATENT = 8
 
@@ -182,8 +181,8 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     if weights is None or not Path(weights).is_file():
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {s.backbone}")
     sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
-    pre = Preprocess(short_side=s.short_side or DEFAULT_SHORT_SIDE, max_long_side=s.max_long_side, keep_aspect=s.keep_aspect,
-                     max_pixels=0 if s.short_side else s.max_pixels).fixed_for(sizes)
+    size = {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}  # else Preprocess's default short side, capped
+    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, **size).fixed_for(sizes)
     latent = latent_for(s, len(fit_paths))
     if latent < s.latent:
         log.warning("latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "

@@ -30,3 +30,29 @@ def fitted_model(synthetic_data, tmp_path_factory) -> Path:
     fit(synthetic_data, out, FitSettings(**FAST_FIT), show=False)
     calibrate_model(out, CalibrateSettings(fpr=0.05))
     return out
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A throw-away database on the local PostgreSQL, dropped after the module."""
+    from tests.test_watch_support import temp_database
+
+    with temp_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """An empty store on SQLite and on the real PostgreSQL (its schema kept between tests, rows deleted)."""
+    from inspector.io.schema import Base
+    from inspector.io.store import Store
+
+    if request.param == "sqlite":
+        s = Store.open(f"sqlite:///{tmp_path}/line/store.db")
+    else:
+        s = Store.open(request.getfixturevalue("pg_url"), tmp_path / "media")
+        with s.engine.begin() as c:
+            for t in reversed(Base.metadata.sorted_tables):
+                c.execute(t.delete())
+    yield s
+    s.close()

@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 
 from inspector.dashboard.app import create_app
 from inspector.io.media import media_paths, save_media
-from inspector.io.schema import Base, RetrainCopy
+from inspector.io.schema import RetrainCopy
 from inspector.io.store import FlagRecord, ScoredFrame, Store
 from inspector.preprocess import overlay
-from tests.test_watch_support import PYTHON, ROOT, temp_database, watcher_env
+from tests.test_watch_support import PYTHON, ROOT, watcher_env
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -76,25 +76,6 @@ def seed_store(store: Store, n: int = 120, every: int = 5, now: datetime | None 
 
 def newest_first(rows: list[dict]) -> list[int]:
     return [r["id"] for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]), reverse=True)]
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with temp_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store.open(f"sqlite:///{tmp_path}/line/store.db")
-    else:
-        s = Store.open(request.getfixturevalue("pg_url"), tmp_path / "media")
-        with s.engine.begin() as c:  # each test starts empty; the schema stays
-            for t in reversed(Base.metadata.sorted_tables):
-                c.execute(t.delete())
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -156,3 +156,12 @@ def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     n_fit = json.loads((staging(fitted_model) / FIT_FILE).read_text())["fit_images"]
     assert net.cfg.latent == latent_for(FitSettings(**FAST_FIT), n_fit) < 128
     assert net.gauss_prec.shape[-1] == net.cfg.latent
+
+
+def test_fit_overrides_from_a_command_line_are_checked():
+    from inspector.config import fit_overrides
+
+    assert fit_overrides(["latent=96", "hidden=128"]) == {"latent": "96", "hidden": "128"}
+    for pairs, message in ((["latent"], "KEY=VALUE"), (["latnt=3"], "latnt"), (["latent=x"], "latent: Input should be")):
+        with pytest.raises(ValueError, match=message):
+            fit_overrides(pairs)

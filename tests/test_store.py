@@ -14,29 +14,8 @@ from sqlalchemy.orm import Session
 from inspector.errors import InspectorError
 from inspector.io.schema import Base, Flagged, Processed, ScoreSample
 from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
-from tests.test_watch_support import temp_database
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with temp_database() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store.open(f"sqlite:///{tmp_path}/db/store.db")
-    else:
-        url = request.getfixturevalue("pg_url")
-        s = Store.open(url, tmp_path / "media")
-        with s.engine.begin() as c:  # each test starts empty; the schema stays
-            for t in reversed(Base.metadata.sorted_tables):
-                c.execute(t.delete())
-    yield s
-    s.close()
 
 
 def frame(key: str, source: str = "cam", score: float = 0.5, path: str | None = "in/a.png", t: datetime = T0) -> ScoredFrame:
