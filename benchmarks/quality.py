@@ -54,7 +54,8 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
 def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int, overrides: dict) -> dict:
     from baselines import run_baseline
 
-    fit_paths, holdout = split_holdout(discover(data).train, FitSettings().holdout_fraction, FitSettings().seed)
+    fs = FitSettings(**overrides)  # the baselines get the same fit/hold-out split as inspector
+    fit_paths, holdout = split_holdout(discover(data).train, fs.holdout_fraction, fs.seed, fs.holdout)
     out = {}
     for method in methods:
         print(f"[{name}] {method} ...", file=sys.stderr, flush=True)

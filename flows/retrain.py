@@ -26,7 +26,9 @@ from inspector.gate import GateSettings
 
 STATE_FILE = "retrain.json"
 DATA_DIR = "retrain-data"  # <model>/retrain-data/: links to the original images plus the reviewed ones
-PREFIX = "reviewed-"
+# Sorts before camera file names (train reads digit runs as numbers): the default hold-out, the last names, stays
+# the newest original images, and every reviewed false alarm is fitted.
+PREFIX = "0-reviewed-"
 
 
 class RetrainResult(BaseModel):

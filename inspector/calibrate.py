@@ -50,7 +50,8 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
             f"fit again with at least {int(np.ceil(s.min_holdout / 0.2))} good images"
         )
     fpr = fpr_threshold(good, s.fpr)
-    cal: dict = {"strategy": s.strategy, "target_fpr": s.fpr, "holdout_images": len(good), "fpr": fpr.to_dict()}
+    cal: dict = {"strategy": s.strategy, "target_fpr": s.fpr, "holdout_images": len(good),
+                 "holdout_policy": fit_info.get("holdout_policy", "random"), "fpr": fpr.to_dict()}
     threshold = fpr.threshold
     labelled = labelled_scores(model_dir, data)
     if labelled is not None:
@@ -80,8 +81,10 @@ def meaning(cal: dict, fpr) -> str:
         f"A part is flagged when its score reaches 1.0 (raw {cal['threshold']:.4g}); scores read as multiples "
         f"of the threshold. "
     )
+    which = "the last by name" if cal.get("holdout_policy") == "last" else "drawn at random"
     if cal["strategy"] == "fpr":
-        text += f"Chosen from {fpr.holdout} good images never used to fit, for a {fpr.target_fpr:.1%} false-alarm target: "
+        text += (f"Chosen from {fpr.holdout} good images never used to fit ({which}), for a {fpr.target_fpr:.1%} "
+                 f"false-alarm target: ")
     else:
         text += f"Chosen for the best F1 on labelled images; on {fpr.holdout} held-out good images it would give: "
     text += (

@@ -100,10 +100,11 @@ def load_model(model_dir: Path):
     try:
         net = InspectorNet(ModelConfig.from_dict(blob["config"]), weights=None)
         net.load_state_dict(blob["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as e:
+        pre = Preprocess.from_dict(blob["preprocess"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise InspectorError(
             f"{staging(model_dir) / MODEL_FILE} does not match this inspector version "
             f"({e.__class__.__name__}: {str(e).splitlines()[0][:120]}); refit it with `inspector fit`"
         ) from None
     net.eval()
-    return net, Preprocess.from_dict(blob["preprocess"]), blob
+    return net, pre, blob

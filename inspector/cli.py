@@ -20,7 +20,7 @@ def _fit(a: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {
         "max_pixels": a.max_pixels, "short_side": a.short_side, "backbone": a.backbone, "weights": a.weights, "steps": a.steps,
-        "keep_aspect": False if a.square else None, "seed": a.seed,
+        "keep_aspect": False if a.square else None, "seed": a.seed, "holdout": a.holdout,
     }.items() if v is not None}
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", help="timm backbone name (needs --weights unless efficientnet_lite0)")
     s.add_argument("--weights", help="local backbone weights file")
     s.add_argument("--steps", type=int, help="autoencoder training steps")
+    s.add_argument("--holdout", choices=["last", "random"], help="good images held out for calibration: the last 20%% "
+                   "in name order, the newest with timestamped names (default), or a seeded random 20%%")
     s.add_argument("--seed", type=int)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_fit)

@@ -19,6 +19,8 @@ class FitSettings(Settings):
     short_side: int | None = Field(None, ge=32, le=2048, description="Short image side fed to the network (px); default 256, capped by max_pixels.")
     max_long_side: int = Field(4096, ge=32, le=16384, description="Cap on the long side; aspect is kept.")
     keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
+    exposure: str = Field("standardize", pattern="^(none|standardize)$", description="standardize: each image's intensity "
+                          "mean and spread are set alike before the network (camera gain / lighting drift).")
     backbone: str = Field("efficientnet_lite0", description="timm backbone name.")
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features.")
@@ -37,6 +39,9 @@ class FitSettings(Settings):
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Good images held out for calibration.")
+    holdout: str = Field("last", pattern="^(random|last)$", description="Which good images are held out: random "
+                         "(seeded) or last (the last by file name: with timestamped names, the newest parts, so the "
+                         "threshold is set on images taken after those fitted).")
     max_bad_fraction: float = Field(0.1, ge=0, le=1, description="Abort when more images than this are unreadable.")
     seed: int = Field(0, description="Random seed (split, sampling, init).")
 

@@ -6,7 +6,7 @@ Layout: train/good, test/good, test/<defect>, ground_truth/<defect>/<stem>_mask.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +18,13 @@ from inspector.errors import ImageError, InspectorError
 from inspector.preprocess import IMAGE_SUFFIXES, load_image
 
 log = logging.getLogger(__name__)
+MAX_FORMATS = 8  # more distinct image sizes than this: sizes vary per part, not a few camera formats
+
+
+def image_formats(sizes: Sequence[str]) -> dict[str, int] | None:
+    """Images per size ("WxH") when they come in a few camera formats; None when sizes vary per part."""
+    counts = Counter(sizes)
+    return dict(sorted(counts.items())) if len(counts) <= MAX_FORMATS else None
 
 
 @dataclass(frozen=True)

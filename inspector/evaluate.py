@@ -15,16 +15,15 @@ import numpy as np
 import torch
 
 from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, load_model, read_json, staging, write_json_atomic
-from inspector.data import LoadReport, discover, load_mask
+from inspector.data import MAX_FORMATS, LoadReport, discover, load_mask
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
-from inspector.preprocess import overlay
+from inspector.preprocess import image_size, overlay
 from inspector.scoring import pr_at
 
 log = logging.getLogger(__name__)
 PIXEL_GRID = (256, 256)  # maps and masks are compared on a common grid (images differ in size)
 EVAL_DIR = "evaluation"
-MAX_SIZE_GROUPS = 8  # more distinct image sizes than this: sizes vary per part, no breakdown
 
 
 @dataclass
@@ -56,7 +55,7 @@ def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True)
             preds.append(cv2.resize(item.amap, PIXEL_GRID[::-1], interpolation=cv2.INTER_LINEAR))
             masks.append(load_mask(s.mask, PIXEL_GRID))
     ms = (time.time() - t0) / max(len(items), 1) * 1000
-    metrics = image_metrics(items) | pixel_metrics(preds, masks, items) | {"ms_per_image": ms}
+    metrics = image_metrics(items, fit_info.get("image_sizes")) | pixel_metrics(preds, masks, items) | {"ms_per_image": ms}
     out = staging(model_dir) / EVAL_DIR
     out.mkdir(exist_ok=True)
     save_examples(items, out)
@@ -75,13 +74,15 @@ def auroc(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) 
     return float(binary_auroc(s, torch.as_tensor(labels).long()))
 
 
-def image_metrics(items: list[Item]) -> dict:
+def image_metrics(items: list[Item], fitted: dict[str, int] | None = None) -> dict:
+    """Image-level metrics; `fitted`: the fit images' formats ("WxH" -> count), to mark formats never fitted."""
     scores = np.array([i.score for i in items])
     labels = np.array([i.label for i in items])
     good = scores[labels == 0]
     res = {"images": len(items), "defects": int(labels.sum()), "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None}
-    by_size = fpr_by_image_size([i for i in items if i.label == 0])
-    if 1 < len(by_size) <= MAX_SIZE_GROUPS:  # a few camera formats (not sizes varying per part): which one alarms?
+    by_size = fpr_by_image_size([i for i in items if i.label == 0], fitted)
+    # a few camera formats (not sizes varying per part), or one the fit never saw: which one alarms?
+    if len(by_size) <= MAX_FORMATS and (len(by_size) > 1 or any(not g.get("fitted", True) for g in by_size.values())):
         res["fpr_by_image_size"] = by_size
     if labels.min() != labels.max():
         res["image_auroc"] = auroc(scores, labels)
@@ -90,13 +91,17 @@ def image_metrics(items: list[Item]) -> dict:
     return res
 
 
-def fpr_by_image_size(good: list[Item]) -> dict[str, dict]:
-    """False-alarm rate of good images per image size ("WxH"): a format the fit never saw shows up here."""
+def fpr_by_image_size(good: list[Item], fitted: dict[str, int] | None = None) -> dict[str, dict]:
+    """False-alarm rate of good images per image size ("WxH"): a format the fit never saw shows up here
+    (marked `fitted: false` when the fit's formats are known)."""
     groups: dict[str, list[float]] = {}
     for it in good:
-        h, w = it.image.shape[:2]
-        groups.setdefault(f"{w}x{h}", []).append(it.score)
-    return {k: {"images": len(v), "fpr": float(np.mean(np.asarray(v) >= 1.0))} for k, v in sorted(groups.items())}
+        groups.setdefault(image_size(it.image), []).append(it.score)
+    out = {k: {"images": len(v), "fpr": float(np.mean(np.asarray(v) >= 1.0))} for k, v in sorted(groups.items())}
+    if fitted:
+        for k, g in out.items():
+            g["fitted"] = k in fitted
+    return out
 
 
 def pixel_metrics(preds: list[np.ndarray], masks: list[np.ndarray], items: list[Item]) -> dict:
@@ -158,5 +163,6 @@ def format_table(m: dict) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
     for size, g in m.get("fpr_by_image_size", {}).items():
-        lines.append(f"{'  fpr ' + size:<{width}}  {g['fpr']:.4f}  ({g['images']} good images of this size)")
+        never = "; no fit image had this size" if g.get("fitted") is False else ""
+        lines.append(f"{'  fpr ' + size:<{width}}  {g['fpr']:.4f}  ({g['images']} good images of this size{never})")
     return "\n".join(lines)

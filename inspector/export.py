@@ -198,7 +198,7 @@ def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dic
         "model_config": cfg.to_dict(),
         "threshold": float(cal["threshold"]),
         "calibration": _calibration_summary(cal),
-        "training": {k: fit_info.get(k) for k in ("fingerprint", "fit_images", "holdout_images", "data", "created")},
+        "training": {k: fit_info.get(k) for k in ("fingerprint", "fit_images", "holdout_images", "image_sizes", "data", "created")},
         "parity": parity,
         "versions": _versions(),
     }

@@ -22,6 +22,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STRIDE = 32
+EXPOSURE_MEAN, EXPOSURE_STD = 0.45, 0.25  # what "standardize" maps every frame's intensity mean / spread to
+EXPOSURE_MODES = ("none", "standardize")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class Preprocess:
     width: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    exposure: str = "none"  # "standardize": every frame's intensity mean and spread set alike (gain/offset drift)
+
+    def __post_init__(self) -> None:
+        if self.exposure not in EXPOSURE_MODES:  # e.g. a manifest written by a newer version
+            raise ValueError(f"unknown exposure mode {self.exposure!r} (known: {', '.join(EXPOSURE_MODES)})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +112,11 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
     raise ImageError(f"unsupported image shape {img.shape}")
 
 
+def image_size(img: np.ndarray) -> str:
+    """"WxH" of an image, the way camera formats are named."""
+    return f"{img.shape[1]}x{img.shape[0]}"
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as 8-bit BGR; raises ImageError with the reason."""
     p = Path(path)
@@ -134,6 +146,8 @@ def prepare(img_bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
     interp = cv2.INTER_AREA if h * w < img_bgr.shape[0] * img_bgr.shape[1] else cv2.INTER_LINEAR
     resized = cv2.resize(img_bgr, (w, h), interpolation=interp)  # (H, W, 3) BGR
     rgb = resized[:, :, ::-1].astype(np.float32) / 255.0
+    if pre.exposure == "standardize":  # one gain and offset for the whole frame: colour balance is kept
+        rgb = (rgb - rgb.mean()) * (EXPOSURE_STD / max(float(rgb.std()), 1 / 255)) + EXPOSURE_MEAN
     x = (rgb - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
 

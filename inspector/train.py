@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import random
+import re
 import sys
 import tempfile
 import time
@@ -26,12 +27,12 @@ from tqdm import tqdm
 
 from inspector.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging, write_json_atomic
 from inspector.config import FitSettings
-from inspector.data import LoadReport, discover, iter_images
+from inspector.data import LoadReport, discover, image_formats, iter_images
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, ModelConfig
-from inspector.preprocess import Preprocess, prepare
+from inspector.preprocess import Preprocess, image_size, prepare
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
@@ -48,11 +49,20 @@ class FitResult:
     skipped: int
 
 
-def split_holdout(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Deterministic split: (fit, holdout)."""
+def name_order(p: Path) -> list:
+    """Sort key reading digit runs as numbers: cam_9.png before cam_10.png, as a counter or timestamp runs."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def split_holdout(paths: list[Path], fraction: float, seed: int, how: str = "last") -> tuple[list[Path], list[Path]]:
+    """Deterministic split: (fit, holdout). `how` = "last": the last images in name order (numbers read as numbers),
+    the newest where names carry a timestamp or counter; "random": seeded."""
+    order = sorted(paths, key=name_order)
+    n_hold = int(round(len(order) * fraction))
+    if how == "last":
+        return order[: len(order) - n_hold], order[len(order) - n_hold :]
     order = sorted(paths)
     random.Random(seed).shuffle(order)
-    n_hold = int(round(len(order) * fraction))
     return sorted(order[n_hold:]), sorted(order[:n_hold])
 
 
@@ -71,16 +81,18 @@ def _bar(total: int, desc: str, show: bool):
 
 def extract_features(
     net: InspectorNet, pre: Preprocess, paths: list[Path], report: LoadReport, max_bad: float, show: bool
-) -> torch.Tensor:
-    """Raw patch-feature maps of every readable image: (N, C, h, w) float16 (half the memory)."""
-    maps = []
+) -> tuple[torch.Tensor, dict[str, int] | None]:
+    """Raw patch-feature maps of every readable image: (N, C, h, w) float16 (half the memory), and the image
+    formats seen (`image_formats`)."""
+    maps, sizes = [], []
     with torch.inference_mode(), _bar(len(paths), "features", show) as bar:
         for _, img in iter_images(paths, report, max_bad):
             maps.append(net.features(torch.from_numpy(prepare(img, pre))[None]).half())
+            sizes.append(image_size(img))
             bar.update()
     if not maps:
         raise InspectorError("no readable images to fit on")
-    return torch.cat(maps)
+    return torch.cat(maps), image_formats(sizes)
 
 
 def patch_positions(h: int, w: int) -> torch.Tensor:
@@ -182,7 +194,7 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {s.backbone}")
     sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
     size = {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}  # else Preprocess's default short side, capped
-    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, **size).fixed_for(sizes)
+    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=s.exposure, **size).fixed_for(sizes)
     latent = latent_for(s, len(fit_paths))
     if latent < s.latent:
         log.warning("latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "
@@ -197,7 +209,7 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
 def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
     t0 = time.time()
     ds = discover(data)
-    fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed)
+    fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise InspectorError(f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out")
     torch.manual_seed(s.seed)
@@ -205,7 +217,7 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
     net, pre = build(s, fit_paths)
     report = LoadReport()
 
-    maps = extract_features(net, pre, fit_paths, report, s.max_bad_fraction, show)  # (N, C, h, w)
+    maps, formats = extract_features(net, pre, fit_paths, report, s.max_bad_fraction, show)  # (N, C, h, w)
     n, c, h, w = maps.shape
     x = maps.permute(0, 2, 3, 1).reshape(-1, c)  # (N*h*w, C)
     mean, std = x.float().mean(0), x.float().std(0).clamp_min(1e-4)
@@ -230,7 +242,7 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
     del z, zmaps
 
     holdout_scores = _calibrate_scales(net, pre, holdout, report, s, show)
-    result_dir = _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0)
+    result_dir = _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats)
     return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad))
 
 
@@ -255,7 +267,7 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, flo
     return list(zip(names, scores))
 
 
-def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0) -> Path:
+def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats) -> Path:
     final = staging(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
@@ -266,7 +278,9 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "fit_images": len(fit_paths),
         "holdout_images": len(holdout_scores),
+        "holdout_policy": s.holdout,
         "fingerprint": fingerprint(fit_paths),
+        "image_sizes": formats,  # {"WxH": images} for a few camera formats; null when sizes vary per part
         "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
         "autoencoder_loss": loss,
         "fit_seconds": round(time.time() - t0, 2),

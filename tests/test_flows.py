@@ -140,8 +140,8 @@ def test_gate_failure_keeps_current(trained, synthetic_data, tmp_path):
     before, promotions = current_version(model), len(history(model))
     poisoned = tmp_path / "poisoned"
     shutil.copytree(synthetic_data, poisoned)
-    for p in (poisoned / "test").glob("[!g]*/*.png"):  # every defect image, also as a "good" training image
-        shutil.copy(p, poisoned / "train" / "good" / f"defect-{p.parent.name}-{p.name}")
+    for p in (poisoned / "test").glob("[!g]*/*.png"):  # every defect image, also as a "good" training image,
+        shutil.copy(p, poisoned / "train" / "good" / f"{p.stem}-defect-{p.parent.name}.png")  # spread in name order
     r = train(poisoned, model, FIT, CAL)
     assert not r.promoted and not r.gate_ok and (model / r.version).is_dir()
     assert current_version(model) == before and len(history(model)) == promotions
@@ -173,7 +173,7 @@ def seed_false_alarms(store_url: str, media: Path, n: int, seed: int) -> list[in
 
 
 def test_retrain_picks_up_reviewed_false_alarms_then_skips(trained, synthetic_data, tmp_path):
-    from flows.retrain import retrain
+    from flows.retrain import PREFIX, retrain
     from inspector.dashboard.review import review
     from inspector.io.store import Store
 
@@ -190,9 +190,13 @@ def test_retrain_picks_up_reviewed_false_alarms_then_skips(trained, synthetic_da
     store.close()
     r = retrain(synthetic_data, model, retrain_dir, FIT, CAL)
     assert r.status == "trained" and len(r.added) == 3 and r.train is not None
-    used = sorted(p.name for p in (model / "retrain-data" / "train" / "good").glob("reviewed-*"))
-    assert used == sorted(f"reviewed-{n}" for n in r.added)
+    used = sorted(p.name for p in (model / "retrain-data" / "train" / "good").glob(f"{PREFIX}*"))
+    assert used == sorted(f"{PREFIX}{n}" for n in r.added)
     training = json.loads((model / r.train.version / "manifest.json").read_text())["training"]
+    from inspector.train import split_holdout
+
+    fitted, held = split_holdout(sorted((model / "retrain-data" / "train" / "good").iterdir()), 0.2, 0)
+    assert all(p.name.startswith(PREFIX) for p in fitted[:3]) and not any(PREFIX in p.name for p in held)
     n_original = len(list((synthetic_data / "train" / "good").glob("*.png")))
     assert training["fit_images"] + training["holdout_images"] == n_original + 3
     again = retrain(synthetic_data, model, retrain_dir, FIT, CAL, return_state=True)

@@ -65,10 +65,24 @@ def test_holdout_never_used_to_fit(synthetic_data, fitted_model):
     assert not set(fit_paths) & set(hold) and info["fit_images"] == len(fit_paths)
 
 
+def test_holdout_is_the_newest_names_by_default_or_a_seeded_draw():
+    names = [Path(f"cam/part_{i}.png") for i in (10, 9, 100, 2, 11, 1, 12, 3, 30, 20)]
+    fit_paths, hold = split_holdout(names, 0.2, 0)  # digit runs read as numbers: part_100 is the newest, part_30 next
+    assert [p.name for p in hold] == ["part_30.png", "part_100.png"]
+    assert [p.name for p in fit_paths] == [f"part_{i}.png" for i in (1, 2, 3, 9, 10, 11, 12, 20)]
+    fit_a, hold_a = split_holdout(names, 0.2, 0, "random")
+    assert split_holdout(names, 0.2, 0, "random") == (fit_a, hold_a) and len(hold_a) == 2
+    assert sorted(fit_a + hold_a) == sorted(names) and not set(fit_a) & set(hold_a)
+    assert any(split_holdout(names, 0.2, seed, "random")[1] != hold_a for seed in range(1, 8))
+    with pytest.raises(ValueError):
+        FitSettings(holdout="first")
+
+
 def test_calibration_says_what_the_threshold_means(fitted_model):
     cal = json.loads((staging(fitted_model) / CALIBRATION_FILE).read_text())
     assert cal["threshold"] > 0 and cal["holdout_images"] == 24
     assert "flagged when its score reaches 1.0" in cal["meaning"]
+    assert cal["holdout_policy"] == "last" and "never used to fit (the last by name)" in cal["meaning"]
     assert cal["labelled"]["defects"] == 24 and 0 <= cal["labelled"]["at_fpr_threshold"]["recall"] <= 1
     assert cal["fpr_interval_90"][0] < cal["expected_fpr"] < cal["fpr_interval_90"][1]
 
@@ -142,6 +156,11 @@ def test_false_alarms_are_broken_down_by_image_size():
     assert "fpr_by_image_size" not in image_metrics(items[:4] + items[-1:])  # one size: no breakdown
     varied = [item(0.5, 0, (40 + i, 100 + i)) for i in range(12)] + items[-1:]  # every part its own size
     assert "fpr_by_image_size" not in image_metrics(varied)
+    known = image_metrics(items, {"113x46": 40})  # the fit's formats are known: the unseen one is named
+    assert [g["fitted"] for g in known["fpr_by_image_size"].values()] == [True, False]
+    assert "1.0000  (2 good images of this size; no fit image had this size)" in format_table(known)
+    only_new = image_metrics(items[4:], {"113x46": 40})  # one format, but not the fitted one: still broken down
+    assert only_new["fpr_by_image_size"] == {"154x64": {"images": 2, "fpr": 1.0, "fitted": False}}
 
 
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):

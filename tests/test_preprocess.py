@@ -46,6 +46,23 @@ def test_prepare_normalizes_to_chw():
     assert np.allclose(x[0], -0.485 / 0.229, atol=1e-5)
 
 
+def test_exposure_standardize_takes_out_camera_gain_and_offset():
+    rng = np.random.default_rng(0)
+    part = rng.uniform(40, 110, (64, 96, 3))
+    part[20:30, 40:60] = 20  # a dark defect stays a dark defect
+    dim, bright = part.astype(np.uint8), np.clip(part * 1.8 + 25, 0, 255).astype(np.uint8)
+    pre = Preprocess(short_side=64, exposure="standardize")
+    a, b = prepare(dim, pre), prepare(bright, pre)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()  # same part under other exposure: near-identical input
+    plain = Preprocess(short_side=64)
+    assert np.abs(prepare(dim, plain) - prepare(bright, plain)).mean() > 1.0  # without it the network sees the drift
+    assert a[:, 20:30, 40:60].mean() < a.mean() - 1.0
+    flat = prepare(np.full((64, 64, 3), 77, np.uint8), pre)  # a blank frame: no division by zero
+    assert np.isfinite(flat).all()
+    with pytest.raises(ValueError, match="exposure"):
+        Preprocess(exposure="auto")
+
+
 def test_load_image_errors(tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")

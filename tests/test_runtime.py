@@ -174,6 +174,17 @@ def test_batch_of_mixed_sizes_equals_one_by_one(scorer, frames):
         assert r.anomaly_map.shape == img.shape[:2]
 
 
+def test_a_frame_size_never_fitted_is_warned_once(model_dir, frames, caplog):
+    fresh = Scorer.load(model_dir, providers=["cpu"])
+    assert fresh.manifest["training"]["image_sizes"] == {"96x96": 96}  # the synthetic fit images
+    with caplog.at_level(logging.WARNING, logger="inspector.runtime"):
+        fresh.score_batch(frames["good"] + frames["wide"] + frames["wide"])
+        fresh.score(frames["wide"][0])
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["frame size 160x96: no fit image had this size (fitted: 96x96); expect more false alarms until "
+                      "the model is fitted on this format"]
+
+
 def test_long_strips_are_split_to_bound_ort_memory(scorer, frames, monkeypatch):
     from types import SimpleNamespace
 

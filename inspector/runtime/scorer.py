@@ -12,7 +12,7 @@ import numpy as np
 
 from inspector import registry
 from inspector.errors import InspectorError
-from inspector.preprocess import prepare
+from inspector.preprocess import image_size, prepare
 from inspector.runtime.manifest import check_threshold
 from inspector.runtime.providers import choose
 from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, run_batches, stamp_of, to_result
@@ -36,6 +36,7 @@ class Scorer:
         self.max_batch = max_batch
         self._reload_lock = threading.Lock()
         self._failed: tuple | None = None  # the stamp that failed to load: not retried each frame
+        self._unfitted_sizes: set[str] = set()  # frame sizes already warned about
 
     @classmethod
     def load(cls, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, max_batch: int = 8) -> "Scorer":
@@ -78,8 +79,19 @@ class Scorer:
         model = self._model  # one version for the whole batch, even if a reload swaps meanwhile
         thr = model.manifest.threshold if threshold is None else check_threshold(threshold)
         images = [as_bgr(f) for f in frames]
+        self._warn_unfitted_sizes(model, images)
         raw = run_batches(model, [prepare(img, model.preprocess) for img in images], self.max_batch)
         return [to_result(img, s, m, thr, overlay) for img, (s, m) in zip(images, raw)]
+
+    def _warn_unfitted_sizes(self, model: LoadedModel, images: list[np.ndarray]) -> None:
+        """One warning per frame size no fit image had (a camera or crop change): expect false alarms."""
+        fitted = (model.manifest.data.get("training") or {}).get("image_sizes")
+        if not fitted:  # sizes varied per part at fit (or an older manifest): nothing to compare with
+            return
+        for size in {image_size(img) for img in images} - set(fitted) - self._unfitted_sizes:
+            self._unfitted_sizes.add(size)
+            log.warning("frame size %s: no fit image had this size (fitted: %s); expect more false alarms "
+                        "until the model is fitted on this format", size, ", ".join(fitted))
 
     def reload_if_changed(self) -> bool:
         """Swap to the version `current` names now (or a re-edited manifest); True when swapped.
