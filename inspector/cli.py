@@ -21,6 +21,7 @@ def _fit(a: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "max_pixels": a.max_pixels, "short_side": a.short_side, "backbone": a.backbone, "weights": a.weights, "steps": a.steps,
         "keep_aspect": False if a.square else None, "seed": a.seed, "holdout": a.holdout,
+        "exposure": a.exposure,
     }.items() if v is not None}
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", help="timm backbone name (needs --weights unless efficientnet_lite0)")
     s.add_argument("--weights", help="local backbone weights file")
     s.add_argument("--steps", type=int, help="autoencoder training steps")
+    s.add_argument("--exposure", choices=["standardize", "none"], help="standardize (default): every image's intensity "
+                   "mean and spread set alike, so camera gain or lighting drift is not an anomaly; none: as captured "
+                   "(when brightness itself is the defect)")
     s.add_argument("--holdout", choices=["last", "random"], help="good images held out for calibration: the last 20%% "
                    "in name order, the newest with timestamped names (default), or a seeded random 20%%")
     s.add_argument("--seed", type=int)

@@ -25,7 +25,12 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, words):
 
 def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_path, capsys):
     out = tmp_path / "m"
-    assert main(["fit", str(synthetic_data), "--out", str(out), "--short-side", "96", "--steps", "100", "-q"]) == 0
+    argv = ["fit", str(synthetic_data), "--out", str(out), "--short-side", "96", "--steps", "100", "--holdout", "random",
+            "--exposure", "none", "-q"]
+    assert main(argv) == 0
+    from inspector.checkpoint import FIT_FILE, load_model, read_json, staging
+
+    assert read_json(staging(out) / FIT_FILE, "")["holdout_policy"] == "random" and load_model(out)[1].exposure == "none"
     assert main(["calibrate", str(out), "--fpr", "0.05"]) == 0
     assert "flagged when its score reaches 1.0" in capsys.readouterr().out
     assert main(["evaluate", str(out), "-q"]) == 0
