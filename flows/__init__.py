@@ -14,3 +14,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Plants are offline more often than not: the ephemeral server's usage telemetry only logs DNS errors there.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The ephemeral server takes 12-17 s to start on a 2-core box (more while a fit runs beside it); Prefect's
+# 20 s default made `make demo` fail once here with "Timed out while attempting to connect".
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
