@@ -158,7 +158,7 @@ def measure_version(version_dir: Path, data: Path) -> dict:
         if with_masks:
             preds.append(cv2.resize(r.anomaly_map, PIXEL_GRID[::-1], interpolation=cv2.INTER_LINEAR))
             masks.append(load_mask(s.mask, PIXEL_GRID))
-    metrics = image_metrics(items, scorer.manifest.get("training", {}).get("image_sizes")) | pixel_metrics(preds, masks, items)
+    metrics = image_metrics(items, scorer.fit_image_sizes) | pixel_metrics(preds, masks, items)
     good = [i for i in items if i.label == 0]
     return metrics | {"version": scorer.version, "good_images": len(good),
                       "false_alarms": sum(i.score >= 1.0 for i in good)}

@@ -57,9 +57,9 @@ def name_order(p: Path) -> list:
 def split_holdout(paths: list[Path], fraction: float, seed: int, how: str = "last") -> tuple[list[Path], list[Path]]:
     """Deterministic split: (fit, holdout). `how` = "last": the last images in name order (numbers read as numbers),
     the newest where names carry a timestamp or counter; "random": seeded."""
-    order = sorted(paths, key=name_order)
-    n_hold = int(round(len(order) * fraction))
+    n_hold = int(round(len(paths) * fraction))
     if how == "last":
+        order = sorted(paths, key=name_order)
         return order[: len(order) - n_hold], order[len(order) - n_hold :]
     order = sorted(paths)
     random.Random(seed).shuffle(order)

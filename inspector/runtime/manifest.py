@@ -48,6 +48,11 @@ class Manifest:
         return str(self.data["outputs"]["anomaly_map"]["name"]), str(self.data["outputs"]["score"]["name"])
 
     @property
+    def image_sizes(self) -> dict[str, int] | None:
+        """The fit images' formats ("WxH" -> count); None when sizes varied per part (or an older manifest)."""
+        return (self.data.get("training") or {}).get("image_sizes") or None
+
+    @property
     def model_path(self) -> Path:
         return self.version_dir / str(self.data["model"]["file"])
 

@@ -62,6 +62,11 @@ class Scorer:
         return self._model.manifest.data
 
     @property
+    def fit_image_sizes(self) -> dict[str, int] | None:
+        """Formats ("WxH" -> count) of the images the running version was fitted on, when they were few."""
+        return self._model.manifest.image_sizes
+
+    @property
     def providers(self) -> list[str]:
         """Execution providers the session actually runs on, best first."""
         return list(self._model.session.get_providers())
@@ -85,7 +90,7 @@ class Scorer:
 
     def _warn_unfitted_sizes(self, model: LoadedModel, images: list[np.ndarray]) -> None:
         """One warning per frame size no fit image had (a camera or crop change): expect false alarms."""
-        fitted = (model.manifest.data.get("training") or {}).get("image_sizes")
+        fitted = model.manifest.image_sizes
         if not fitted:  # sizes varied per part at fit (or an older manifest): nothing to compare with
             return
         for size in {image_size(img) for img in images} - set(fitted) - self._unfitted_sizes:
