@@ -31,7 +31,7 @@ from inspector.data import LoadReport, discover, image_formats, iter_images
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
 from inspector.model.backbone import default_weights_path
-from inspector.model.net import InspectorNet, ModelConfig
+from inspector.model.net import InspectorNet, ModelConfig, to_cells
 from inspector.preprocess import Preprocess, image_size, prepare
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,11 @@ def patch_positions(h: int, w: int) -> torch.Tensor:
     return torch.stack([ys.flatten(), xs.flatten()], 1)
 
 
-def fit_gaussian(z: torch.Tensor, shrink: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position mean (1, L, h, w) and precision (h*w, L, L) of latent maps z (N, L, h, w).
+def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position mean (1, L, h, w) and precision (cells, L, L) of latent maps z (N, L, h, w).
+
+    With cell > 1 the positions of each cell x cell block pool their (own-mean-centred) samples into one
+    covariance: cell^2 times the samples per estimate and cell^2 times less reference data per frame.
 
     A ridge of `shrink` x the mean variance keeps the inverse well conditioned. (Ledoit-Wolf shrinkage
     was measured too: magnetic tile, latent 128, 533 images: image AUROC 0.847 against 0.854 with the
@@ -110,8 +113,10 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01) -> tuple[torch.Tensor, t
     """
     n, l, h, w = z.shape
     mean = z.mean(0, keepdim=True)
-    d = (z - mean).flatten(2).permute(2, 0, 1)  # (h*w, N, L)
-    cov = d.transpose(1, 2) @ d / max(n - 1, 1)  # (h*w, L, L)
+    d = to_cells(z - mean, cell)  # (cells, N*cell*cell, L); padding adds zero rows
+    positions = to_cells(torch.ones(1, 1, h, w), cell).sum((1, 2))  # (cells,) real positions per cell
+    dof = (positions * (n - 1)).clamp_min(1)  # each position's own mean costs one sample
+    cov = d.transpose(1, 2) @ d / dof[:, None, None]  # (cells, L, L)
     ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
     cov = cov + ridge[:, None, None] * torch.eye(l)
     return mean, torch.linalg.inv(cov)
@@ -183,7 +188,7 @@ def model_config(s: FitSettings, grid: tuple[int, int], latent: int | None = Non
     return ModelConfig(
         backbone=s.backbone, layers=tuple(s.layers), pool=s.pool, hidden=s.hidden, latent=latent or s.latent, bank_size=s.bank_size,
         global_bank=s.global_bank, pos_weight=s.pos_weight, grid=grid, w_latent=s.w_latent, w_recon=s.w_recon,
-        w_gauss=s.w_gauss, w_global=s.w_global, smooth=s.smooth,
+        w_gauss=s.w_gauss, gauss_cell=s.gauss_cell, w_global=s.w_global, smooth=s.smooth, resample="centers",
     )
 
 
@@ -234,7 +239,7 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
         _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), s.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
     if s.w_gauss > 0:
-        g_mean, g_prec = fit_gaussian(zmaps)
+        g_mean, g_prec = fit_gaussian(zmaps, cell=s.gauss_cell)
         net.gauss_mean.copy_(g_mean)
         net.gauss_prec.copy_(g_prec)
     if s.global_bank > 0:

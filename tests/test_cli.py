@@ -13,6 +13,8 @@ from inspector.cli import main
         (["calibrate", "{tmp}/nope"], "does not exist"),
         (["calibrate", "{tmp}/empty"], "not a fitted model folder"),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--short-side", "5"], "short_side"),
+        (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cel=1"], "gauss_cel: Extra inputs"),
+        (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cell=0"], "gauss_cell: Input should be greater"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, argv, words):
@@ -26,11 +28,14 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, words):
 def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_path, capsys):
     out = tmp_path / "m"
     argv = ["fit", str(synthetic_data), "--out", str(out), "--short-side", "96", "--steps", "100", "--holdout", "random",
-            "--exposure", "none", "-q"]
+            "--exposure", "none", "-q", "--set", "gauss_cell=1", "--set", "hidden=64"]
     assert main(argv) == 0
     from inspector.checkpoint import FIT_FILE, load_model, read_json, staging
 
     assert read_json(staging(out) / FIT_FILE, "")["holdout_policy"] == "random" and load_model(out)[1].exposure == "none"
+    net = load_model(out)[0]
+    assert (net.cfg.gauss_cell, net.cfg.hidden, net.cfg.resample) == (1, 64, "centers")
+    assert net.gauss_prec.shape[0] == net.cfg.grid[0] * net.cfg.grid[1]  # one covariance per position, as asked
     assert main(["calibrate", str(out), "--fpr", "0.05"]) == 0
     assert "flagged when its score reaches 1.0" in capsys.readouterr().out
     assert main(["evaluate", str(out), "-q"]) == 0

@@ -103,7 +103,7 @@ def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
     from .conftest import FAST_FIT
 
     s = FitSettings(**{**FAST_FIT, "steps": 30, "w_latent": 1.0, "w_recon": 0.5, "global_bank": 40, "w_global": 0.5,
-                       "pool": 3, "smooth": 3, "pos_weight": 0.5})
+                       "pool": 3, "smooth": 3, "pos_weight": 0.5, "gauss_cell": 5})  # 5x5 cells: partial ones at the edges
     fit(synthetic_data, tmp_path / "m", s, show=False)
     calibrate_model(tmp_path / "m", CalibrateSettings(fpr=0.05))
     v = export_model(tmp_path / "m")  # refuses to publish unless torch and ORT agree
@@ -114,6 +114,8 @@ def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
     assert {"ReduceMin", "MatMul"} <= {n.op_type for n in graph.graph.node}
     net, _, _ = load_model(tmp_path / "m")
     assert (net.bank.numel() + net.gauss_prec.numel()) * 4 < (v / "model.onnx").stat().st_size
+    gh, gw = net.cfg.grid
+    assert net.gauss_prec.shape[0] == -(-gh // 5) * -(-gw // 5) < gh * gw  # one covariance per cell, not per position
 
 
 def test_threshold_is_not_in_the_graph(v1, model_dir):

@@ -184,3 +184,59 @@ def test_fit_overrides_from_a_command_line_are_checked():
     for pairs, message in ((["latent"], "KEY=VALUE"), (["latnt=3"], "latnt"), (["latent=x"], "latent: Input should be")):
         with pytest.raises(ValueError, match=message):
             fit_overrides(pairs)
+
+
+def test_gaussian_cells_pool_their_positions_into_one_covariance():
+    """gauss_cell=c: positions of a c x c block share one covariance of their own-mean-centred latents."""
+    from inspector.model.net import from_cells, to_cells
+    from inspector.train import fit_gaussian
+
+    z = torch.randn(60, 5, 5, 7, generator=torch.Generator().manual_seed(0))
+    mean, prec = fit_gaussian(z, cell=2)
+    assert mean.shape == (1, 5, 5, 7) and prec.shape == (3 * 4, 5, 5)
+    d = z - z.mean(0, keepdim=True)
+
+    def expected(ys, xs):
+        rows = torch.cat([d[:, :, y, x] for y in ys for x in xs])
+        cov = rows.T @ rows / (len(ys) * len(xs) * (60 - 1))
+        return torch.linalg.inv(cov + 0.01 * cov.diagonal().mean() * torch.eye(5))
+
+    torch.testing.assert_close(prec[0], expected([0, 1], [0, 1]), rtol=1e-4, atol=1e-4)  # a whole cell
+    torch.testing.assert_close(prec[11], expected([4], [6]), rtol=1e-4, atol=1e-4)  # the corner: one position
+    per_position = fit_gaussian(z, cell=1)[1]
+    assert per_position.shape == (35, 5, 5)
+    torch.testing.assert_close(from_cells(to_cells(z, 3).sum(-1), 5, 7, 3), z.sum(1))  # the layout round-trips
+
+
+def test_fixed_grid_resizes_are_exact_bilinear():
+    """The constant-matmul resizes of a fixed-size model: in the legacy convention they equal F.interpolate
+    (align_corners=False); in the "centers" one (new fits) a grid cell's value lands where its receptive
+    field is centred: cell j of a stride-8 map at pixel 8j."""
+    import torch.nn.functional as F
+
+    from inspector.model.backbone import default_weights_path
+    from inspector.model.net import InspectorNet, ModelConfig, interp_matrix
+
+    net = InspectorNet(ModelConfig(grid=(6, 10), gauss_cell=4), default_weights_path())
+    assert set(net.resizers) == {(3, 5, 6, 10), (6, 10, 48, 80)}
+    x = torch.randn(2, 3, 6, 10)
+    torch.testing.assert_close(net.resize(x, (48, 80)), F.interpolate(x, size=(48, 80), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(net.resize(x, (7, 9)), F.interpolate(x, size=(7, 9), mode="bilinear", align_corners=False))
+    r = interp_matrix(5, 3)
+    torch.testing.assert_close(r @ torch.arange(3.0), F.interpolate(torch.arange(3.0)[None, None], size=5, mode="linear")[0, 0])
+
+    centred = InspectorNet(ModelConfig(grid=(6, 10), resample="centers"), default_weights_path())
+    impulse = torch.zeros(1, 1, 6, 10)
+    impulse[0, 0, 2, 3] = 1.0
+    up = centred.resize(impulse, (48, 80))[0, 0]
+    assert divmod(int(up.argmax()), 80) == (16, 24) and up[16, 24] == 1.0  # cell (2, 3) at pixel (8*2, 8*3)
+    torch.testing.assert_close(up[16, 20:29], torch.tensor([0.5, 0.625, 0.75, 0.875, 1, 0.875, 0.75, 0.625, 0.5]))
+    assert centred.resize(torch.ones(1, 1, 6, 10), (48, 80)).eq(1.0).all()  # the right/bottom edge repeats the last cell
+    odd = centred.resize(impulse, (18, 30))[0, 0]  # a size without buffers: built on the fly, same convention
+    assert divmod(int(odd.argmax()), 30) == (6, 9)
+    for model in (net, centred):
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, 48, 80))
+        assert out.anomaly_map.shape == (2, 1, 48, 80) and torch.isfinite(out.score).all()
+    with pytest.raises(ValueError, match="unknown resample mode"):
+        InspectorNet(ModelConfig(grid=(6, 10), resample="nearest"), default_weights_path())
