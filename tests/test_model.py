@@ -218,7 +218,6 @@ def test_fixed_grid_resizes_are_exact_bilinear():
     from inspector.model.net import InspectorNet, ModelConfig, interp_matrix
 
     net = InspectorNet(ModelConfig(grid=(6, 10), gauss_cell=4), default_weights_path())
-    assert set(net.resizers) == {(3, 5, 6, 10), (6, 10, 48, 80)}
     x = torch.randn(2, 3, 6, 10)
     torch.testing.assert_close(net.resize(x, (48, 80)), F.interpolate(x, size=(48, 80), mode="bilinear", align_corners=False))
     torch.testing.assert_close(net.resize(x, (7, 9)), F.interpolate(x, size=(7, 9), mode="bilinear", align_corners=False))
