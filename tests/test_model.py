@@ -239,3 +239,39 @@ def test_fixed_grid_resizes_are_exact_bilinear():
         assert out.anomaly_map.shape == (2, 1, 48, 80) and torch.isfinite(out.score).all()
     with pytest.raises(ValueError, match="unknown resample mode"):
         InspectorNet(ModelConfig(grid=(6, 10), resample="nearest"), default_weights_path())
+
+
+def test_gaussian_term_equals_the_mahalanobis_distance():
+    """Whitened per block (the encoder's last layer folded in where the hidden layer is no wider than the
+    latent) the term is (z - mean)^T P (z - mean), exactly,
+    for whole and partial blocks, and follows the statistics when they change (refit, load)."""
+    from inspector.model.backbone import default_weights_path
+    from inspector.model.net import InspectorNet, ModelConfig
+
+    for hidden in (16, 4):  # wider than the latent: the term reads the latent map; narrower: the hidden layer
+        _check_gaussian_term(InspectorNet(ModelConfig(grid=(6, 10), gauss_cell=4, latent=8, hidden=hidden), default_weights_path()))
+
+
+def _check_gaussian_term(net):
+    gen = torch.Generator().manual_seed(3)
+    net.eval()
+
+    def refit():
+        a = torch.randn(net.gauss_prec.shape, generator=gen)
+        net.gauss_prec.copy_(a @ a.transpose(1, 2) / 8 + 0.5 * torch.eye(8))
+        net.gauss_mean.copy_(torch.randn(net.gauss_mean.shape, generator=gen))
+
+    g = torch.randn(3, net.cfg.hidden, 6, 10, generator=gen)
+    assert net.gauss_reads_hidden == (net.cfg.hidden <= net.cfg.latent)
+    for _ in range(2):
+        refit()
+        with torch.no_grad():
+            z = net.ae.encoder[2](g)
+            got = net.mahalanobis(g if net.gauss_reads_hidden else z)
+            d = z - net.gauss_mean  # (B, L, h, w)
+        want = torch.empty(3, 6, 10)
+        for y in range(6):
+            for x in range(10):
+                p = net.gauss_prec[(y // 4) * 3 + x // 4]  # 4x4 blocks: 2 x 3 of them, the last row/column partial
+                want[:, y, x] = torch.einsum("bl,lm,bm->b", d[:, :, y, x], p, d[:, :, y, x]).sqrt()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -184,6 +184,7 @@ class InspectorNet(nn.Module):
         # Bilinear resampling (stride 16 -> 8, patch grid -> input) as two small constant matmuls, built once per
         # size: exact, and 2.4-6x faster in ORT than its Resize op. Traced, they are graph constants.
         self._matrices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._whitening: tuple | None = None
 
     def resize(self, x: torch.Tensor, size) -> torch.Tensor:
         """Bilinear resampling of (B, C, h, w) to `size` in the model's `resample` convention."""
@@ -221,7 +222,11 @@ class InspectorNet(nn.Module):
         return (f - self.feat_mean) / self.feat_std
 
     def encode_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Latent maps (B, L, h, w) straight from the backbone maps; equal to `ae.encoder(features)`.
+        """Latent maps (B, L, h, w) straight from the backbone maps; equal to `ae.encoder(features)`."""
+        return self.ae.encoder[2](self.hidden_maps(maps))
+
+    def hidden_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The autoencoder's hidden layer (B, H, h, w) straight from the backbone maps.
 
         The feature standardization is folded into the encoder's first 1x1 convolution, and since that
         convolution and bilinear upsampling are both linear, they commute: each map meets its slice of the
@@ -238,7 +243,47 @@ class InspectorNet(nn.Module):
             part = F.conv2d(m, w[:, start : start + m.shape[1]])
             h = h + self.resize(part, size)
             start += m.shape[1]
-        return self.ae.encoder[2](self.ae.encoder[1](h))
+        return self.ae.encoder[1](h)
+
+    @property
+    def gauss_reads_hidden(self) -> bool:
+        """Whether the Mahalanobis term reads the hidden layer (no wider than the latent) instead of the latent."""
+        return self.cfg.hidden <= self.cfg.latent
+
+    def whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each block's whitening: K (cells, D, L) and offsets (cells, 1, c*c, L) with |x K + offset|^2 =
+        (z - mean)^T P (z - mean), P = C C^T, for x the input of the Mahalanobis term.
+
+        x = the hidden layer g where it is no wider than the latent (`gauss_reads_hidden`): the encoder's last
+        1x1 convolution z = W2 g + b2 is folded in (K = W2^T C), so no latent map is computed for it; else
+        x = z (K = C). Built with numpy (a traced graph gets constants) and kept until a weight or buffer it
+        comes from changes.
+        """
+        conv = self.ae.encoder[2]
+        sources = (self.gauss_prec, self.gauss_mean, conv.weight, conv.bias)
+        key = tuple((t.data_ptr(), t._version) for t in sources)
+        if self._whitening is None or self._whitening[0] != key:
+            with torch.no_grad():
+                chol = np.linalg.cholesky(self.gauss_prec.cpu().double().numpy())  # (cells, L, L)
+                w2 = conv.weight.cpu().double().numpy()[:, :, 0, 0]  # (L, H)
+                mean = to_cells(self.gauss_mean.cpu().double(), self.cfg.gauss_cell).numpy()  # (cells, c*c, L)
+                bias = conv.bias.cpu().double().numpy()
+            if self.gauss_reads_hidden:
+                k, offset = np.einsum("lh,clm->chm", w2, chol), (bias - mean) @ chol
+            else:
+                k, offset = chol, -mean @ chol
+            self._whitening = (key, torch.from_numpy(k.astype(np.float32)), torch.from_numpy(offset.astype(np.float32))[:, None])
+        return self._whitening[1].to(conv.weight.device), self._whitening[2].to(conv.weight.device)
+
+    def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
+        """Distance (B, h, w) of each patch's latent to the good Gaussian of its position; x is the hidden layer
+        or the latent map, as `gauss_reads_hidden` says."""
+        c = self.cfg.gauss_cell
+        k, offset = self.whitening()
+        u = torch.bmm(to_cells(x, c), k)  # (cells, B*c*c, L): whitened latents
+        u = u.reshape(k.shape[0], -1, c * c, k.shape[2]) + offset  # (cells, B, c*c, L) minus the whitened means
+        m = (u * u).sum(-1).reshape(k.shape[0], -1)  # (cells, B*c*c): squared Mahalanobis distances
+        return from_cells(m.sqrt(), x.shape[-2], x.shape[-1], c)
 
     def with_position(self, z: torch.Tensor) -> torch.Tensor:
         """Append each patch's (y, x) position, as a fraction of the image, scaled: (B, L+2, h, w).
@@ -255,24 +300,25 @@ class InspectorNet(nn.Module):
         """Per-patch latent kNN distance, reconstruction error, latent Mahalanobis (each (B, h, w))
         and the image-level latent distance (B,)."""
         maps = self.backbone_maps(x)
-        z = self.encode_maps(maps)  # (B, L, h, w)
-        b, l, h, w = z.shape
+        g = self.hidden_maps(maps)  # (B, H, h, w)
+        b, _, h, w = g.shape
+        # The latent map is needed by the other terms; the Gaussian reads g where it is no wider (`whitening`).
+        gauss_x = self.cfg.w_gauss > 0 and not self.gauss_reads_hidden
+        needs_z = self.cfg.w_latent > 0 or self.cfg.w_recon > 0 or self.cfg.global_bank > 0 or gauss_x
+        z = self.ae.encoder[2](g) if needs_z else None  # (B, L, h, w)
         # Each term is computed only when it is part of the score (the graph holds just those).
         if self.cfg.w_latent > 0:
-            zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, l + 2)  # (B*h*w, L+2)
+            zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, -1)  # (B*h*w, L+2)
             lat = nearest_distance(zf, self.bank, self.bank_sq).reshape(b, h, w)
         else:
-            lat = torch.zeros_like(z[:, 0])
+            lat = torch.zeros_like(g[:, 0])
         if self.cfg.w_recon > 0:
             f = self.standardize(self.concat(maps))
             recon = (f - self.ae.decoder(z)).pow(2).mean(1)
         else:
             recon = torch.zeros_like(lat)
         if self.cfg.w_gauss > 0:
-            c = self.cfg.gauss_cell
-            d = to_cells(z - self.gauss_mean, c)  # (cells, B*c*c, L); c = 1: (h*w, B, L)
-            m = (torch.bmm(d, self.gauss_prec) * d).sum(-1)  # (cells, B*c*c): squared Mahalanobis distances
-            gauss = from_cells(m.clamp_min(0.0).sqrt(), h, w, c)
+            gauss = self.mahalanobis(z if gauss_x else g)
         else:
             gauss = torch.zeros_like(recon)
         if self.cfg.global_bank > 0:
