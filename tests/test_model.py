@@ -231,7 +231,7 @@ def test_fixed_grid_resizes_are_exact_bilinear():
     assert divmod(int(up.argmax()), 80) == (16, 24) and up[16, 24] == 1.0  # cell (2, 3) at pixel (8*2, 8*3)
     torch.testing.assert_close(up[16, 20:29], torch.tensor([0.5, 0.625, 0.75, 0.875, 1, 0.875, 0.75, 0.625, 0.5]))
     assert centred.resize(torch.ones(1, 1, 6, 10), (48, 80)).eq(1.0).all()  # the right/bottom edge repeats the last cell
-    odd = centred.resize(impulse, (18, 30))[0, 0]  # a size without buffers: built on the fly, same convention
+    odd = centred.resize(impulse, (18, 30))[0, 0]  # another size: its own matrices, same convention
     assert divmod(int(odd.argmax()), 30) == (6, 9)
     for model in (net, centred):
         with torch.no_grad():
@@ -243,8 +243,8 @@ def test_fixed_grid_resizes_are_exact_bilinear():
 
 def test_gaussian_term_equals_the_mahalanobis_distance():
     """Whitened per block (the encoder's last layer folded in where the hidden layer is no wider than the
-    latent) the term is (z - mean)^T P (z - mean), exactly,
-    for whole and partial blocks, and follows the statistics when they change (refit, load)."""
+    latent), the term is (z - mean)^T P (z - mean), exactly, for whole and partial blocks, and follows the
+    statistics when they change (a refit)."""
     from inspector.model.backbone import default_weights_path
     from inspector.model.net import InspectorNet, ModelConfig
 

@@ -221,12 +221,9 @@ class InspectorNet(nn.Module):
     def standardize(self, f: torch.Tensor) -> torch.Tensor:
         return (f - self.feat_mean) / self.feat_std
 
-    def encode_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Latent maps (B, L, h, w) straight from the backbone maps; equal to `ae.encoder(features)`."""
-        return self.ae.encoder[2](self.hidden_maps(maps))
-
     def hidden_maps(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """The autoencoder's hidden layer (B, H, h, w) straight from the backbone maps.
+        """The autoencoder's hidden layer (B, H, h, w) straight from the backbone maps; equal to
+        `ae.encoder[:2](features)`.
 
         The feature standardization is folded into the encoder's first 1x1 convolution, and since that
         convolution and bilinear upsampling are both linear, they commute: each map meets its slice of the
