@@ -268,7 +268,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, help="calibrated model folder to export (default: quick fit on --data)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset root or folder of good images")
     ap.add_argument("--images", type=int, default=490, help="good images for the quick fit (the latent is capped at a "
-                    "third of the fit images: 490 -> 392 fit images -> the default latent 128)")
+                    "third of the fit images: 490 -> 392 fit images -> the default latent 64)")
     ap.add_argument("--runs", type=int, default=120, help="timed batch-1 runs per variant (over all rounds)")
     ap.add_argument("--rounds", type=int, default=12, help="interleaved blocks per variant")
     ap.add_argument("--work", type=Path, help="keep the built artifacts here and reuse them on the next run")

@@ -25,7 +25,8 @@ class FitSettings(Settings):
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features.")
     pool: int = Field(1, ge=1, le=9, description="Local average pooling of patch features (odd, 1 = none).")
-    latent: int = Field(128, ge=2, le=512, description="Autoencoder latent size per patch.")
+    latent: int = Field(64, ge=2, le=512, description="Autoencoder latent size per patch (the Gaussian reads a "
+                        "latent x latent matrix per block of positions each frame).")
     hidden: int = Field(128, ge=4, le=4096, description="Autoencoder hidden width.")
     bank_size: int = Field(4096, ge=16, le=65536, description="Latent memory bank size (kNN reference).")
     global_bank: int = Field(0, ge=0, le=100000, description="Image-level embeddings kept (0 = off).")

@@ -164,16 +164,16 @@ def test_false_alarms_are_broken_down_by_image_size():
 
 
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
-    """A per-position Gaussian of 128 dimensions cannot be estimated from 96 images: the latent shrinks."""
+    """A per-position Gaussian of 64 dimensions cannot be estimated from 96 images: the latent shrinks."""
     from inspector.train import latent_for
 
-    assert latent_for(FitSettings(), 1000) == 128
+    assert latent_for(FitSettings(), 1000) == 64
     assert latent_for(FitSettings(), 96) == 32
     assert latent_for(FitSettings(), 10) == 8
-    assert latent_for(FitSettings(w_gauss=0, w_latent=1), 10) == 128  # kNN only: no covariance to estimate
+    assert latent_for(FitSettings(w_gauss=0, w_latent=1), 10) == 64  # kNN only: no covariance to estimate
     net, _, _ = load_model(fitted_model)
     n_fit = json.loads((staging(fitted_model) / FIT_FILE).read_text())["fit_images"]
-    assert net.cfg.latent == latent_for(FitSettings(**FAST_FIT), n_fit) < 128
+    assert net.cfg.latent == latent_for(FitSettings(**FAST_FIT), n_fit) < 64
     assert net.gauss_prec.shape[-1] == net.cfg.latent
 
 
