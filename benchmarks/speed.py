@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VARIANTS = ("onnx_cpu", "torch_eager", "backbone_onnx", "padim_onnx")
+SETTLE_S = 0.05  # pause before each timed block (see _timed)
 SIZE = 256  # the default quick fit squashes to SIZE x SIZE; --model runs at that model's own input size
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "bsdata" / "ballscrew"
 
@@ -100,7 +101,10 @@ def peak_rss_mb() -> float:
 
 
 def _timed(run, x, n: int) -> list[float]:
-    run(x)  # not timed: wakes this variant's threads while the previous variant's threads settle
+    # The previous variant's worker threads spin for a while after its last run (ORT, OpenMP) and would steal
+    # the cores from this one's first runs: let them go idle, then one untimed run wakes this variant's threads.
+    time.sleep(SETTLE_S)
+    run(x)
     out = []
     for _ in range(n):
         t = time.perf_counter()
