@@ -35,7 +35,7 @@ class ModelConfig:
     grid: tuple[int, int] = (32, 32)  # patch grid (H/8, W/8) of the fixed input size
     # kNN to a coreset bank: at latent 64 it added 0.001 (bsdata) / 0.013 (magnetic tile) image AUROC to the
     # Gaussian for 3 ms a frame at 256x256 (3x the rest of the head). Latent 64, not 128 (measured, 2x2 blocks):
-    # image AUROC 0.889 / 0.917 against 0.899 / 0.928, batch-1 latency 1.16x the backbone against 1.37x
+    # image AUROC 0.889 / 0.917 against 0.899 / 0.928, batch-1 latency 1.16-1.18x the backbone against 1.34-1.37x
     w_latent: float = 0.0
     w_recon: float = 0.0  # measured on magnetic tile: adding it lowered image AUROC 0.853 -> 0.799
     w_gauss: float = 1.0  # per-position Gaussian (Mahalanobis) distance in the latent space
