@@ -275,3 +275,5 @@ def _check_gaussian_term(net):
                 p = net.gauss_prec[(y // 4) * 3 + x // 4]  # 4x4 blocks: 2 x 3 of them, the last row/column partial
                 want[:, y, x] = torch.einsum("bl,lm,bm->b", d[:, :, y, x], p, d[:, :, y, x]).sqrt()
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not the model's"):  # another grid size is an error, not a silent reshape
+        net.mahalanobis(torch.zeros(1, g.shape[1], 12, 20))

@@ -277,6 +277,8 @@ class InspectorNet(nn.Module):
         """Distance (B, h, w) of each patch's latent to the good Gaussian of its position; x is the hidden layer
         or the latent map, as `gauss_reads_hidden` says."""
         c, (h, w) = self.cfg.gauss_cell, self.cfg.grid  # plain ints (the Gaussian's grid is the model's)
+        if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != (h, w):  # else the batch axis would absorb it
+            raise ValueError(f"patch grid {tuple(x.shape[-2:])} is not the model's {(h, w)}: score at the fitted input size")
         k, offset = self.whitening()
         cells, d, l = (int(n) for n in k.shape)
         u = torch.bmm(to_cells(x, c, (d, h, w)), k)  # (cells, B*c*c, L): whitened latents
