@@ -4,8 +4,7 @@ broker and one model folder on shared storage.
 They start together on a new store (both migrate it), score their own hot folders at the same time, deliver
 their alerts, and both follow `current` when a new version is promoted in the shared registry; nothing is
 lost, duplicated or mixed up between the lines.
-Lines whose sinks share a name conflict on a shared store; that is pinned down by a strict xfail (see its
-reason), so the scenario test names each line's sink after the line.
+Lines may also give their sinks the same name: each watcher delivers only its own sources' alerts.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from tests.test_watch_support import (PYTHON, ROOT, MqttCollector, drop, free_port, line_config, part_image,
@@ -94,11 +92,6 @@ def test_two_watchers_share_one_postgres_store_without_conflicts(tmp_path):
         engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="the outbox sender of a watcher delivers every pending alert of its sink "
-                   "name from the shared store, other lines' too (store.pending_heads(sink) does not filter by the "
-                   "watcher's sources): with the same sink name on two lines, alerts are published by the wrong "
-                   "watcher under its own line's topic, or twice. Fix: pass the watcher's source names to "
-                   "pending_heads/pending_count in inspector.io.outbox.Sender; then drop this mark.")
 def test_lines_with_the_same_sink_name_deliver_only_their_own_alerts(tmp_path):
     """Line 1's broker is down: its alerts must wait for it, not leave through line 2's connection."""
     with temp_database() as url:
@@ -114,6 +107,10 @@ def test_lines_with_the_same_sink_name_deliver_only_their_own_alerts(tmp_path):
             stop_all(procs)
             col.close()
         assert {t.split("/")[2] for t, _ in col.messages} == {"l2-scan"}
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        pending = count(engine, "SELECT source, count(*) FROM outbox WHERE delivered_at IS NULL GROUP BY source")
+        engine.dispose()
+        assert pending == [("l1-scan", len(BRIGHT[1]))]  # kept for line 1's broker, not lost
 
 
 OPEN_TOGETHER = """

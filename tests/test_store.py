@@ -88,6 +88,10 @@ def test_outbox_heads_keep_order_per_source(store):
     store.mark_delivered(heads[0].id, T0)
     assert [h.idempotency_key for h in store.pending_heads("mq")] == ["b0", "a1"]  # oldest first
     assert store.pending_count() == {"mq": 5}
+    # Another line on the same store with a sink of the same name sees only its own sources' alerts.
+    assert [h.idempotency_key for h in store.pending_heads("mq", ["a"])] == ["a1"]
+    assert store.pending_heads("mq", ["other"]) == [] and store.pending_count(["other"]) == {}
+    assert store.pending_count(["a"]) == {"mq": 2} and store.pending_count(("a", "b")) == {"mq": 5}
 
 
 def test_quarantine_is_in_the_ledger_once(store):

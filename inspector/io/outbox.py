@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, Collection
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,11 +32,17 @@ def _now() -> datetime:
 
 
 class Sender:
-    """Background delivery of pending alerts, one thread per sink; `notify()` after a commit."""
+    """Background delivery of pending alerts, one thread per sink; `notify()` after a commit.
+
+    `sources`: the watcher's own source names. Lines sharing a store may name their sinks alike; each
+    watcher then delivers only its own sources' alerts, through its own connection (None: every source).
+    """
 
     def __init__(self, store: Store, sinks: dict[str, Sink], backoff_min_s: float, backoff_max_s: float,
-                 on_result: Callable[[str, bool, PendingAlert], None] | None = None) -> None:
+                 on_result: Callable[[str, bool, PendingAlert], None] | None = None,
+                 sources: Collection[str] | None = None) -> None:
         self.store, self.sinks = store, sinks
+        self.sources = None if sources is None else tuple(sources)
         self.backoff = (backoff_min_s, backoff_max_s)
         self.on_result = on_result  # metrics hook: (sink, delivered, alert)
         self._wake = {name: threading.Event() for name in sinks}
@@ -45,7 +51,7 @@ class Sender:
         self._failing: set[tuple[str, str]] = set()  # (sink, source) currently failing, to log once
 
     def start(self) -> None:
-        for sink, n in self.store.pending_count().items():
+        for sink, n in self.store.pending_count(self.sources).items():
             if sink not in self.sinks:
                 log.warning("outbox: %d alerts are pending for sink %r, which is no longer configured", n, sink)
             else:
@@ -84,7 +90,7 @@ class Sender:
     def run_once(self, name: str, now: datetime | None = None) -> float:
         """Deliver every due alert of one sink, oldest first per source; seconds until the next is due (<= 1)."""
         next_due, sink = 1.0, self.sinks[name]
-        for head in self.store.pending_heads(name):
+        for head in self.store.pending_heads(name, self.sources):
             alert: PendingAlert | None = head
             while alert is not None and not self._stop.is_set():
                 t = now or _now()
@@ -114,5 +120,5 @@ class Sender:
             self._failing.discard(key)
         if self.on_result:
             self.on_result(sink.name, True, alert)
-        heads = [h for h in self.store.pending_heads(sink.name) if h.source == alert.source]
+        heads = self.store.pending_heads(sink.name, (alert.source,))
         return heads[0] if heads else None

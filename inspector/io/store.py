@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import sqlalchemy as sa
 
@@ -224,10 +224,13 @@ class Store:
                                "last_score": r.last_score, "last_seen": r.last_seen} for r in rows}
 
     # ---- outbox -----------------------------------------------------------------------------
-    def pending_heads(self, sink: str) -> list[PendingAlert]:
-        """The oldest undelivered alert of each source for a sink: delivering only heads keeps order per source."""
-        heads = (sa.select(sa.func.min(Outbox.id)).where(Outbox.sink == sink, Outbox.delivered_at.is_(None))
-                 .group_by(Outbox.source))
+    def pending_heads(self, sink: str, sources: Collection[str] | None = None) -> list[PendingAlert]:
+        """The oldest undelivered alert of each source for a sink: delivering only heads keeps order per source.
+        `sources`: only these (a watcher's own, where lines share a store and a sink name); None: all."""
+        where = [Outbox.sink == sink, Outbox.delivered_at.is_(None)]
+        if sources is not None:
+            where.append(Outbox.source.in_(list(sources)))
+        heads = sa.select(sa.func.min(Outbox.id)).where(*where).group_by(Outbox.source)
         with Session(self.engine) as s:
             rows = s.scalars(sa.select(Outbox).where(Outbox.id.in_(heads)).order_by(Outbox.id)).all()
             return [PendingAlert(r.id, r.flagged_id, r.source, r.sink, r.payload, r.idempotency_key, r.attempts,
@@ -244,11 +247,13 @@ class Store:
             s.execute(sa.update(Outbox).where(Outbox.id == alert_id)
                       .values(attempts=Outbox.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:2000]))
 
-    def pending_count(self) -> dict[str, int]:
-        """Undelivered alerts per sink (including sinks no longer configured)."""
+    def pending_count(self, sources: Collection[str] | None = None) -> dict[str, int]:
+        """Undelivered alerts per sink (including sinks no longer configured); `sources` as in `pending_heads`."""
+        where = [Outbox.delivered_at.is_(None)]
+        if sources is not None:
+            where.append(Outbox.source.in_(list(sources)))
         with Session(self.engine) as s:
-            rows = s.execute(sa.select(Outbox.sink, sa.func.count()).where(Outbox.delivered_at.is_(None))
-                             .group_by(Outbox.sink)).all()
+            rows = s.execute(sa.select(Outbox.sink, sa.func.count()).where(*where).group_by(Outbox.sink)).all()
         return {sink: n for sink, n in rows}
 
     # ---- housekeeping -----------------------------------------------------------------------

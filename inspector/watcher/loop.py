@@ -58,7 +58,8 @@ class Watcher:
             _Source(CameraSource(c) if isinstance(c, CameraSourceConfig) else FolderSource(c), source_rules(cfg, c))
             for c in cfg.sources
         ]
-        self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert)
+        self.own = [c.name for c in cfg.sources]  # a shared store may hold other lines' rows
+        self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert, self.own)
         self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
                              self._store_down)
         self.wake = threading.Event()
@@ -91,7 +92,8 @@ class Watcher:
                 s.src.stop()
             self.writer.stop()
             self.sender.stop()
-            log.info("stopped line %s; %d alerts still pending", self.cfg.line, sum(self.store.pending_count().values()))
+            log.info("stopped line %s; %d alerts still pending", self.cfg.line,
+                     sum(self.store.pending_count(self.own).values()))
 
     def step(self, stop: threading.Event | None = None) -> bool:
         """One round over the sources, at most one item each; True when something was processed."""
@@ -188,7 +190,7 @@ class Watcher:
         for s in self.sources:
             self.metrics.queue.labels(s.src.name).set(s.src.depth())
         try:
-            for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count()}.items():
+            for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count(self.own)}.items():
                 self.metrics.outbox.labels(sink).set(n)
             if mono >= self._due["prune"]:
                 self._due["prune"] = mono + 600
@@ -215,7 +217,7 @@ class Watcher:
         """For /health: ok while the loop turns and the store answers."""
         age = time.monotonic() - self.heartbeat
         try:
-            pending, store_ok = self.store.pending_count(), True
+            pending, store_ok = self.store.pending_count(self.own), True
         except SQLAlchemyError:
             pending, store_ok = {}, False
         sources = {s.src.name: {"kind": s.src.kind, "waiting": s.src.depth(),
