@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 
+from inspector.data import image_formats
 from inspector.model.backbone import default_weights_path, load_weights
 
 BACKBONE = "efficientnet_lite0"
@@ -316,6 +317,8 @@ def _run(
 
     pixel_auroc, aupro = pixel_metrics(maps, masks)
     good = labels == 0
+    flagged = [bool(f) for f in (scores[good] >= threshold).tolist()]
+    by_size = fpr_by_format([p for p, g in zip(test_paths, good.tolist()) if g], flagged, fit)
     return {
         "image_auroc": auroc(scores, labels),
         "pixel_auroc": pixel_auroc,
@@ -324,12 +327,33 @@ def _run(
         "fit_s": fit_s,
         "ms_per_image": ms_per_image,
         "train_images": len(fit),
+        **({"fpr_by_image_size": by_size} if by_size else {}),
         "threshold_note": (
             f"threshold {threshold:.6g} = rank-{k} largest of n={holdout_scores.numel()} held-out good train scores "
             f"(k = max(1, floor({target_fpr} * (n + 1)))); fpr_at_threshold = share of the {int(good.sum())} "
             f"test/good images scoring >= it" + _model_note(model, method, coreset_ratio)
         ),
     }
+
+
+def file_size(path: Path) -> str:
+    """ "WxH" of an image file (as inspector names camera formats), from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return f"{im.width}x{im.height}"
+
+
+def fpr_by_format(good: list[Path], flagged: list[bool], fit: list[Path]) -> dict[str, dict] | None:
+    """False alarms per camera format of test/good, marking formats no fit image had (as `inspector evaluate`
+    does); None when sizes vary per part, or all are of the one fitted format."""
+    sizes = [file_size(p) for p in good]
+    test_formats, fit_formats = image_formats(sizes), image_formats([file_size(p) for p in fit])
+    if not test_formats or fit_formats is None:
+        return None
+    out = {k: {"images": n, "fpr": sum(f for s, f in zip(sizes, flagged) if s == k) / n, "fitted": k in fit_formats}
+           for k, n in test_formats.items()}
+    return out if len(out) > 1 or not all(g["fitted"] for g in out.values()) else None
 
 
 def _model_note(model: nn.Module, method: str, coreset_ratio: float) -> str:

@@ -82,6 +82,12 @@ def table(results: dict) -> str:
         vals = [m[method]["image_auroc"] for m in results["sets"].values() if method in m and m[method].get("image_auroc")]
         if vals:
             lines.append(f"| mean | {method} | | {sum(vals) / len(vals):.3f} | | | | | |")
+    for name, methods in results["sets"].items():  # where test/good mixes camera formats, FPR per format
+        for method, m in methods.items():
+            parts = [f"{size}{'' if g.get('fitted', True) else ' (never fitted)'} {round(g['fpr'] * g['images'])}/{g['images']}"
+                     for size, g in m.get("fpr_by_image_size", {}).items()]
+            if parts:
+                lines.append(f"{name} {method}: false alarms by format: " + ", ".join(parts))
     return "\n".join(lines)
 
 
@@ -107,7 +113,8 @@ def main() -> None:
         results["sets"].setdefault(name, {}).update(run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train, overrides))
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(results, indent=2) + "\n")
-    results["note"] = (f"short side 256 for all; PatchCore fitted on {a.patchcore_train} random fit images; "
+    results["note"] = (f"PaDiM and PatchCore at 256x256, inspector at its own input size (aspect kept, at most "
+                       f"320x256 pixels); PatchCore fitted on {a.patchcore_train} random fit images; "
                        "FPR measured on test/good at the threshold calibrated on held-out train/good")
     a.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
