@@ -127,3 +127,27 @@ def test_sender_retries_with_backoff_in_order_per_source(tmp_path):
     finally:
         hook.close()
         store.close()
+
+
+def test_sender_of_one_line_delivers_only_its_sources(tmp_path, caplog):
+    """Two lines on one store, sinks named alike: this watcher's sender leaves the other line's alerts."""
+    store = Store.open(f"sqlite:///{tmp_path}/s.db")
+    t0 = datetime.now(timezone.utc)
+    for i in range(4):
+        src = "mine" if i % 2 else "theirs"
+        store.record_frame(ScoredFrame(src, f"k{i}", t0, 2.0, 4.0, 2.0, True),
+                           FlagRecord("v1", "i.png", "o.jpg", None, 8, 8, None, {"h": {"idempotency_key": f"k{i}", "n": i}}))
+    hook = HookServer()
+    sender = Sender(store, {"h": WebhookSink(WebhookSinkConfig(kind="webhook", name="h", url=hook.url), "l")}, 1.0, 8.0,
+                    sources=["mine"])
+    try:
+        with caplog.at_level("INFO", logger="inspector.watch.outbox"):
+            sender.start()
+            wait_for(lambda: len(hook.payloads()) == 2, 20, what="this line's alerts")
+            sender.stop()
+        assert sorted(p["n"] for p in hook.payloads()) == [1, 3]
+        assert store.pending_count() == {"h": 2} and store.pending_by_source() == {"theirs": 2}
+        assert "left to their own watchers" in caplog.text and "theirs 2" in caplog.text
+    finally:
+        hook.close()
+        store.close()

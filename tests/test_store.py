@@ -92,6 +92,7 @@ def test_outbox_heads_keep_order_per_source(store):
     assert [h.idempotency_key for h in store.pending_heads("mq", ["a"])] == ["a1"]
     assert store.pending_heads("mq", ["other"]) == [] and store.pending_count(["other"]) == {}
     assert store.pending_count(["a"]) == {"mq": 2} and store.pending_count(("a", "b")) == {"mq": 5}
+    assert store.pending_by_source() == {"a": 2, "b": 3}
 
 
 def test_quarantine_is_in_the_ledger_once(store):

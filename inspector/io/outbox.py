@@ -56,6 +56,12 @@ class Sender:
                 log.warning("outbox: %d alerts are pending for sink %r, which is no longer configured", n, sink)
             else:
                 log.info("outbox: %d alerts pending for sink %s from before the restart", n, sink)
+        if self.sources is not None:  # left to the watchers that have these sources
+            others = {k: n for k, n in self.store.pending_by_source().items() if k not in self.sources}
+            if others:
+                log.info("outbox: alerts of sources not on this line are pending, left to their own watchers "
+                         "(other lines on this store, or sources renamed since): %s",
+                         ", ".join(f"{k} {n}" for k, n in sorted(others.items())))
         for name in self.sinks:
             t = threading.Thread(target=self._run, args=(name,), name=f"outbox-{name}", daemon=True)
             t.start()

@@ -256,6 +256,13 @@ class Store:
             rows = s.execute(sa.select(Outbox.sink, sa.func.count()).where(*where).group_by(Outbox.sink)).all()
         return {sink: n for sink, n in rows}
 
+    def pending_by_source(self) -> dict[str, int]:
+        """Undelivered alerts per source, over all sinks (every line on the store)."""
+        with Session(self.engine) as s:
+            rows = s.execute(sa.select(Outbox.source, sa.func.count()).where(Outbox.delivered_at.is_(None))
+                             .group_by(Outbox.source)).all()
+        return {source: n for source, n in rows}
+
     # ---- housekeeping -----------------------------------------------------------------------
     def prune(self, now: datetime, keep_scores_days: float, max_score_rows: int, keep_delivered_days: float = 30) -> None:
         """Bound the score samples and forget alerts delivered long ago (flagged rows are kept)."""
