@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="score images: score, verdict, heat map")
     s.add_argument("model")
-    s.add_argument("images", nargs="+")
+    s.add_argument("images", nargs="+", help="image files, or folders of them (the images directly inside)")
     s.add_argument("--save-map", help="folder to write heat-map overlays into")
     s.set_defaults(func=_score)
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, load_model, read_json, staging, write_json_atomic
+from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
 from inspector.data import MAX_FORMATS, LoadReport, discover, load_mask
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
@@ -36,6 +36,7 @@ class Item:
 
 
 def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True) -> dict:
+    check_model_dir(model_dir)  # a wrong path says so, not "run calibrate first"
     cal = read_json(staging(model_dir) / CALIBRATION_FILE, "run `inspector calibrate` first")
     fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
     ds = discover(Path(data or fit_info["data"]))

@@ -23,9 +23,29 @@ log = logging.getLogger(__name__)
 CHUNK = 8  # images read and scored together
 
 
+def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Image files as given, a folder as the images directly in it (by name); errors for folders without any."""
+    from inspector.data import list_images
+
+    out, errors = [], []
+    for p in paths:
+        if p.is_dir():
+            found = list_images(p)
+            out += found
+            if not found:
+                errors.append(f"{p}: a folder with no images in it (png, jpg, bmp, tiff)")
+        else:
+            out.append(p)
+    return out, errors
+
+
 def score_images(model_dir: Path, images: list[Path], save_map: str | None) -> int:
-    """Print `path  1.73x  ANOMALY|ok` per image; 0 when all were scored, 1 when some were unreadable."""
+    """Print `path  1.73x  ANOMALY|ok` per image (folders: each image in them); 0 when all were scored, 1 when
+    some were unreadable or a folder held none."""
     model_dir = Path(model_dir)
+    images, errors = expand(images)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
     out_dir = Path(save_map) if save_map else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,7 +53,7 @@ def score_images(model_dir: Path, images: list[Path], save_map: str | None) -> i
         rows = _score_onnx(model_dir, images, out_dir is not None)
     else:
         rows = _score_torch(model_dir, images, out_dir is not None)
-    failed, used = 0, set()
+    failed, used = len(errors), set()
     for path, res in rows:
         if isinstance(res, str):
             print(f"error: {res}", file=sys.stderr)

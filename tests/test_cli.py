@@ -12,6 +12,7 @@ from inspector.cli import main
         (["fit", "{tmp}/empty", "--out", "{tmp}/m"], "no images"),
         (["calibrate", "{tmp}/nope"], "does not exist"),
         (["calibrate", "{tmp}/empty"], "not a fitted model folder"),
+        (["evaluate", "{tmp}/nope"], "does not exist"),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--short-side", "5"], "short_side"),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cel=1"], "gauss_cel: Extra inputs"),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cell=0"], "gauss_cell: Input should be greater"),
@@ -43,3 +44,10 @@ def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_
     img = next((synthetic_data / "test" / "blob").iterdir())
     assert main(["score", str(out), str(img), "--save-map", str(tmp_path / "maps")]) == 0
     assert "x" in capsys.readouterr().out and any((tmp_path / "maps").iterdir())
+    folder = synthetic_data / "test" / "good"  # a folder: every image directly in it
+    assert main(["score", str(out), str(folder)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len([p for p in folder.iterdir() if p.suffix == ".png"])
+    (tmp_path / "none").mkdir()
+    assert main(["score", str(out), str(tmp_path / "none"), str(img)]) == 1  # the image is still scored
+    got = capsys.readouterr()
+    assert "no images in it" in got.err and len(got.out.splitlines()) == 1
