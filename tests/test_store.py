@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
 from inspector.errors import InspectorError
-from inspector.io.schema import Base, Flagged, Processed, ScoreSample
+from inspector.io.schema import Base, Flagged, Outbox, Processed, ScoreSample
 from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -117,6 +117,22 @@ def test_prune_bounds_scores_and_old_deliveries(store):
         assert s.get(Flagged, fid) is not None  # flagged items are never pruned
         assert s.scalar(sa.select(sa.func.count()).select_from(Processed)) == 31
     assert store.pending_count() == {}
+
+
+def test_prune_of_one_line_leaves_other_lines_rows(store):
+    """Lines sharing a store prune by their own bounds: another line's samples and deliveries are its own."""
+    for i in range(10):
+        for src in ("cam", "other"):
+            store.record_frame(frame(f"{src}{i}", source=src, path=f"{src}/p{i}", t=T0 - timedelta(days=40 if i < 2 else 0)))
+    for src in ("cam", "other"):
+        store.record_frame(frame(f"{src}f", source=src, score=2.0, path=f"{src}/f", t=T0 - timedelta(days=60)), flag(source=src))
+        store.mark_delivered(store.pending_heads("mq", [src])[0].id, T0 - timedelta(days=60))
+    store.prune(T0, keep_scores_days=30, max_score_rows=5, sources=["cam"])
+    with Session(store.engine) as s:
+        per = dict(s.execute(sa.select(ScoreSample.source, sa.func.count()).group_by(ScoreSample.source)).all())
+        assert per == {"cam": 5, "other": 11}
+        outbox = s.scalars(sa.select(Outbox.source)).all()
+        assert outbox == ["other"]
 
 
 def test_store_at_an_older_revision_opens_with_its_data(tmp_path):

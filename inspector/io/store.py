@@ -264,14 +264,20 @@ class Store:
         return {source: n for source, n in rows}
 
     # ---- housekeeping -----------------------------------------------------------------------
-    def prune(self, now: datetime, keep_scores_days: float, max_score_rows: int, keep_delivered_days: float = 30) -> None:
-        """Bound the score samples and forget alerts delivered long ago (flagged rows are kept)."""
+    def prune(self, now: datetime, keep_scores_days: float, max_score_rows: int, keep_delivered_days: float = 30,
+              sources: Collection[str] | None = None) -> None:
+        """Bound the score samples and forget alerts delivered long ago (flagged rows are kept). `sources`: only
+        these sources' rows, each watcher its own where lines with their own bounds share a store; None: all."""
+        mine = (lambda col: col.in_(list(sources))) if sources is not None else (lambda col: sa.true())
         with Session(self.engine) as s, s.begin():
-            s.execute(sa.delete(ScoreSample).where(ScoreSample.created_at < now - timedelta(days=keep_scores_days)))
-            cut = s.scalar(sa.select(ScoreSample.id).order_by(ScoreSample.id.desc()).offset(max_score_rows).limit(1))
+            s.execute(sa.delete(ScoreSample).where(mine(ScoreSample.source),
+                                                   ScoreSample.created_at < now - timedelta(days=keep_scores_days)))
+            cut = s.scalar(sa.select(ScoreSample.id).where(mine(ScoreSample.source)).order_by(ScoreSample.id.desc())
+                           .offset(max_score_rows).limit(1))
             if cut is not None:
-                s.execute(sa.delete(ScoreSample).where(ScoreSample.id <= cut))
-            s.execute(sa.delete(Outbox).where(Outbox.delivered_at < now - timedelta(days=keep_delivered_days)))
+                s.execute(sa.delete(ScoreSample).where(mine(ScoreSample.source), ScoreSample.id <= cut))
+            s.execute(sa.delete(Outbox).where(mine(Outbox.source),
+                                              Outbox.delivered_at < now - timedelta(days=keep_delivered_days)))
 
 
 MIGRATION_LOCK = 0x1E5C7042  # any constant shared by every inspector process

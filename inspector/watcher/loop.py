@@ -194,7 +194,8 @@ class Watcher:
                 self.metrics.outbox.labels(sink).set(n)
             if mono >= self._due["prune"]:
                 self._due["prune"] = mono + 600
-                self.store.prune(_utc(time.time()), self.cfg.store.keep_scores_days, self.cfg.store.max_score_rows)
+                self.store.prune(_utc(time.time()), self.cfg.store.keep_scores_days, self.cfg.store.max_score_rows,
+                                 sources=self.own)
         except SQLAlchemyError as e:
             self._store_down(e)
 
