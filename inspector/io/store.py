@@ -227,10 +227,9 @@ class Store:
     def pending_heads(self, sink: str, sources: Collection[str] | None = None) -> list[PendingAlert]:
         """The oldest undelivered alert of each source for a sink: delivering only heads keeps order per source.
         `sources`: only these (a watcher's own, where lines share a store and a sink name); None: all."""
-        where = [Outbox.sink == sink, Outbox.delivered_at.is_(None)]
-        if sources is not None:
-            where.append(Outbox.source.in_(list(sources)))
-        heads = sa.select(sa.func.min(Outbox.id)).where(*where).group_by(Outbox.source)
+        heads = (sa.select(sa.func.min(Outbox.id))
+                 .where(Outbox.sink == sink, Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
+                 .group_by(Outbox.source))
         with Session(self.engine) as s:
             rows = s.scalars(sa.select(Outbox).where(Outbox.id.in_(heads)).order_by(Outbox.id)).all()
             return [PendingAlert(r.id, r.flagged_id, r.source, r.sink, r.payload, r.idempotency_key, r.attempts,
@@ -249,11 +248,10 @@ class Store:
 
     def pending_count(self, sources: Collection[str] | None = None) -> dict[str, int]:
         """Undelivered alerts per sink (including sinks no longer configured); `sources` as in `pending_heads`."""
-        where = [Outbox.delivered_at.is_(None)]
-        if sources is not None:
-            where.append(Outbox.source.in_(list(sources)))
         with Session(self.engine) as s:
-            rows = s.execute(sa.select(Outbox.sink, sa.func.count()).where(*where).group_by(Outbox.sink)).all()
+            rows = s.execute(sa.select(Outbox.sink, sa.func.count())
+                             .where(Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
+                             .group_by(Outbox.sink)).all()
         return {sink: n for sink, n in rows}
 
     def pending_by_source(self) -> dict[str, int]:
@@ -268,7 +266,7 @@ class Store:
               sources: Collection[str] | None = None) -> None:
         """Bound the score samples and forget alerts delivered long ago (flagged rows are kept). `sources`: only
         these sources' rows, each watcher its own where lines with their own bounds share a store; None: all."""
-        mine = (lambda col: col.in_(list(sources))) if sources is not None else (lambda col: sa.true())
+        mine = lambda col: _among(col, sources)  # noqa: E731
         with Session(self.engine) as s, s.begin():
             s.execute(sa.delete(ScoreSample).where(mine(ScoreSample.source),
                                                    ScoreSample.created_at < now - timedelta(days=keep_scores_days)))
@@ -278,6 +276,11 @@ class Store:
                 s.execute(sa.delete(ScoreSample).where(mine(ScoreSample.source), ScoreSample.id <= cut))
             s.execute(sa.delete(Outbox).where(mine(Outbox.source),
                                               Outbox.delivered_at < now - timedelta(days=keep_delivered_days)))
+
+
+def _among(source_column, sources: Collection[str] | None):
+    """`source IN sources`; for None no condition (every source on the store)."""
+    return sa.true() if sources is None else source_column.in_(list(sources))
 
 
 MIGRATION_LOCK = 0x1E5C7042  # any constant shared by every inspector process
