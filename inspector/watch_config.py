@@ -203,6 +203,11 @@ class StoreConfig(Settings):
         description="Recent-score samples (histograms, drift) older than this are pruned.",
     )
     max_score_rows: int = Field(1_000_000, ge=1000, description="At most this many recent-score samples are kept.")
+    min_free_mb: int = Field(
+        1024, ge=0,
+        description="Below this much free space on the media folder's disk, /health says not ok and one error is "
+                    "logged, before flagged images can no longer be saved. 0 = off.",
+    )
 
 
 class OutboxConfig(Settings):

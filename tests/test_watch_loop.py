@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from prometheus_client import generate_latest
 from sqlalchemy.orm import Session
 
 from inspector.io.schema import Flagged, Processed
@@ -207,3 +209,30 @@ def test_json_log_lines_carry_extra_fields():
     doc = json.loads(JsonFormatter().format(rec))
     assert doc["msg"] == "folder scan: quarantined a.png" and doc["level"] == "warning" and doc["source"] == "scan"
     assert doc["ts"].endswith("Z") and "args" not in doc
+
+
+def test_low_disk_space_for_media_turns_health_red_once_and_back(tmp_path, monkeypatch, caplog):
+    """Free space below store.min_free_mb: /health not ok, one error line; enough again: ok, one info line."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    free = {"mb": 5000}
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, free["mb"] * 2**20)
+                        if Path(p).resolve() == (tmp_path / "media").resolve() else real(p))
+    cfg = folder_cfg(tmp_path, store={"url": f"sqlite:///{tmp_path}/s.db", "media_dir": str(tmp_path / "media"),
+                                      "min_free_mb": 1000})
+    with caplog.at_level("INFO", logger="inspector.watch"), running(cfg) as w:
+        wait_for(lambda: w.health()["media_free_mb"] == 5000, 10, what="first measurement")
+        assert w.health()["ok"] and not w.health()["disk_low"]
+        free["mb"] = 200
+        wait_for(lambda: w.health()["disk_low"], 10, what="low disk noticed")
+        assert not w.health()["ok"]
+        time.sleep(2.5)  # measured every second: still one error line
+        free["mb"] = 3000
+        wait_for(lambda: w.health()["ok"], 10, what="recovered")
+        assert 'inspector_media_free_bytes 3.145728e+09' in generate_latest(w.metrics.registry).decode()
+    errors = [r for r in caplog.records if "only 200 MB free" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].levelname == "ERROR"
+    assert "3000 MB free on the disk" in caplog.text

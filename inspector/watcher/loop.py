@@ -9,6 +9,7 @@ A stop request is honoured between frames, and the writer commits every frame al
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class Watcher:
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
         self._store_ok = True
+        self.media_free_mb: float | None = None  # free space where flagged images go; None until measured
+        self._disk_unknown = False  # the last measurement failed (warned once)
 
     def run(self, stop: threading.Event) -> None:
         """Score until `stop` is set, then commit what was scored and stop; pending alerts stay in the outbox."""
@@ -189,6 +192,7 @@ class Watcher:
         self._due["gauges"] = mono + 1.0
         for s in self.sources:
             self.metrics.queue.labels(s.src.name).set(s.src.depth())
+        self._check_disk()
         try:
             for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count(self.own)}.items():
                 self.metrics.outbox.labels(sink).set(n)
@@ -198,6 +202,31 @@ class Watcher:
                                  sources=self.own)
         except SQLAlchemyError as e:
             self._store_down(e)
+
+    @property
+    def disk_low(self) -> bool:
+        low = self.cfg.store.min_free_mb
+        return bool(low) and self.media_free_mb is not None and self.media_free_mb < low
+
+    def _check_disk(self) -> None:
+        """Free space on the media folder's disk: a gauge, and one error when it falls below `min_free_mb`."""
+        was_low = self.disk_low
+        try:
+            free = shutil.disk_usage(self.store.media_dir).free
+        except OSError as e:  # e.g. a network mount gone: saving media fails too, and is retried
+            if not self._disk_unknown:
+                log.warning("cannot measure free space of %s (%s)", self.store.media_dir, e)
+                self._disk_unknown = True
+            return
+        self._disk_unknown = False
+        self.metrics.media_free.set(free)
+        self.media_free_mb = free / 2**20
+        if self.disk_low and not was_low:
+            log.error("only %.0f MB free on the disk of %s (store.min_free_mb %d): flagged images can soon not be "
+                      "saved; free space or move store.media_dir", self.media_free_mb, self.store.media_dir,
+                      self.cfg.store.min_free_mb)
+        elif was_low and not self.disk_low:
+            log.info("%.0f MB free on the disk of %s again", self.media_free_mb, self.store.media_dir)
 
     def _reload(self) -> None:
         """Hot reload between frames when `current` moved; a broken new version keeps the old one."""
@@ -224,6 +253,8 @@ class Watcher:
         sources = {s.src.name: {"kind": s.src.kind, "waiting": s.src.depth(),
                                 **({"connected": s.src.connected, "finished": s.src.finished}
                                    if isinstance(s.src, CameraSource) else {})} for s in self.sources}
-        return {"ok": store_ok and age < 60, "line": self.cfg.line, "model_version": self.scorer.version,
-                "loop_age_s": round(age, 2), "store_ok": store_ok, "writer_queue": self.writer.depth(),
+        free = None if self.media_free_mb is None else round(self.media_free_mb)
+        return {"ok": store_ok and age < 60 and not self.disk_low, "line": self.cfg.line,
+                "model_version": self.scorer.version, "loop_age_s": round(age, 2), "store_ok": store_ok,
+                "media_free_mb": free, "disk_low": self.disk_low, "writer_queue": self.writer.depth(),
                 "outbox_pending": pending, "sources": sources}
