@@ -221,6 +221,7 @@ def test_low_disk_space_for_media_turns_health_red_once_and_back(tmp_path, monke
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, free["mb"] * 2**20)
                         if Path(p).resolve() == (tmp_path / "media").resolve() else real(p))
+    monkeypatch.setattr(Watcher, "DISK_CHECK_S", 0.1)
     cfg = folder_cfg(tmp_path, store={"url": f"sqlite:///{tmp_path}/s.db", "media_dir": str(tmp_path / "media"),
                                       "min_free_mb": 1000})
     with caplog.at_level("INFO", logger="inspector.watch"), running(cfg) as w:
@@ -229,7 +230,7 @@ def test_low_disk_space_for_media_turns_health_red_once_and_back(tmp_path, monke
         free["mb"] = 200
         wait_for(lambda: w.health()["disk_low"], 10, what="low disk noticed")
         assert not w.health()["ok"]
-        time.sleep(2.5)  # measured every second: still one error line
+        time.sleep(0.5)  # measured several times more: still one error line
         free["mb"] = 3000
         wait_for(lambda: w.health()["ok"], 10, what="recovered")
         assert 'inspector_media_free_bytes 3.145728e+09' in generate_latest(w.metrics.registry).decode()

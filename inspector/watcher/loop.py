@@ -52,6 +52,8 @@ def _utc(t: float) -> datetime:
 class Watcher:
     """Runs a line: `run(stop)` until `stop` is set. `scorer` has the `inspector.runtime.Scorer` interface."""
 
+    DISK_CHECK_S = 5.0  # how often the media disk's free space is measured
+
     def __init__(self, cfg: WatchConfig, scorer: Any, store: Store, sinks: dict[str, Sink], metrics: Metrics | None = None) -> None:
         self.cfg, self.scorer, self.store, self.sinks = cfg, scorer, store, sinks
         self.metrics = metrics or Metrics()
@@ -75,6 +77,8 @@ class Watcher:
         self.metrics.set_model(self.scorer.version)
         self.sender.start()
         self.writer.start()
+        # its own thread: statvfs on a hung network mount blocks, and must not stop the scoring
+        threading.Thread(target=self._watch_disk, args=(stop,), name="disk-watch", daemon=True).start()
         for s in self.sources:
             s.src.start(self.wake)
         log.info("watching line %s: %s with model %s", self.cfg.line,
@@ -192,7 +196,6 @@ class Watcher:
         self._due["gauges"] = mono + 1.0
         for s in self.sources:
             self.metrics.queue.labels(s.src.name).set(s.src.depth())
-        self._check_disk()
         try:
             for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count(self.own)}.items():
                 self.metrics.outbox.labels(sink).set(n)
@@ -207,6 +210,11 @@ class Watcher:
     def disk_low(self) -> bool:
         low = self.cfg.store.min_free_mb
         return bool(low) and self.media_free_mb is not None and self.media_free_mb < low
+
+    def _watch_disk(self, stop: threading.Event) -> None:
+        self._check_disk()
+        while not stop.wait(self.DISK_CHECK_S):
+            self._check_disk()
 
     def _check_disk(self) -> None:
         """Free space on the media folder's disk: a gauge, and one error when it falls below `min_free_mb`."""
