@@ -97,17 +97,26 @@ def test_apprise_delivers_through_its_json_plugin_and_reports_failure():
         AppriseSink(AppriseSinkConfig(kind="apprise", name="a", url="nosuchscheme://x"), "l")
 
 
-def test_sender_retries_with_backoff_in_order_per_source(tmp_path):
-    """Endpoint down: nothing is lost or reordered; delivery resumes when it answers again."""
+def alerts_of(tmp_path, sources: list[str]) -> tuple[Store, datetime]:
+    """A SQLite store with one flagged frame and one pending alert (sink "h", payload n = i) per source listed."""
     store = Store.open(f"sqlite:///{tmp_path}/s.db")
     t0 = datetime.now(timezone.utc)
-    for i in range(6):
-        src = "a" if i % 2 else "b"
+    for i, src in enumerate(sources):
         store.record_frame(ScoredFrame(src, f"k{i}", t0, 2.0, 4.0, 2.0, True),
                            FlagRecord("v1", "i.png", "o.jpg", None, 8, 8, None, {"h": {"idempotency_key": f"k{i}", "n": i}}))
+    return store, t0
+
+
+def webhook(hook: HookServer) -> WebhookSink:
+    return WebhookSink(WebhookSinkConfig(kind="webhook", name="h", url=hook.url), "l")
+
+
+def test_sender_retries_with_backoff_in_order_per_source(tmp_path):
+    """Endpoint down: nothing is lost or reordered; delivery resumes when it answers again."""
+    store, t0 = alerts_of(tmp_path, ["b", "a"] * 3)
     hook = HookServer()
     hook.status = 500
-    sender = Sender(store, {"h": WebhookSink(WebhookSinkConfig(kind="webhook", name="h", url=hook.url), "l")}, 1.0, 8.0)
+    sender = Sender(store, {"h": webhook(hook)}, 1.0, 8.0)
     try:
         sender.run_once("h", now=t0)
         heads = store.pending_heads("h")
@@ -131,15 +140,9 @@ def test_sender_retries_with_backoff_in_order_per_source(tmp_path):
 
 def test_sender_of_one_line_delivers_only_its_sources(tmp_path, caplog):
     """Two lines on one store, sinks named alike: this watcher's sender leaves the other line's alerts."""
-    store = Store.open(f"sqlite:///{tmp_path}/s.db")
-    t0 = datetime.now(timezone.utc)
-    for i in range(4):
-        src = "mine" if i % 2 else "theirs"
-        store.record_frame(ScoredFrame(src, f"k{i}", t0, 2.0, 4.0, 2.0, True),
-                           FlagRecord("v1", "i.png", "o.jpg", None, 8, 8, None, {"h": {"idempotency_key": f"k{i}", "n": i}}))
+    store, _ = alerts_of(tmp_path, ["theirs", "mine"] * 2)
     hook = HookServer()
-    sender = Sender(store, {"h": WebhookSink(WebhookSinkConfig(kind="webhook", name="h", url=hook.url), "l")}, 1.0, 8.0,
-                    sources=["mine"])
+    sender = Sender(store, {"h": webhook(hook)}, 1.0, 8.0, sources=["mine"])
     try:
         with caplog.at_level("INFO", logger="inspector.watch.outbox"):
             sender.start()
