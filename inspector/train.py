@@ -188,7 +188,7 @@ def model_config(s: FitSettings, grid: tuple[int, int], latent: int | None = Non
     return ModelConfig(
         backbone=s.backbone, layers=tuple(s.layers), pool=s.pool, hidden=s.hidden, latent=latent or s.latent, bank_size=s.bank_size,
         global_bank=s.global_bank, pos_weight=s.pos_weight, grid=grid, w_latent=s.w_latent, w_recon=s.w_recon,
-        w_gauss=s.w_gauss, gauss_cell=s.gauss_cell, w_global=s.w_global, smooth=s.smooth, resample="centers",
+        w_gauss=s.w_gauss, gauss_cell=s.gauss_cell, w_global=s.w_global, smooth=s.smooth, resample="response",
     )
 
 

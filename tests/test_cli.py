@@ -35,7 +35,7 @@ def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_
 
     assert read_json(staging(out) / FIT_FILE, "")["holdout_policy"] == "random" and load_model(out)[1].exposure == "none"
     net = load_model(out)[0]
-    assert (net.cfg.gauss_cell, net.cfg.hidden, net.cfg.resample) == (1, 64, "centers")
+    assert (net.cfg.gauss_cell, net.cfg.hidden, net.cfg.resample) == (1, 64, "response")
     assert net.gauss_prec.shape[0] == net.cfg.grid[0] * net.cfg.grid[1]  # one covariance per position, as asked
     assert main(["calibrate", str(out), "--fpr", "0.05"]) == 0
     assert "flagged when its score reaches 1.0" in capsys.readouterr().out

@@ -237,8 +237,39 @@ def test_fixed_grid_resizes_are_exact_bilinear():
         with torch.no_grad():
             out = model(torch.randn(2, 3, 48, 80))
         assert out.anomaly_map.shape == (2, 1, 48, 80) and torch.isfinite(out.score).all()
+    # "response" (new fits): cell j of a stride-s map at pixel s*j - (s-1)/2, on the image and on a finer grid
+    torch.testing.assert_close(interp_matrix(48, 6, "response") @ torch.arange(6.0), ((torch.arange(48.0) + 3.5) / 8).clamp(0, 5))
+    torch.testing.assert_close(interp_matrix(12, 6, "response") @ torch.arange(6.0), ((torch.arange(12.0) + 0.5) / 2).clamp(0, 5))
     with pytest.raises(ValueError, match="unknown resample mode"):
         InspectorNet(ModelConfig(grid=(6, 10), resample="nearest"), default_weights_path())
+
+
+def test_feature_cells_sit_where_the_backbone_responds():
+    """The "response" placement is measured, not assumed: a point added to the image moves the stride-8 and
+    stride-16 cells of the pretrained backbone whose placed positions (s*i - (s-1)/2) centre on it, within
+    s/8 px; at s*i (the "centers" placement) they centre 2.5-8 px down-right of it."""
+    import numpy as np
+
+    from inspector.model.backbone import DEFAULT_BACKBONE, Backbone, default_weights_path
+
+    bb = Backbone(DEFAULT_BACKBONE, (2, 3), default_weights_path()).eval()
+    base = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 0.1
+    off = {8: [], 16: []}
+    with torch.no_grad():
+        before = bb(base)
+        for y0, x0 in [(100, 100), (101, 97), (130, 150), (64, 64), (77, 181)]:
+            x = base.clone()
+            x[:, :, y0, x0] += 5
+            for a, b in zip(bb(x), before):
+                d = (a - b).abs().sum(1)[0].numpy()
+                s = 256 // d.shape[0]
+                w = d / d.sum()
+                ys, xs = np.mgrid[: d.shape[0], : d.shape[1]]
+                off[s].append(((w * ys).sum() * s - y0, (w * xs).sum() * s - x0))  # at s*i, minus the point
+    for s, o in off.items():
+        mean = np.mean(o, 0)
+        assert np.all(np.abs(mean - (s - 1) / 2) < s / 8), (s, mean)  # placed at s*i - (s-1)/2: centred
+        assert np.all(mean > 2.5), (s, mean)  # placed at s*i: down-right of the point
 
 
 def test_gaussian_term_equals_the_mahalanobis_distance():

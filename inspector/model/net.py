@@ -44,9 +44,12 @@ class ModelConfig:
     gauss_cell: int = 1
     w_global: float = 0.0
     smooth: int = 1  # Gaussian kernel on the patch grid (stride 8), odd, 1 = off (measured: 5 blurs small defects away)
-    # Where a feature map's cells sit on the image. "centers": cell i of a stride-s map at pixel s*i, where the
-    # backbone's symmetric padding puts its receptive field (new fits). "half_pixel": at s*i + (s-1)/2, as
-    # F.interpolate(align_corners=False) assumes: heat maps land (s-1)/2 px down-right (configs from before).
+    # Where a feature map's cells sit on the image. "response" (new fits): cell i of a stride-s map at pixel
+    # s*i - (s-1)/2, where its response to a point in the image is centred (measured on EfficientNet-Lite0's
+    # ImageNet weights: an impulse moves stride-8 cells centred ~3.2 px and stride-16 cells ~6.8 px past s*i).
+    # "centers": at s*i, the geometric centre of the symmetric padding (fits of cf2c35b up to this change: heat maps
+    # land ~3.5 px down-right). "half_pixel": at s*i + (s-1)/2, as F.interpolate(align_corners=False) assumes
+    # (configs from before: ~7 px down-right).
     resample: str = "half_pixel"
     extra: dict = field(default_factory=dict)
 
@@ -113,7 +116,7 @@ def from_cells(m: torch.Tensor, h: int, w: int, cell: int) -> torch.Tensor:
     return m if (h % cell, w % cell) == (0, 0) else m[:, :h, :w]
 
 
-RESAMPLE_MODES = ("half_pixel", "centers")
+RESAMPLE_MODES = ("half_pixel", "centers", "response")
 
 
 def interp_matrix(n_out: int, n_in: int, mode: str = "half_pixel") -> torch.Tensor:
@@ -122,10 +125,14 @@ def interp_matrix(n_out: int, n_in: int, mode: str = "half_pixel") -> torch.Tens
     half_pixel: as F.interpolate(align_corners=False) (output i reads input (i + 0.5) * n_in / n_out - 0.5).
     centers: output i reads input i * n_in / n_out: input cell j sits at output j * n_out / n_in, where a
     stride-(n_out / n_in) convolution with symmetric padding centres it. Beyond the last cell: its value.
+    response: with r = n_out / n_in, output i reads input (i + (r - 1) / 2) / r: a cell of stride s sits at
+    s*j - (s-1)/2 on either grid, where the backbone's measured response puts it (ModelConfig.resample).
     """
     # numpy, not torch: built while a graph is being traced, the matrix must be a constant, not traced ops
     pos = np.arange(n_out, dtype=np.float64)
-    src = np.clip(pos * (n_in / n_out) if mode == "centers" else (pos + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+    r = n_out / n_in
+    src = {"centers": pos / r, "response": (pos + (r - 1) / 2) / r}.get(mode, (pos + 0.5) / r - 0.5)
+    src = np.clip(src, 0.0, n_in - 1)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = src - i0
