@@ -248,33 +248,32 @@ class Store:
 
     def pending_count(self, sources: Collection[str] | None = None) -> dict[str, int]:
         """Undelivered alerts per sink (including sinks no longer configured); `sources` as in `pending_heads`."""
-        with Session(self.engine) as s:
-            rows = s.execute(sa.select(Outbox.sink, sa.func.count())
-                             .where(Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
-                             .group_by(Outbox.sink)).all()
-        return {sink: n for sink, n in rows}
+        return self._pending_per(Outbox.sink, sources)
 
     def pending_by_source(self) -> dict[str, int]:
         """Undelivered alerts per source, over all sinks (every line on the store)."""
+        return self._pending_per(Outbox.source, None)
+
+    def _pending_per(self, column, sources: Collection[str] | None) -> dict[str, int]:
         with Session(self.engine) as s:
-            rows = s.execute(sa.select(Outbox.source, sa.func.count()).where(Outbox.delivered_at.is_(None))
-                             .group_by(Outbox.source)).all()
-        return {source: n for source, n in rows}
+            rows = s.execute(sa.select(column, sa.func.count())
+                             .where(Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
+                             .group_by(column)).all()
+        return {key: n for key, n in rows}
 
     # ---- housekeeping -----------------------------------------------------------------------
     def prune(self, now: datetime, keep_scores_days: float, max_score_rows: int, keep_delivered_days: float = 30,
               sources: Collection[str] | None = None) -> None:
         """Bound the score samples and forget alerts delivered long ago (flagged rows are kept). `sources`: only
         these sources' rows, each watcher its own where lines with their own bounds share a store; None: all."""
-        mine = lambda col: _among(col, sources)  # noqa: E731
+        samples = _among(ScoreSample.source, sources)
         with Session(self.engine) as s, s.begin():
-            s.execute(sa.delete(ScoreSample).where(mine(ScoreSample.source),
-                                                   ScoreSample.created_at < now - timedelta(days=keep_scores_days)))
-            cut = s.scalar(sa.select(ScoreSample.id).where(mine(ScoreSample.source)).order_by(ScoreSample.id.desc())
+            s.execute(sa.delete(ScoreSample).where(samples, ScoreSample.created_at < now - timedelta(days=keep_scores_days)))
+            cut = s.scalar(sa.select(ScoreSample.id).where(samples).order_by(ScoreSample.id.desc())
                            .offset(max_score_rows).limit(1))
             if cut is not None:
-                s.execute(sa.delete(ScoreSample).where(mine(ScoreSample.source), ScoreSample.id <= cut))
-            s.execute(sa.delete(Outbox).where(mine(Outbox.source),
+                s.execute(sa.delete(ScoreSample).where(samples, ScoreSample.id <= cut))
+            s.execute(sa.delete(Outbox).where(_among(Outbox.source, sources),
                                               Outbox.delivered_at < now - timedelta(days=keep_delivered_days)))
 
 

@@ -46,9 +46,9 @@ class ModelConfig:
     smooth: int = 1  # Gaussian kernel on the patch grid (stride 8), odd, 1 = off (measured: 5 blurs small defects away)
     # Where a feature map's cells sit on the image. "response" (new fits): cell i of a stride-s map at pixel
     # s*i - (s-1)/2, where its response to a point in the image is centred (measured on EfficientNet-Lite0's
-    # ImageNet weights: an impulse moves stride-8 cells centred ~3.2 px and stride-16 cells ~6.8 px past s*i).
-    # "centers": at s*i, the geometric centre of the symmetric padding (fits of cf2c35b up to this change: heat maps
-    # land ~3.5 px down-right). "half_pixel": at s*i + (s-1)/2, as F.interpolate(align_corners=False) assumes
+    # ImageNet weights: an impulse moves stride-8 cells centred ~3.3 px and stride-16 cells ~6.3 px past s*i).
+    # "centers": at s*i, the geometric centre of the symmetric padding (fits of cf2c35b until bb84430: heat maps land
+    # ~3.5 px down-right). "half_pixel": at s*i + (s-1)/2, as F.interpolate(align_corners=False) assumes
     # (configs from before: ~7 px down-right).
     resample: str = "half_pixel"
     extra: dict = field(default_factory=dict)
@@ -130,9 +130,9 @@ def interp_matrix(n_out: int, n_in: int, mode: str = "half_pixel") -> torch.Tens
     """
     # numpy, not torch: built while a graph is being traced, the matrix must be a constant, not traced ops
     pos = np.arange(n_out, dtype=np.float64)
-    r = n_out / n_in
-    src = {"centers": pos / r, "response": (pos + (r - 1) / 2) / r}.get(mode, (pos + 0.5) / r - 0.5)
-    src = np.clip(src, 0.0, n_in - 1)
+    r = n_out / n_in  # the three conventions differ by a shift of (r - 1) / 2 output cells
+    shift = {"half_pixel": -1, "centers": 0, "response": 1}[mode]
+    src = np.clip((pos + shift * (r - 1) / 2) / r, 0.0, n_in - 1)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = src - i0
