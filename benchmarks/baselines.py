@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from inspector.data import image_formats
+from inspector.evaluate import fpr_by_name_order
 from inspector.model.backbone import default_weights_path, load_weights
 
 BACKBONE = "efficientnet_lite0"
@@ -318,7 +319,9 @@ def _run(
     pixel_auroc, aupro = pixel_metrics(maps, masks)
     good = labels == 0
     flagged = [bool(f) for f in (scores[good] >= threshold).tolist()]
-    by_size = fpr_by_format([p for p, g in zip(test_paths, good.tolist()) if g], flagged, fit)
+    good_paths = [p for p, g in zip(test_paths, good.tolist()) if g]
+    by_size = fpr_by_format(good_paths, flagged, fit)
+    by_order = fpr_by_name_order(good_paths, (scores[good] / threshold).tolist())
     return {
         "image_auroc": auroc(scores, labels),
         "pixel_auroc": pixel_auroc,
@@ -328,6 +331,7 @@ def _run(
         "ms_per_image": ms_per_image,
         "train_images": len(fit),
         **({"fpr_by_image_size": by_size} if by_size else {}),
+        **({"fpr_by_name_order": by_order} if by_order else {}),
         "threshold_note": (
             f"threshold {threshold:.6g} = rank-{k} largest of n={holdout_scores.numel()} held-out good train scores "
             f"(k = max(1, floor({target_fpr} * (n + 1)))); fpr_at_threshold = share of the {int(good.sum())} "

@@ -47,7 +47,7 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
         fit_s = time.time() - t0
         calibrate_model(model, CalibrateSettings(fpr=fpr))
         m = evaluate_model(model, show=False)
-    extra = {"fpr_by_image_size": m["fpr_by_image_size"]} if "fpr_by_image_size" in m else {}
+    extra = {k: m[k] for k in ("fpr_by_image_size", "fpr_by_name_order") if k in m}
     return {k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit} | extra
 
 
@@ -88,6 +88,12 @@ def table(results: dict) -> str:
                      for size, g in m.get("fpr_by_image_size", {}).items()]
             if parts:
                 lines.append(f"{name} {method}: false alarms by format: " + ", ".join(parts))
+    for name, methods in results["sets"].items():  # alarms piling up late in name order: the parts drifted
+        for method, m in methods.items():
+            runs = [f"{round(g['fpr'] * g['images'])}/{g['images']} (median {g['median_score']:.2f}x)"
+                    for g in m.get("fpr_by_name_order", [])]
+            if runs:
+                lines.append(f"{name} {method}: false alarms by name-order quarter, first to last: " + ", ".join(runs))
     return "\n".join(lines)
 
 

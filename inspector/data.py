@@ -6,6 +6,7 @@ Layout: train/good, test/good, test/<defect>, ground_truth/<defect>/<stem>_mask.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,11 @@ class Dataset:
     @property
     def has_defects(self) -> bool:
         return any(s.label for s in self.test)
+
+
+def name_order(p: Path) -> list:
+    """Sort key reading digit runs as numbers: cam_9.png before cam_10.png, as a counter or timestamp runs."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
 
 
 def list_images(folder: Path) -> list[Path]:

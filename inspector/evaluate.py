@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
-from inspector.data import MAX_FORMATS, LoadReport, discover, load_mask
+from inspector.data import MAX_FORMATS, LoadReport, discover, load_mask, name_order
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
 from inspector.preprocess import image_size, overlay
-from inspector.scoring import pr_at
+from inspector.scoring import fpr_by_order, pr_at
 
 log = logging.getLogger(__name__)
 PIXEL_GRID = (256, 256)  # maps and masks are compared on a common grid (images differ in size)
@@ -85,6 +85,9 @@ def image_metrics(items: list[Item], fitted: dict[str, int] | None = None) -> di
     # a few camera formats (not sizes varying per part), or one the fit never saw: which one alarms?
     if len(by_size) <= MAX_FORMATS and (len(by_size) > 1 or any(not g.get("fitted", True) for g in by_size.values())):
         res["fpr_by_image_size"] = by_size
+    by_order = fpr_by_name_order([i.path for i in items if i.label == 0], [i.score for i in items if i.label == 0])
+    if by_order is not None:  # alarms rising along timestamped names: the parts changed after the fit
+        res["fpr_by_name_order"] = by_order
     if labels.min() != labels.max():
         res["image_auroc"] = auroc(scores, labels)
         at = pr_at(scores, labels, 1.0)
@@ -103,6 +106,13 @@ def fpr_by_image_size(good: list[Item], fitted: dict[str, int] | None = None) ->
         for k, g in out.items():
             g["fitted"] = k in fitted
     return out
+
+
+def fpr_by_name_order(paths: list[Path], scores: list[float]) -> list[dict] | None:
+    """`fpr_by_order` of good images (scores normalized, 1.0 = threshold) sorted as the hold-out sorts them: digit
+    runs read as numbers, so timestamped or counted names run oldest to newest."""
+    order = sorted(range(len(paths)), key=lambda k: name_order(paths[k]))
+    return fpr_by_order([paths[k].name for k in order], np.asarray(scores, np.float64)[order])
 
 
 def pixel_metrics(preds: list[np.ndarray], masks: list[np.ndarray], items: list[Item]) -> dict:
@@ -166,4 +176,8 @@ def format_table(m: dict) -> str:
     for size, g in m.get("fpr_by_image_size", {}).items():
         never = "; no fit image had this size" if g.get("fitted") is False else ""
         lines.append(f"{'  fpr ' + size:<{width}}  {g['fpr']:.4f}  ({g['images']} good images of this size{never})")
+    runs = m.get("fpr_by_name_order", [])
+    for n, g in enumerate(runs, 1):
+        lines.append(f"{f'  fpr names {n}/{len(runs)}':<{width}}  {g['fpr']:.4f}  ({g['images']} good images "
+                     f"{g['first']} .. {g['last']}, median score {g['median_score']:.2f}x)")
     return "\n".join(lines)

@@ -82,3 +82,20 @@ def fpr_estimate(good_scores: np.ndarray, threshold: float, target_fpr: float) -
     n, k = len(s), int((s >= threshold).sum())
     lo, hi = beta.ppf([0.05, 0.95], k + 1, n - k + 1)
     return FprThreshold(float(threshold), n, k, target_fpr, (k + 1) / (n + 2), (float(lo), float(hi)), True)
+
+
+ORDER_PARTS = 4  # fpr_by_order: quarters of the good images in name order
+MIN_PER_PART = 5
+
+
+def fpr_by_order(names: list[str], scores: np.ndarray, parts: int = ORDER_PARTS) -> list[dict] | None:
+    """False-alarm rate of good images in `parts` consecutive runs of their order (names and scores already in name
+    order; scores normalized, 1.0 = threshold). With timestamped or counted names the runs are periods of production:
+    alarms piling up in the last runs while the median score climbs mean the parts changed after the fit (wear,
+    soiling, a new setting), not a threshold set too low. None when a run would hold fewer than MIN_PER_PART images."""
+    s = np.asarray(scores, np.float64)
+    if len(s) < parts * MIN_PER_PART or len(names) != len(s):
+        return None
+    runs = np.array_split(np.arange(len(s)), parts)
+    return [{"first": names[r[0]], "last": names[r[-1]], "images": len(r), "fpr": float((s[r] >= 1.0).mean()),
+             "median_score": float(np.median(s[r]))} for r in runs]

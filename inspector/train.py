@@ -14,7 +14,6 @@ import hashlib
 import logging
 import math
 import random
-import re
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from inspector.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging, write_json_atomic
 from inspector.config import FitSettings
-from inspector.data import LoadReport, discover, image_formats, iter_images
+from inspector.data import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
 from inspector.model.backbone import default_weights_path
@@ -47,11 +46,6 @@ class FitResult:
     n_holdout: int
     seconds: float
     skipped: int
-
-
-def name_order(p: Path) -> list:
-    """Sort key reading digit runs as numbers: cam_9.png before cam_10.png, as a counter or timestamp runs."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
 
 
 def split_holdout(paths: list[Path], fraction: float, seed: int, how: str = "last") -> tuple[list[Path], list[Path]]:

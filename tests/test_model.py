@@ -163,6 +163,22 @@ def test_false_alarms_are_broken_down_by_image_size():
     assert only_new["fpr_by_image_size"] == {"154x64": {"images": 2, "fpr": 1.0, "fitted": False}}
 
 
+def test_false_alarms_are_broken_down_by_name_order():
+    """Good parts named by a counter, scored worse as the product drifts: the alarms show up in the last quarter,
+    in counter order (cam_9 before cam_10), not in string order."""
+    from inspector.evaluate import Item, format_table, image_metrics
+
+    scores = [0.3] * 15 + [1.4] * 5
+    items = [Item(Path(f"good/cam_{n}.png"), 0, sc, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32))
+             for n, sc in enumerate(scores)]
+    m = image_metrics(items[::-1] + [Item(Path("bad/cam_0.png"), 1, 3.0, items[0].image, items[0].amap)])
+    assert [g["fpr"] for g in m["fpr_by_name_order"]] == [0.0, 0.0, 0.0, 1.0]
+    assert (m["fpr_by_name_order"][3]["first"], m["fpr_by_name_order"][3]["last"]) == ("cam_15.png", "cam_19.png")
+    last = [line for line in format_table(m).splitlines() if "fpr names 4/4" in line]
+    assert last and last[0].endswith("1.0000  (5 good images cam_15.png .. cam_19.png, median score 1.40x)")
+    assert "fpr_by_name_order" not in image_metrics(items[:19])  # fewer than 5 good images a quarter: no breakdown
+
+
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     """A per-position Gaussian of 64 dimensions cannot be estimated from 96 images: the latent shrinks."""
     from inspector.train import latent_for

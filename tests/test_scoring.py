@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inspector.scoring import f1_optimal, fpr_estimate, fpr_threshold, pr_at
+from inspector.scoring import f1_optimal, fpr_by_order, fpr_estimate, fpr_threshold, pr_at
 
 
 @pytest.mark.parametrize("n,target", [(100, 0.01), (200, 0.05), (500, 0.02)])
@@ -38,3 +38,15 @@ def test_pr_at_and_f1_optimal():
 def test_fpr_estimate_of_given_threshold():
     t = fpr_estimate(np.linspace(0, 1, 99), 0.5, 0.01)
     assert t.above == 49 and t.interval_90[0] < 0.5 < t.interval_90[1]
+
+
+def test_fpr_by_order_splits_in_consecutive_runs():
+    """Good parts scored in production order: the late alarms of a drifting product land in the last run."""
+    names = [f"p{i:02d}" for i in range(22)]
+    scores = np.r_[np.full(16, 0.4), [0.9, 1.1, 1.2, 1.3, 1.5, 2.0]]
+    runs = fpr_by_order(names, scores)
+    assert [g["images"] for g in runs] == [6, 6, 5, 5]
+    assert [g["fpr"] for g in runs] == [0.0, 0.0, 0.0, 1.0]
+    assert runs[2] == {"first": "p12", "last": "p16", "images": 5, "fpr": 0.0, "median_score": 0.4}
+    assert runs[3]["median_score"] == pytest.approx(1.3)
+    assert fpr_by_order(names[:19], scores[:19]) is None  # a run of fewer than 5 images says nothing
