@@ -174,6 +174,29 @@ def test_false_alarm_is_copied_for_retrain_and_undo_removes_the_copy(client, sto
     assert [i["id"] for i in client.get("/api/items", params={"status": "confirmed"}).json()["items"]] == [item["id"]]
 
 
+def test_item_whose_images_were_never_saved_renders_and_reviews(client, store, seeded, tmp_path):
+    """A camera frame flagged while the media folder was full is recorded without image paths: the pages say so
+    instead of showing broken images, the API gives null URLs, and a false-alarm review records without a copy."""
+    t = datetime.now(timezone.utc)
+    [fid] = store.record_frames([(ScoredFrame("cam1", "nomedia-1", t, 1.8, 4.5, 2.5, True, None),
+                                  FlagRecord("v7", None, None, None, 640, 480, "rtsp://cam1"))])
+    body = client.get(f"/api/items/{fid}").json()
+    assert body["urls"] == {"original": None, "overlay": None, "heatmap": None, "thumb": None}
+    assert body["item"]["image_path"] is None
+    assert client.get(f"/thumbs/{fid}.jpg").status_code == 404
+    page = client.get(f"/items/{fid}")
+    assert page.status_code == 200 and "could not be saved when it was flagged" in page.text
+    assert 'src="None"' not in page.text and "/media/None" not in page.text
+    listing = client.get("/")
+    assert listing.status_code == 200 and "no image saved" in listing.text
+    assert f'src="/thumbs/{fid}.jpg"' not in listing.text
+    r = client.post(f"/api/items/{fid}/review", headers=AUTH, json={"status": "false_alarm", "reviewer": "Ana"})
+    assert r.status_code == 200 and r.json()["review_status"] == "false_alarm"
+    assert not (tmp_path / "retrain" / "good").exists()  # nothing to retrain on
+    with store.engine.connect() as c:
+        assert c.scalar(sa.select(sa.func.count()).select_from(RetrainCopy)) == 0
+
+
 def test_stats_count_what_was_recorded(client, seeded):
     s = client.get("/api/stats", params={"hours": 24, "days": 7}).json()
     per_source = {k: sum(h["flagged"] for h in v) for k, v in s["per_hour"].items()}

@@ -237,3 +237,50 @@ def test_low_disk_space_for_media_turns_health_red_once_and_back(tmp_path, monke
     errors = [r for r in caplog.records if "only 200 MB free" in r.getMessage()]
     assert len(errors) == 1 and errors[0].levelname == "ERROR"
     assert "3000 MB free on the disk" in caplog.text
+
+
+def test_full_media_disk_records_camera_frames_without_images_and_folder_files_wait(tmp_path, monkeypatch, caplog):
+    """Saving images fails (disk full): a flagged camera frame, which exists nowhere else, is still recorded and
+    alerted, without images; a flagged folder file stays in its folder and is recorded with its images once saving
+    works again. One error line for the outage, one info line when it ends."""
+    import inspector.watcher.writer as writer
+
+    real_save, full = writer.save_media, {"disk": True}
+
+    def save_media(media_dir, paths, *a, **k):
+        if full["disk"]:
+            (media_dir / paths.image).parent.mkdir(parents=True, exist_ok=True)
+            (media_dir / paths.image).write_bytes(b"half")  # the original got written, the overlay did not
+            raise OSError(28, "No space left on device")
+        return real_save(media_dir, paths, *a, **k)
+
+    monkeypatch.setattr(writer, "save_media", save_media)
+    video = write_video(tmp_path / "line.avi", [part_image(i, 10 <= i < 22, size=48) for i in range(40)])
+    doc = line_config(tmp_path, write_double(tmp_path / "model"),
+                      [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False},
+                       {"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+                      [{"kind": "mqtt", "name": "mq"}])
+    cfg = WatchConfig(**doc)
+    col = MqttCollector(f"inspector/{cfg.line}/cam/alert")
+    try:
+        with caplog.at_level("INFO", logger="inspector.watch"), running(cfg) as w:
+            wait_for(lambda: w.store.counters().get("cam", {}).get("scored") == 40, 30, what="40 frames")
+            wait_for(lambda: len(col.messages) == 1, 10, what="the alert")
+            [row] = flagged(w.store)
+            assert (row.source, row.image_path, row.overlay_path, row.map_path) == ("cam", None, None, None)
+            assert col.messages[0][1]["image_path"] is None and col.messages[0][1]["idempotency_key"] == row.frame_key
+            assert not any(p.is_file() for p in w.store.media_dir.rglob("*"))  # the half-written file is gone
+            assert 'inspector_media_unsaved_total{source="cam"} 1.0' in generate_latest(w.metrics.registry).decode()
+
+            drop(tmp_path / "in", "bright.png", part_image(1, True))
+            time.sleep(1.0)  # tried and released: still in the folder, not recorded
+            assert (tmp_path / "in" / "bright.png").exists() and len(flagged(w.store)) == 1
+            full["disk"] = False
+            wait_for(lambda: len(flagged(w.store)) == 2, 20, what="the folder file after the disk is freed")
+            scan = flagged(w.store)[1]
+            assert scan.source == "scan" and (w.store.media_dir / scan.image_path).stat().st_size > 0
+        errors = [r for r in caplog.records if "cannot save the images of flagged frames" in r.getMessage()]
+        assert len(errors) == 1 and errors[0].levelname == "ERROR"
+        assert "works again" in caplog.text
+    finally:
+        col.close()

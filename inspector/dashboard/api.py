@@ -87,8 +87,12 @@ class SourceOut(BaseModel):
 
 
 def urls(item: q.Item) -> dict[str, str | None]:
-    return {"original": f"/media/{item.image_path}", "overlay": f"/media/{item.overlay_path}",
-            "heatmap": f"/heatmaps/{item.id}.png" if item.map_path else None, "thumb": f"/thumbs/{item.id}.jpg"}
+    """Where the item's images are served; null for images never saved (a camera frame flagged while the media
+    folder could not be written)."""
+    return {"original": f"/media/{item.image_path}" if item.image_path else None,
+            "overlay": f"/media/{item.overlay_path}" if item.overlay_path else None,
+            "heatmap": f"/heatmaps/{item.id}.png" if item.map_path else None,
+            "thumb": f"/thumbs/{item.id}.jpg" if item.overlay_path else None}
 
 
 @router.get("/items", response_model=ItemPage, summary="Flagged items, newest first (keyset pagination)")

@@ -36,8 +36,8 @@ class Item(BaseModel):
     raw_score: float
     threshold: float
     model_version: str
-    image_path: str
-    overlay_path: str
+    image_path: str | None  # None: a camera frame whose images could not be saved
+    overlay_path: str | None
     map_path: str | None
     width: int
     height: int

@@ -1,7 +1,7 @@
 """Reviews: a person marks a flagged item a confirmed defect or a false alarm (or undoes that).
 
-A false alarm is a good part the model did not know yet, so its original image is copied into the
-retrain folder of good images, and a `retrain_copies` row records which file came from which item.
+A false alarm is a good part the model did not know yet, so its original image (where one was saved) is copied
+into the retrain folder of good images, and a `retrain_copies` row records which file came from which item.
 Undoing the review (or confirming a defect instead) removes exactly that copy again, so a real defect
 never trains the model as "good".
 """
@@ -44,7 +44,7 @@ def review(store: Store, retrain_dir: Path, item_id: int, status: Status, review
             if row is None:
                 raise NotFound(item_id)
             copy = s.scalar(sa.select(RetrainCopy).where(RetrainCopy.flagged_id == item_id))
-            if status == "false_alarm" and copy is None:
+            if status == "false_alarm" and copy is None and row.image_path is not None:  # None: never saved
                 new_copy = _copy_original(store.media_dir, retrain_dir, row)
                 s.add(RetrainCopy(flagged_id=item_id, path=str(new_copy), created_at=now))
             elif status != "false_alarm" and copy is not None:

@@ -47,8 +47,9 @@ class Flagged(Base):
     raw_score: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)  # raw, as applied
     model_version: Mapped[str] = mapped_column(String(64))
-    image_path: Mapped[str] = mapped_column(String(512))  # relative to the media folder
-    overlay_path: Mapped[str] = mapped_column(String(512))
+    # relative to the media folder; None: a camera frame whose images could not be saved (recorded all the same)
+    image_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    overlay_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     map_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)

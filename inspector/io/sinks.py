@@ -159,7 +159,7 @@ class AppriseSink:
         p = json.loads(alert.payload)
         title = self.cfg.title.format(line=self.line, source=alert.source, score=p.get("score"))
         body = (f"Defect on {p.get('source')} at {p.get('created_at')}: score {p.get('score')} x threshold, "
-                f"model {p.get('model_version')}, image {p.get('image_path')} (key {alert.idempotency_key})")
+                f"model {p.get('model_version')}, image {p.get('image_path') or 'not saved'} (key {alert.idempotency_key})")
         if not self._apprise.notify(title=title, body=body):
             raise SinkError("Apprise could not deliver the notification")
 

@@ -53,8 +53,8 @@ class ScoredFrame:
 @dataclass(frozen=True)
 class FlagRecord:
     model_version: str
-    image_path: str  # relative to the media folder
-    overlay_path: str
+    image_path: str | None  # relative to the media folder; None when the images could not be saved (camera frames)
+    overlay_path: str | None
     map_path: str | None
     width: int
     height: int

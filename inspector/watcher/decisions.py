@@ -54,9 +54,10 @@ def should_alert(prev: AlertState, anomalous: bool, now: float, rules: Rules) ->
 
 
 def alert_payload(*, line: str, source: str, frame_key: str, created_at: datetime, score: float, raw_score: float,
-                  threshold: float, model_version: str, image_path: str, overlay_path: str, width: int, height: int,
+                  threshold: float, model_version: str, image_path: str | None, overlay_path: str | None, width: int, height: int,
                   origin: str | None) -> dict:
-    """The JSON document every sink receives; `idempotency_key` lets receivers drop redeliveries."""
+    """The JSON document every sink receives; `idempotency_key` lets receivers drop redeliveries. The image paths
+    (relative to the media folder) are null for a camera frame whose images could not be saved."""
     return {
         "idempotency_key": frame_key,
         "line": line,

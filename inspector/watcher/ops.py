@@ -30,6 +30,8 @@ class Metrics:
         self.latency = Histogram("inspector_frame_seconds", "Time from reading a frame to its committed result",
                                  ["source"], registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.model = Gauge("inspector_model_info", "Model version in use (value 1)", ["version"], registry=r)
+        self.media_unsaved = Counter("inspector_media_unsaved", "Flagged camera frames recorded without their images "
+                                     "(the media folder could not be written)", ["source"], registry=r)
         self.media_free = Gauge("inspector_media_free_bytes", "Free space on the media folder's file system", registry=r)
 
     def set_model(self, version: str) -> None:

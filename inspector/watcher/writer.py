@@ -3,7 +3,9 @@
 For each job, in submission order: save the flagged item's image and heat map, commit the frame (ledger,
 counters, flagged row, outbox rows) in one transaction, then move the input file. A kill before the
 commit leaves the file where it was (scored again after a restart); a kill after it leaves a ledger entry
-(the file is only moved). The queue is short, so the loop cannot run far ahead of the store.
+(the file is only moved). The queue is short, so the loop cannot run far ahead of the store. When the images
+cannot be saved (disk full), a folder input waits in its folder and is retried; a camera frame, which exists
+nowhere else, is recorded and alerted without them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspector.io.camera import CameraSource
-from inspector.io.media import media_paths, save_media
+from inspector.io.media import MediaPaths, media_paths, save_media
 from inspector.io.sources import FileItem, FolderSource
 from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 from inspector.preprocess import overlay
@@ -53,6 +55,7 @@ class Writer:
         self.metrics, self.on_alerts, self.on_store_error = metrics, on_alerts, on_store_error
         self._q: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
         self.max_batch = max_batch
+        self._media_down = False  # the last flagged camera frame's images could not be saved (logged once)
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
     def start(self) -> None:
@@ -124,15 +127,44 @@ class Writer:
     def _flag(self, job: Job) -> FlagRecord:
         """Save image + heat map before the commit, so a committed row always has its files."""
         f = job.frame
-        paths = media_paths(f.source, f.frame_key, f.created_at, job.ext, self.save_map)
-        save_media(self.store.media_dir, paths, job.original, overlay(job.img, job.amap), job.amap)
+        paths: MediaPaths | None = media_paths(f.source, f.frame_key, f.created_at, job.ext, self.save_map)
+        try:
+            save_media(self.store.media_dir, paths, job.original, overlay(job.img, job.amap), job.amap)
+        except OSError as e:
+            if job.item is not None:  # a folder input stays in its folder and is retried: nothing is lost
+                raise
+            self._unsaved(job, paths, e)  # a camera frame exists nowhere else: recorded and alerted without images
+            paths = None
+        else:
+            self._media_recovered()
         h, w = job.img.shape[:2]
+        image, over = (paths.image, paths.overlay) if paths else (None, None)
         payload = alert_payload(line=self.line, source=f.source, frame_key=f.frame_key, created_at=f.created_at,
                                 score=f.score, raw_score=f.raw_score, threshold=f.threshold,
-                                model_version=job.model_version, image_path=paths.image, overlay_path=paths.overlay,
+                                model_version=job.model_version, image_path=image, overlay_path=over,
                                 width=w, height=h, origin=job.origin)
         alerts = {name: payload for name in self.sinks} if job.alert else {}
-        return FlagRecord(job.model_version, paths.image, paths.overlay, paths.map, w, h, job.origin, alerts)
+        return FlagRecord(job.model_version, image, over, paths.map if paths else None, w, h, job.origin, alerts)
+
+    def _unsaved(self, job: Job, paths: MediaPaths, e: OSError) -> None:
+        """A flagged camera frame whose images cannot be written (disk full, media folder gone): remove what was
+        half-written, count it, say so once per outage. Its row and alert go ahead without images."""
+        for rel in (paths.image, paths.overlay, paths.map):
+            if rel is not None:
+                try:
+                    (self.store.media_dir / rel).unlink(missing_ok=True)
+                except OSError:
+                    pass
+        self.metrics.media_unsaved.labels(job.src.name).inc()
+        if not self._media_down:
+            log.error("%s: cannot save the images of flagged frames in %s (%s); camera frames are recorded and "
+                      "alerted without them until saving works again", job.src.name, self.store.media_dir, e)
+        self._media_down = True
+
+    def _media_recovered(self) -> None:
+        if self._media_down:
+            log.info("saving the images of flagged frames in %s works again", self.store.media_dir)
+        self._media_down = False
 
     @staticmethod
     def _finish(job: Job) -> None:
