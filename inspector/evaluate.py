@@ -81,11 +81,12 @@ def image_metrics(items: list[Item], fitted: dict[str, int] | None = None) -> di
     labels = np.array([i.label for i in items])
     good = scores[labels == 0]
     res = {"images": len(items), "defects": int(labels.sum()), "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None}
-    by_size = fpr_by_image_size([i for i in items if i.label == 0], fitted)
+    good_items = [i for i in items if i.label == 0]
+    by_size = fpr_by_image_size(good_items, fitted)
     # a few camera formats (not sizes varying per part), or one the fit never saw: which one alarms?
     if len(by_size) <= MAX_FORMATS and (len(by_size) > 1 or any(not g.get("fitted", True) for g in by_size.values())):
         res["fpr_by_image_size"] = by_size
-    by_order = fpr_by_name_order([i.path for i in items if i.label == 0], [i.score for i in items if i.label == 0])
+    by_order = fpr_by_name_order([i.path for i in good_items], [i.score for i in good_items])
     if by_order is not None:  # alarms rising along timestamped names: the parts changed after the fit
         res["fpr_by_name_order"] = by_order
     if labels.min() != labels.max():

@@ -94,7 +94,7 @@ def fpr_by_order(names: list[str], scores: np.ndarray, parts: int = ORDER_PARTS)
     alarms piling up in the last runs while the median score climbs mean the parts changed after the fit (wear,
     soiling, a new setting), not a threshold set too low. None when a run would hold fewer than MIN_PER_PART images."""
     s = np.asarray(scores, np.float64)
-    if len(s) < parts * MIN_PER_PART or len(names) != len(s):
+    if len(s) < parts * MIN_PER_PART:
         return None
     runs = np.array_split(np.arange(len(s)), parts)
     return [{"first": names[r[0]], "last": names[r[-1]], "images": len(r), "fpr": float((s[r] >= 1.0).mean()),

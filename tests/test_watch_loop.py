@@ -243,18 +243,16 @@ def test_full_media_disk_records_camera_frames_without_images_and_folder_files_w
     """Saving images fails (disk full): a flagged camera frame, which exists nowhere else, is still recorded and
     alerted, without images; a flagged folder file stays in its folder and is recorded with its images once saving
     works again. One error line for the outage, one info line when it ends."""
-    import inspector.watcher.writer as writer
+    import inspector.io.media as media
 
-    real_save, full = writer.save_media, {"disk": True}
+    real_write, full = media._atomic_write, {"disk": True}
 
-    def save_media(media_dir, paths, *a, **k):
-        if full["disk"]:
-            (media_dir / paths.image).parent.mkdir(parents=True, exist_ok=True)
-            (media_dir / paths.image).write_bytes(b"half")  # the original got written, the overlay did not
+    def atomic_write(target, data):  # the original image gets written, then the disk is full
+        if full["disk"] and target.name.endswith(".overlay.jpg"):
             raise OSError(28, "No space left on device")
-        return real_save(media_dir, paths, *a, **k)
+        real_write(target, data)
 
-    monkeypatch.setattr(writer, "save_media", save_media)
+    monkeypatch.setattr(media, "_atomic_write", atomic_write)
     video = write_video(tmp_path / "line.avi", [part_image(i, 10 <= i < 22, size=48) for i in range(40)])
     doc = line_config(tmp_path, write_double(tmp_path / "model"),
                       [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False},
@@ -269,7 +267,7 @@ def test_full_media_disk_records_camera_frames_without_images_and_folder_files_w
             [row] = flagged(w.store)
             assert (row.source, row.image_path, row.overlay_path, row.map_path) == ("cam", None, None, None)
             assert col.messages[0][1]["image_path"] is None and col.messages[0][1]["idempotency_key"] == row.frame_key
-            assert not any(p.is_file() for p in w.store.media_dir.rglob("*"))  # the half-written file is gone
+            assert not any(p.is_file() for p in w.store.media_dir.rglob("*"))  # the written original is removed
             assert 'inspector_media_unsaved_total{source="cam"} 1.0' in generate_latest(w.metrics.registry).decode()
 
             drop(tmp_path / "in", "bright.png", part_image(1, True))

@@ -31,16 +31,28 @@ def media_paths(source: str, frame_key: str, created_at: datetime, image_ext: st
 
 def save_media(media_dir: Path, paths: MediaPaths, image: bytes | np.ndarray, overlay: np.ndarray,
                amap: np.ndarray | None) -> None:
-    """Write the original image (file bytes as received, or an encoded camera frame), overlay, map."""
-    if isinstance(image, np.ndarray):
-        image = _encode(image, Path(paths.image).suffix, quality=95)
-    _atomic_write(media_dir / paths.image, image)
-    _atomic_write(media_dir / paths.overlay, _encode(overlay, ".jpg", quality=90))
-    if paths.map is not None and amap is not None:
-        target = media_dir / paths.map
-        tmp = target.with_name(target.name + ".tmp.npy")
-        np.save(tmp, amap.astype(np.float16))
-        os.replace(tmp, target)
+    """Write the original image (file bytes as received, or an encoded camera frame), overlay, map. On an OSError
+    (disk full, folder gone) what was written of them is removed again before it is raised: all or nothing."""
+    try:
+        if isinstance(image, np.ndarray):
+            image = _encode(image, Path(paths.image).suffix, quality=95)
+        _atomic_write(media_dir / paths.image, image)
+        _atomic_write(media_dir / paths.overlay, _encode(overlay, ".jpg", quality=90))
+        if paths.map is not None and amap is not None:
+            target = media_dir / paths.map
+            tmp = target.with_name(target.name + ".tmp.npy")
+            np.save(tmp, amap.astype(np.float16))
+            os.replace(tmp, target)
+    except OSError:
+        for rel in (paths.image, paths.overlay, paths.map):
+            if rel is not None:
+                target = media_dir / rel
+                for p in (target, target.with_name(target.name + ".tmp"), target.with_name(target.name + ".tmp.npy")):
+                    try:
+                        p.unlink(missing_ok=True)
+                    except OSError:
+                        pass
+        raise
 
 
 def _encode(img: np.ndarray, ext: str, quality: int) -> bytes:

@@ -133,7 +133,7 @@ class Writer:
         except OSError as e:
             if job.item is not None:  # a folder input stays in its folder and is retried: nothing is lost
                 raise
-            self._unsaved(job, paths, e)  # a camera frame exists nowhere else: recorded and alerted without images
+            self._unsaved(job, e)  # a camera frame exists nowhere else: recorded and alerted without images
             paths = None
         else:
             self._media_recovered()
@@ -146,15 +146,9 @@ class Writer:
         alerts = {name: payload for name in self.sinks} if job.alert else {}
         return FlagRecord(job.model_version, image, over, paths.map if paths else None, w, h, job.origin, alerts)
 
-    def _unsaved(self, job: Job, paths: MediaPaths, e: OSError) -> None:
-        """A flagged camera frame whose images cannot be written (disk full, media folder gone): remove what was
-        half-written, count it, say so once per outage. Its row and alert go ahead without images."""
-        for rel in (paths.image, paths.overlay, paths.map):
-            if rel is not None:
-                try:
-                    (self.store.media_dir / rel).unlink(missing_ok=True)
-                except OSError:
-                    pass
+    def _unsaved(self, job: Job, e: OSError) -> None:
+        """A flagged camera frame whose images cannot be written (disk full, media folder gone): count it, say so
+        once per outage. Its row and alert go ahead without images (save_media left none half-written)."""
         self.metrics.media_unsaved.labels(job.src.name).inc()
         if not self._media_down:
             log.error("%s: cannot save the images of flagged frames in %s (%s); camera frames are recorded and "
