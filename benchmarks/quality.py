@@ -27,6 +27,7 @@ from inspector.calibrate import calibrate_model  # noqa: E402
 from inspector.config import CalibrateSettings, FitSettings, fit_overrides  # noqa: E402
 from inspector.data import discover  # noqa: E402
 from inspector.evaluate import evaluate_model  # noqa: E402
+from inspector.scoring import late_alarm_p  # noqa: E402
 from inspector.train import fit, split_holdout  # noqa: E402
 
 DATASETS = Path(os.environ.get("INSPECTOR_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -90,10 +91,12 @@ def table(results: dict) -> str:
                 lines.append(f"{name} {method}: false alarms by format: " + ", ".join(parts))
     for name, methods in results["sets"].items():  # alarms piling up late in name order: the parts drifted
         for method, m in methods.items():
-            runs = [f"{round(g['fpr'] * g['images'])}/{g['images']} (median {g['median_score']:.2f}x)"
+            runs = [f"{g['flagged']}/{g['images']} (median {g['median_score']:.2f}x)"
                     for g in m.get("fpr_by_name_order", [])]
             if runs:
-                lines.append(f"{name} {method}: false alarms by name-order quarter, first to last: " + ", ".join(runs))
+                p = late_alarm_p(m["fpr_by_name_order"])
+                lines.append(f"{name} {method}: false alarms by name-order quarter, first to last: " + ", ".join(runs)
+                             + f"; last vs the rest, one-sided Fisher p = {p:.1g}")
     return "\n".join(lines)
 
 

@@ -19,11 +19,12 @@ from inspector.data import MAX_FORMATS, LoadReport, discover, load_mask, name_or
 from inspector.errors import InspectorError
 from inspector.infer import score_paths
 from inspector.preprocess import image_size, overlay
-from inspector.scoring import fpr_by_order, pr_at
+from inspector.scoring import fpr_by_order, late_alarm_p, pr_at
 
 log = logging.getLogger(__name__)
 PIXEL_GRID = (256, 256)  # maps and masks are compared on a common grid (images differ in size)
 EVAL_DIR = "evaluation"
+LATE_ALARM_P = 0.01  # format_table names a late pile-up of false alarms below this p-value
 
 
 @dataclass
@@ -88,7 +89,7 @@ def image_metrics(items: list[Item], fitted: dict[str, int] | None = None) -> di
         res["fpr_by_image_size"] = by_size
     by_order = fpr_by_name_order([i.path for i in good_items], [i.score for i in good_items])
     if by_order is not None:  # alarms rising along timestamped names: the parts changed after the fit
-        res["fpr_by_name_order"] = by_order
+        res["fpr_by_name_order"], res["late_alarm_p"] = by_order, late_alarm_p(by_order)
     if labels.min() != labels.max():
         res["image_auroc"] = auroc(scores, labels)
         at = pr_at(scores, labels, 1.0)
@@ -181,4 +182,9 @@ def format_table(m: dict) -> str:
     for n, g in enumerate(runs, 1):
         lines.append(f"{f'  fpr names {n}/{len(runs)}':<{width}}  {g['fpr']:.4f}  ({g['images']} good images "
                      f"{g['first']} .. {g['last']}, median score {g['median_score']:.2f}x)")
+    if runs and m["late_alarm_p"] < LATE_ALARM_P:
+        early, n_early = sum(g["flagged"] for g in runs[:-1]), sum(g["images"] for g in runs[:-1])
+        lines.append(f"false alarms pile up in the last quarter by name ({runs[-1]['flagged']}/{runs[-1]['images']} against "
+                     f"{early}/{n_early} before, one-sided Fisher p = {m['late_alarm_p']:.1g}): if the names carry the capture time, the "
+                     "parts changed after the fit (wear, soiling, a new setting); refit on recent good parts")
     return "\n".join(lines)

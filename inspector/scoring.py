@@ -97,5 +97,16 @@ def fpr_by_order(names: list[str], scores: np.ndarray, parts: int = ORDER_PARTS)
     if len(s) < parts * MIN_PER_PART:
         return None
     runs = np.array_split(np.arange(len(s)), parts)
-    return [{"first": names[r[0]], "last": names[r[-1]], "images": len(r), "fpr": float((s[r] >= 1.0).mean()),
-             "median_score": float(np.median(s[r]))} for r in runs]
+    return [{"first": names[r[0]], "last": names[r[-1]], "images": len(r), "flagged": int((s[r] >= 1.0).sum()),
+             "fpr": float((s[r] >= 1.0).mean()), "median_score": float(np.median(s[r]))} for r in runs]
+
+
+def late_alarm_p(runs: list[dict]) -> float:
+    """One-sided Fisher exact p-value that the last run of `fpr_by_order` has a higher false-alarm rate than the
+    runs before it together: small (say < 0.01) when alarms pile up late, not by the luck of a small sample."""
+    from scipy.stats import fisher_exact
+
+    late, early = runs[-1], runs[:-1]
+    late_ok, early_ok = late["images"] - late["flagged"], sum(g["images"] - g["flagged"] for g in early)
+    table = [[late["flagged"], late_ok], [sum(g["flagged"] for g in early), early_ok]]
+    return float(fisher_exact(table, alternative="greater").pvalue)

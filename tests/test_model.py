@@ -176,6 +176,9 @@ def test_false_alarms_are_broken_down_by_name_order():
     assert (m["fpr_by_name_order"][3]["first"], m["fpr_by_name_order"][3]["last"]) == ("cam_15.png", "cam_19.png")
     last = [line for line in format_table(m).splitlines() if "fpr names 4/4" in line]
     assert last and last[0].endswith("1.0000  (5 good images cam_15.png .. cam_19.png, median score 1.40x)")
+    assert m["late_alarm_p"] < 1e-4 and "false alarms pile up in the last quarter by name (5/5 against 0/15" in format_table(m)
+    even = image_metrics([Item(i.path, 0, 1.4 if n % 4 == 0 else 0.3, i.image, i.amap) for n, i in enumerate(items)])
+    assert even["late_alarm_p"] > 0.5 and "pile up" not in format_table(even)  # alarms spread over the quarters
     assert "fpr_by_name_order" not in image_metrics(items[:19])  # fewer than 5 good images a quarter: no breakdown
 
 

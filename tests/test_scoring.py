@@ -47,6 +47,6 @@ def test_fpr_by_order_splits_in_consecutive_runs():
     runs = fpr_by_order(names, scores)
     assert [g["images"] for g in runs] == [6, 6, 5, 5]
     assert [g["fpr"] for g in runs] == [0.0, 0.0, 0.0, 1.0]
-    assert runs[2] == {"first": "p12", "last": "p16", "images": 5, "fpr": 0.0, "median_score": 0.4}
+    assert runs[2] == {"first": "p12", "last": "p16", "images": 5, "flagged": 0, "fpr": 0.0, "median_score": 0.4}
     assert runs[3]["median_score"] == pytest.approx(1.3)
     assert fpr_by_order(names[:19], scores[:19]) is None  # a run of fewer than 5 images says nothing
