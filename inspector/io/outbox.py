@@ -51,6 +51,17 @@ class Sender:
         self._failing: set[tuple[str, str]] = set()  # (sink, source) currently failing, to log once
 
     def start(self) -> None:
+        try:
+            self._report_pending()
+        except SQLAlchemyError as e:  # the store went away since it was opened: the senders retry on their own
+            log.warning("outbox: cannot count pending alerts now (%s)", str(e).splitlines()[0])
+        for name in self.sinks:
+            t = threading.Thread(target=self._run, args=(name,), name=f"outbox-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _report_pending(self) -> None:
+        """At start: name what is still pending from before, and whose."""
         for sink, n in self.store.pending_count(self.sources).items():
             if sink not in self.sinks:
                 log.warning("outbox: %d alerts are pending for sink %r, which is no longer configured", n, sink)
@@ -62,10 +73,6 @@ class Sender:
                 log.info("outbox: alerts of sources not on this line are pending, left to their own watchers "
                          "(other lines on this store, or sources renamed since): %s",
                          ", ".join(f"{k} {n}" for k, n in sorted(others.items())))
-        for name in self.sinks:
-            t = threading.Thread(target=self._run, args=(name,), name=f"outbox-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
 
     def notify(self) -> None:
         for ev in self._wake.values():

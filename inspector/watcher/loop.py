@@ -53,6 +53,7 @@ class Watcher:
     """Runs a line: `run(stop)` until `stop` is set. `scorer` has the `inspector.runtime.Scorer` interface."""
 
     DISK_CHECK_S = 5.0  # how often the media disk's free space is measured
+    STORE_RETRY_S = 2.0  # folder inputs released by a store failure are offered again after this
 
     def __init__(self, cfg: WatchConfig, scorer: Any, store: Store, sinks: dict[str, Sink], metrics: Metrics | None = None) -> None:
         self.cfg, self.scorer, self.store, self.sinks = cfg, scorer, store, sinks
@@ -68,7 +69,8 @@ class Watcher:
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
-        self._store_ok = True
+        self._store_ok = True  # False from a failed store call until the next one that works (one line each way)
+        self._folders_wait_until = 0.0  # folder inputs released by a store failure are offered again after this
         self.media_free_mb: float | None = None  # free space where flagged images go; None until measured
         self._disk_unknown = False  # the last measurement failed (warned once)
 
@@ -86,9 +88,6 @@ class Watcher:
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
-                if not self._store_ok:  # back off; the failed inputs are offered again
-                    self._store_ok = True
-                    stop.wait(2.0)
                 busy = self.step(stop)
                 self._periodic()
                 if not busy:
@@ -99,15 +98,21 @@ class Watcher:
                 s.src.stop()
             self.writer.stop()
             self.sender.stop()
-            log.info("stopped line %s; %d alerts still pending", self.cfg.line,
-                     sum(self.store.pending_count(self.own).values()))
+            try:
+                pending = str(sum(self.store.pending_count(self.own).values()))
+            except SQLAlchemyError:
+                pending = "an unknown number of (store unavailable)"
+            log.info("stopped line %s; %s alerts still pending", self.cfg.line, pending)
 
     def step(self, stop: threading.Event | None = None) -> bool:
         """One round over the sources, at most one item each; True when something was processed."""
         busy = False
+        folders_wait = time.monotonic() < self._folders_wait_until  # cameras go on: the writer holds their frames
         for s in self.sources:
             if stop is not None and stop.is_set():
                 break
+            if folders_wait and isinstance(s.src, FolderSource):
+                continue
             item = s.src.poll()
             if isinstance(s.src, CameraSource):
                 self._count_dropped(s)
@@ -181,10 +186,13 @@ class Watcher:
                 self._store_down(e)
 
     def _store_down(self, e: Exception) -> None:
-        """Inputs wait (files stay in the folder) until the store answers again."""
+        """Inputs wait until the store answers again: files in their folder (offered again every STORE_RETRY_S),
+        camera frames, still scored, in the writer's memory."""
         if self._store_ok:
-            log.error("store unavailable (%s); inputs wait until it is back", str(e).splitlines()[0])
+            log.error("store unavailable (%s); folder inputs wait in their folder and camera frames in memory until "
+                      "it is back", str(e).splitlines()[0])
         self._store_ok = False
+        self._folders_wait_until = time.monotonic() + self.STORE_RETRY_S
 
     def _periodic(self) -> None:
         mono = time.monotonic()
@@ -205,6 +213,10 @@ class Watcher:
                                  sources=self.own)
         except SQLAlchemyError as e:
             self._store_down(e)
+            return
+        if not self._store_ok:  # the gauges read the store once a second: it answers again
+            log.info("store available again")
+            self._store_ok = True
 
     @property
     def disk_low(self) -> bool:
@@ -265,4 +277,5 @@ class Watcher:
         return {"ok": store_ok and age < 60 and not self.disk_low, "line": self.cfg.line,
                 "model_version": self.scorer.version, "loop_age_s": round(age, 2), "store_ok": store_ok,
                 "media_free_mb": free, "disk_low": self.disk_low, "writer_queue": self.writer.depth(),
+                "camera_frames_held": self.writer.held(),
                 "outbox_pending": pending, "sources": sources}

@@ -3,9 +3,10 @@
 For each job, in submission order: save the flagged item's image and heat map, commit the frame (ledger,
 counters, flagged row, outbox rows) in one transaction, then move the input file. A kill before the
 commit leaves the file where it was (scored again after a restart); a kill after it leaves a ledger entry
-(the file is only moved). The queue is short, so the loop cannot run far ahead of the store. When the images
-cannot be saved (disk full), a folder input waits in its folder and is retried; a camera frame, which exists
-nowhere else, is recorded and alerted without them.
+(the file is only moved). The queue is short, so the loop cannot run far ahead of the store. A camera frame exists
+nowhere else: when its images cannot be saved (disk full) it is recorded and alerted without them, and while the
+store is unreachable it is held in memory and committed in order once the store answers; a folder input in
+either case waits in its folder and is scored again.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from inspector.io.camera import CameraSource
 from inspector.io.media import MediaPaths, media_paths, save_media
@@ -28,6 +31,13 @@ from inspector.watcher.decisions import alert_payload
 from inspector.watcher.ops import Metrics
 
 log = logging.getLogger("inspector.watch")
+MAX_HELD = 10_000  # camera frames kept in memory while the store is down (flagged ones' images are already saved)
+RETRY_HELD_S = 2.0
+
+
+def _store_unreachable(e: Exception) -> bool:
+    """A store outage that passes (connection refused or lost, database locked), not a row the store refuses."""
+    return isinstance(e, (OperationalError, OSError)) or (isinstance(e, DBAPIError) and e.connection_invalidated)
 
 
 @dataclass
@@ -43,6 +53,7 @@ class Job:
     ext: str = ".png"
     origin: str = ""
     model_version: str = ""
+    record: FlagRecord | None = None  # the flagged item, once its images are saved (a held camera frame keeps it)
 
 
 class Writer:
@@ -56,6 +67,9 @@ class Writer:
         self._q: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
         self.max_batch = max_batch
         self._media_down = False  # the last flagged camera frame's images could not be saved (logged once)
+        self._held: deque[Job] = deque()  # camera frames scored while the store was unreachable, oldest first
+        self._held_dropped = 0
+        self._held_failed = False  # the last commit failed and held camera frames
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
     def start(self) -> None:
@@ -72,23 +86,41 @@ class Writer:
         self._q.put(None)
         self._thread.join(timeout=timeout_s)
 
+    def held(self) -> int:
+        """Camera frames waiting in memory for the store to come back."""
+        return len(self._held)
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._q.get()]
+            if self._held_failed and self._take_while_down(time.monotonic() + RETRY_HELD_S):
+                break  # stopping
+            # camera frames held through a store outage go first, in order, then whatever is queued
+            batch: list[Job | None] = [self._held.popleft() for _ in range(min(len(self._held), self.max_batch))]
+            if not batch:
+                batch.append(self._q.get())
             while batch[-1] is not None and len(batch) < self.max_batch and not self._q.empty():
                 batch.append(self._q.get_nowait())  # a backlog commits in groups: one transaction each
             if batch[-1] is None:
                 batch.pop()
                 stopping = True
             if batch:
-                self._write(batch)
+                self._write(batch)  # type: ignore[arg-type]
+        if self._held:  # one last try at stop
+            rest = list(self._held)
+            self._held.clear()
+            self._write(rest)
+        if self._held or self._held_dropped:
+            log.error("%d camera frames scored while the store was unreachable were not recorded (%d not kept in "
+                      "memory, %d still unrecorded at stop)", len(self._held) + self._held_dropped,
+                      self._held_dropped, len(self._held))
 
     def _write(self, batch: list[Job]) -> None:
         """Media, then one transaction for the batch, then the file moves; a failed batch is retried one by one."""
         try:
-            flags = [self._flag(job) if job.flag else None for job in batch]
-            ids = self.store.record_frames([(job.frame, fl) for job, fl in zip(batch, flags)])
+            for job in batch:
+                self._save(job)
+            ids = self.store.record_frames([(job.frame, job.record) for job in batch])
         except DuplicateFrame:
             if len(batch) > 1:
                 for job in batch:
@@ -99,16 +131,55 @@ class Writer:
             return
         except (SQLAlchemyError, OSError) as e:
             self.on_store_error(e)
-            for job in batch:
-                self._release(job)
+            self._set_aside(batch, hold=_store_unreachable(e))
             return
         except Exception:  # noqa: BLE001 - the writer must outlive any single frame
-            log.exception("%s: could not record %d frames; they will be retried", batch[0].src.name, len(batch))
-            for job in batch:
-                self._release(job)
+            log.exception("%s: could not record %d frames; folder inputs will be retried", batch[0].src.name, len(batch))
+            self._set_aside(batch, hold=False)
             return
-        for job, flag, flagged_id in zip(batch, flags, ids):
-            self._done(job, flag, flagged_id)
+        self._held_failed = False
+        for job, flagged_id in zip(batch, ids):
+            self._done(job, job.record, flagged_id)
+
+    def _take_while_down(self, until: float) -> bool:
+        """While the store is unreachable, keep taking scored frames until `until` (the next retry), so scoring goes
+        on: camera frames are held (a flagged one's images saved now), folder inputs released. True on stop."""
+        while (left := until - time.monotonic()) > 0:
+            try:
+                job = self._q.get(timeout=left)
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            if job.item is None:
+                self._save(job)  # raises no OSError for a camera frame
+            self._set_aside([job], hold=True, front=False)
+        return False
+
+    def _set_aside(self, batch: list[Job], hold: bool, front: bool = True) -> None:
+        """Frames not recorded: folder inputs stay in their folder (scored again later); camera frames, which exist
+        nowhere else, are held in memory and committed first, in order, when the store answers again (`front`: a
+        failed batch from the head of the held frames goes back there). A row the store refuses (not an outage) is
+        not held: it would block every later frame."""
+        cams = [job for job in batch if job.item is None]
+        for job in batch:
+            if job.item is not None:
+                self._release(job)
+        if not cams:
+            return
+        if not hold:
+            log.error("%s: %d camera frames not recorded (the store refused them)", cams[0].src.name, len(cams))
+            return
+        self._held_failed = True
+        if front:
+            self._held.extendleft(reversed(cams))
+        else:
+            self._held.extend(cams)
+        while len(self._held) > MAX_HELD:  # the newest go first: the oldest were scored first
+            self._held.pop()
+            self._held_dropped += 1
+            if self._held_dropped == 1:
+                log.error("%d camera frames held while the store is unreachable: newer ones are not kept", MAX_HELD)
 
     def _done(self, job: Job, flag: FlagRecord | None, flagged_id: int | None) -> None:
         self.metrics.scored.labels(job.src.name).inc()
@@ -123,6 +194,12 @@ class Writer:
         except OSError as e:  # recorded; the next scan finds the file, the ledger says it is done
             log.error("%s: cannot move %s (%s)", job.src.name, job.origin, e)
             self._release(job)
+
+    def _save(self, job: Job) -> None:
+        """A flagged frame's images saved (once, before any commit); the job then keeps only its row."""
+        if job.flag and job.record is None:
+            job.record = self._flag(job)
+        job.img = job.amap = job.original = None
 
     def _flag(self, job: Job) -> FlagRecord:
         """Save image + heat map before the commit, so a committed row always has its files."""
