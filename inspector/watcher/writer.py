@@ -151,8 +151,12 @@ class Writer:
                 return False
             if job is None:
                 return True
-            if job.item is None:
-                self._save(job)  # raises no OSError for a camera frame
+            try:
+                if job.item is None:
+                    self._save(job)  # raises no OSError for a camera frame
+            except Exception:  # noqa: BLE001 - the writer must outlive any single frame
+                log.exception("%s: could not keep frame %s", job.src.name, job.frame.frame_key)
+                continue
             self._set_aside([job], hold=True, front=False)
         return False
 
