@@ -250,7 +250,7 @@ def test_full_media_disk_records_camera_frames_without_images_and_folder_files_w
     def atomic_write(target, data):  # the original image gets written, then the disk is full
         if full["disk"] and target.name.endswith(".overlay.jpg"):
             raise OSError(28, "No space left on device")
-        real_write(target, data)
+        return real_write(target, data)
 
     monkeypatch.setattr(media, "_atomic_write", atomic_write)
     video = write_video(tmp_path / "line.avi", [part_image(i, 10 <= i < 22, size=48) for i in range(40)])

@@ -7,6 +7,7 @@ then rename).
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,25 +34,19 @@ def save_media(media_dir: Path, paths: MediaPaths, image: bytes | np.ndarray, ov
                amap: np.ndarray | None) -> None:
     """Write the original image (file bytes as received, or an encoded camera frame), overlay, map. On an OSError
     (disk full, folder gone) what was written of them is removed again before it is raised: all or nothing."""
+    written: list[Path] = []
     try:
         if isinstance(image, np.ndarray):
             image = _encode(image, Path(paths.image).suffix, quality=95)
-        _atomic_write(media_dir / paths.image, image)
-        _atomic_write(media_dir / paths.overlay, _encode(overlay, ".jpg", quality=90))
+        written.append(_atomic_write(media_dir / paths.image, image))
+        written.append(_atomic_write(media_dir / paths.overlay, _encode(overlay, ".jpg", quality=90)))
         if paths.map is not None and amap is not None:
-            target = media_dir / paths.map
-            tmp = target.with_name(target.name + ".tmp.npy")
-            np.save(tmp, amap.astype(np.float16))
-            os.replace(tmp, target)
+            buf = io.BytesIO()
+            np.save(buf, amap.astype(np.float16))
+            written.append(_atomic_write(media_dir / paths.map, buf.getvalue()))
     except OSError:
-        for rel in (paths.image, paths.overlay, paths.map):
-            if rel is not None:
-                target = media_dir / rel
-                for p in (target, target.with_name(target.name + ".tmp"), target.with_name(target.name + ".tmp.npy")):
-                    try:
-                        p.unlink(missing_ok=True)
-                    except OSError:
-                        pass
+        for f in written:
+            _unlink_quietly(f)
         raise
 
 
@@ -63,8 +58,21 @@ def _encode(img: np.ndarray, ext: str, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
+def _atomic_write(target: Path, data: bytes) -> Path:
+    """Write to a temp name, then rename; a failed write leaves no temp file behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError:
+        _unlink_quietly(tmp)
+        raise
+    return target
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
