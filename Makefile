@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 install: $(STAMP)
 
 demo: install
-	$(PY) -m flows.demo
+	$(PY) -m launch.demo
 
 test: install
 	$(PY) -m pytest

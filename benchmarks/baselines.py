@@ -34,8 +34,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 
-from inspector.data import image_formats
-from inspector.evaluate import fpr_by_name_order
+from inspector.data.datasets import image_formats
+from inspector.pipeline.evaluate import fpr_by_name_order
 from inspector.model.backbone import default_weights_path, load_weights
 
 BACKBONE = "efficientnet_lite0"

@@ -100,7 +100,7 @@ def serve(url: str, port: int, media: Path) -> subprocess.Popen:
     cfg = media.parent / "line.yaml"
     cfg.write_text(f"store:\n  url: {url}\n  media_dir: {media}\n")
     env = {**os.environ, "INSPECTOR_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli", "dashboard", "--config", str(cfg), "--port", str(port)],
+    return subprocess.Popen([sys.executable, "-m", "inspector.cli.main", "dashboard", "--config", str(cfg), "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inspector.calibrate import calibrate_model  # noqa: E402
-from inspector.config import CalibrateSettings, FitSettings, fit_overrides  # noqa: E402
-from inspector.data import discover  # noqa: E402
-from inspector.evaluate import evaluate_model  # noqa: E402
-from inspector.scoring import late_alarm_p  # noqa: E402
-from inspector.train import fit, split_holdout  # noqa: E402
+from inspector.pipeline.calibrate import calibrate_model  # noqa: E402
+from inspector.config.fit import CalibrateSettings, FitSettings, fit_overrides  # noqa: E402
+from inspector.data.datasets import discover  # noqa: E402
+from inspector.pipeline.evaluate import evaluate_model  # noqa: E402
+from inspector.scoring.metrics import late_alarm_p  # noqa: E402
+from inspector.pipeline.fit import fit, split_holdout  # noqa: E402
 
 DATASETS = Path(os.environ.get("INSPECTOR_DATASETS", ROOT.parent / "shared" / "datasets"))
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"

@@ -59,7 +59,7 @@ def _runner(variant: str, artifact: Path):
     if variant == "torch_eager":
         import torch
 
-        from inspector.checkpoint import load_model
+        from inspector.pipeline.checkpoint import load_model
 
         net, _, _ = load_model(artifact)
 
@@ -146,7 +146,7 @@ def memory(variant: str, artifact: Path, hw: tuple[int, int]) -> dict:
 
 # ----------------------------------------------------------------------------- parent: build the four artifacts
 def _images(data: Path, n: int) -> list[Path]:
-    from inspector.data import discover
+    from inspector.data.datasets import discover
 
     paths = discover(data).train
     if len(paths) < n:
@@ -156,10 +156,10 @@ def _images(data: Path, n: int) -> list[Path]:
 
 def build_model(work: Path, data: Path, model: Path | None, n_images: int, overrides: dict | None = None) -> Path:
     """The inspector model, exported: an existing calibrated model folder, or a quick fit on `data`."""
-    from inspector.calibrate import calibrate_model
-    from inspector.config import CalibrateSettings, FitSettings
-    from inspector.export import export_model
-    from inspector.train import fit
+    from inspector.pipeline.calibrate import calibrate_model
+    from inspector.config.fit import CalibrateSettings, FitSettings
+    from inspector.pipeline.export import export_model
+    from inspector.pipeline.fit import fit
 
     out = work / "model"
     if (out / "v1" / "model.onnx").is_file():  # --work from an earlier run
@@ -180,8 +180,8 @@ def build_model(work: Path, data: Path, model: Path | None, n_images: int, overr
 
 def build_backbone(model_dir: Path, path: Path, hw: tuple[int, int]) -> Path:
     """The backbone stages the model runs (up to stride 16), alone: ORT's floor for this network."""
-    from inspector.checkpoint import load_model
-    from inspector.export import to_onnx
+    from inspector.pipeline.checkpoint import load_model
+    from inspector.pipeline.export import to_onnx
 
     if path.is_file():
         return path
@@ -282,7 +282,7 @@ def main() -> int:
     ap.add_argument("--hw", type=int, nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE", help="fit settings other than the defaults")
     a = ap.parse_args()
-    from inspector.config import fit_overrides  # pydantic only: the torch-free children may import it
+    from inspector.config.fit import fit_overrides  # pydantic only: the torch-free children may import it
 
     try:
         overrides = fit_overrides(a.fit)

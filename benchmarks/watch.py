@@ -41,16 +41,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inspector.synthetic import DEFECTS, add_defect, good_part  # noqa: E402
+from inspector.data.synthetic import DEFECTS, add_defect, good_part  # noqa: E402
 
 
 def build_model(model: Path, work: Path, size: int) -> Path:
     """fit -> calibrate -> export (first export becomes `current`) on synthetic good parts."""
-    from inspector.calibrate import calibrate_model
-    from inspector.config import CalibrateSettings, FitSettings
-    from inspector.export import export_model
-    from inspector.synthetic import write_dataset
-    from inspector.train import fit
+    from inspector.pipeline.calibrate import calibrate_model
+    from inspector.config.fit import CalibrateSettings, FitSettings
+    from inspector.pipeline.export import export_model
+    from inspector.data.synthetic import write_dataset
+    from inspector.pipeline.fit import fit
 
     data = write_dataset(work / "data", n_train=110, n_test_good=10, n_test_defect=4, size=(size, size), seed=3)
     fit(data, model, FitSettings(short_side=min(size, 128), steps=150, bank_size=512, batch_size=1024), show=False)
@@ -111,7 +111,7 @@ def start_watcher(work: Path, model: Path, line: str, name: str, rules: dict | N
     cfg = work / name / "line.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     log = open(work / name / "watch.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "watch", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli.main", "watch", "--config", str(cfg)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     wait(lambda: "watching line" in (work / name / "watch.log").read_text(), 120, "watcher start")
     return proc, inbox, db

@@ -16,6 +16,7 @@ WORKDIR /opt/inspector
 COPY pyproject.toml README.md prefect.yaml ./
 COPY inspector ./inspector
 COPY flows ./flows
+COPY launch ./launch
 RUN pip install ".[train,runtime]" \
  && python -c "import flows.train, flows.retrain, flows.backfill, flows.report, flows.watch"
 # Same /srv layout and owner as the runtime image, whichever of them first fills the shared volume.

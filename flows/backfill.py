@@ -19,8 +19,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from flows.tasks import IO, inspector_logs_to_prefect
-from inspector.config import Settings
-from inspector.watch_config import NAME
+from inspector.config.fit import Settings
+from inspector.config.line import NAME
 
 
 class BackfillSettings(Settings):
@@ -43,7 +43,7 @@ class BatchResult(BaseModel):
 
 def select_files(s: BackfillSettings) -> list[Path]:
     """Image files of the folder in the date range, oldest first (never processed/ or quarantine/)."""
-    from inspector.preprocess import IMAGE_SUFFIXES
+    from inspector.data.preprocess import IMAGE_SUFFIXES
 
     folder = Path(s.folder)
     pattern = folder.rglob("*") if s.recursive else folder.glob("*")
@@ -63,7 +63,7 @@ def select_files(s: BackfillSettings) -> list[Path]:
 def _scorer(model: str, providers: tuple[str, ...] | None, threads: int):
     """One ONNX session per process, shared by the batches."""
     from inspector.watcher import load_scorer
-    from inspector.watch_config import ModelConfig
+    from inspector.config.line import ModelConfig
 
     return load_scorer(ModelConfig(path=Path(model), providers=list(providers) if providers else None, threads=threads))
 
@@ -72,7 +72,7 @@ def _scorer(model: str, providers: tuple[str, ...] | None, threads: int):
 def score_batch(config: Path, s: BackfillSettings, paths: list[Path]) -> BatchResult:
     """Score and record one batch in one transaction; images already in the ledger are skipped."""
     from inspector.io.store import DuplicateFrame, Store
-    from inspector.watch_config import load_config
+    from inspector.config.line import load_config
 
     cfg = load_config(Path(config))
     scorer = _scorer(str(cfg.model.path), tuple(cfg.model.providers or ()) or None, cfg.model.threads)
@@ -107,7 +107,7 @@ def _record_one(store, item: tuple) -> bool:
 def _read_batch(store, cfg, s: BackfillSettings, paths: list[Path]) -> tuple[BatchResult, list]:
     """(counts so far, [(path, key, image, bytes, mtime)]) for the images not recorded yet."""
     from inspector.errors import ImageError
-    from inspector.io.images import read_image
+    from inspector.data.images import read_image
     from inspector.io.sources import file_key
 
     result, todo = BatchResult(), []
@@ -132,7 +132,7 @@ def _score(scorer, cfg, s: BackfillSettings, store, todo: list) -> list:
     """[(ScoredFrame, FlagRecord | None)] with the media of flagged images saved first."""
     from inspector.io.media import media_paths, save_media
     from inspector.io.store import FlagRecord, ScoredFrame
-    from inspector.preprocess import overlay
+    from inspector.data.preprocess import overlay
     from inspector.watcher.decisions import effective_threshold
 
     thr = effective_threshold(scorer.threshold, cfg.rules)

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, Field
 
 from flows.tasks import IO, artifact_key, publish_artifacts, reference_scores
-from inspector.config import Settings
+from inspector.config.fit import Settings
 
 
 class ReportSettings(Settings):
@@ -89,7 +89,7 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
 @task(**IO)
 def calibration_reference(model: Path | None) -> dict:
     """The current version, its expected false-alarm rate and held-out good scores (empty without a model)."""
-    from inspector.registry import current_version
+    from inspector.runtime.registry import current_version
     from inspector.runtime.manifest import read_manifest
 
     if model is None or (version := current_version(Path(model))) is None:
@@ -157,7 +157,7 @@ def report(config: Path | None = None, store: str | None = None, model: Path | N
     dash = resolve(store, Path(config) if config else None)
     line = None
     if config is not None:
-        from inspector.watch_config import load_config
+        from inspector.config.line import load_config
 
         cfg = load_config(Path(config))
         line, model = cfg.line, model or cfg.model.path

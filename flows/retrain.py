@@ -21,8 +21,8 @@ from pydantic import BaseModel
 
 from flows.tasks import IO, inspector_logs_to_prefect
 from flows.train import TrainResult, train_and_gate
-from inspector.config import CalibrateSettings, FitSettings
-from inspector.gate import GateSettings
+from inspector.config.fit import CalibrateSettings, FitSettings
+from inspector.scoring.gate import GateSettings
 
 STATE_FILE = "retrain.json"
 DATA_DIR = "retrain-data"  # <model>/retrain-data/: links to the original images plus the reviewed ones
@@ -41,7 +41,7 @@ class RetrainResult(BaseModel):
 @task(**IO)
 def reviewed_false_alarms(retrain_dir: Path) -> dict[str, int]:
     """Image name -> size of every reviewed false alarm copied into the retrain folder."""
-    from inspector.data import list_images
+    from inspector.data.datasets import list_images
 
     folder = Path(retrain_dir)
     return {p.name: p.stat().st_size for p in list_images(folder)} if folder.is_dir() else {}
@@ -56,7 +56,7 @@ def last_used(model: Path) -> dict[str, int]:
 @task(**IO)
 def assemble_data(data: Path, retrain_dir: Path, names: list[str], model: Path) -> Path:
     """A dataset folder of links: the original train/good plus the reviewed images, the original test set."""
-    from inspector.data import discover
+    from inspector.data.datasets import discover
 
     ds = discover(Path(data))
     root = Path(model) / DATA_DIR

@@ -19,7 +19,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
-from inspector.config import CalibrateSettings, FitSettings
+from inspector.config.fit import CalibrateSettings, FitSettings
 
 EVALUATIONS = "evaluations"  # <model>/evaluations/<version>/: kept per version (staging is overwritten)
 REFERENCE = "reference.json"
@@ -86,7 +86,7 @@ def inspector_logs_to_prefect() -> Iterator[None]:
 @task
 def fit_model(data: Path, model: Path, settings: FitSettings) -> dict:
     """Fit on the good images of `data`; returns what was fitted on."""
-    from inspector.train import fit
+    from inspector.pipeline.fit import fit
 
     r = fit(Path(data), Path(model), settings, show=False)
     get_run_logger().info("fitted %s on %d good images (%d held out) in %.0f s", model, r.n_fit, r.n_holdout, r.seconds)
@@ -95,7 +95,7 @@ def fit_model(data: Path, model: Path, settings: FitSettings) -> dict:
 
 @task
 def calibrate_model(model: Path, settings: CalibrateSettings) -> dict:
-    from inspector.calibrate import calibrate_model as calibrate
+    from inspector.pipeline.calibrate import calibrate_model as calibrate
 
     cal = calibrate(Path(model), settings)
     get_run_logger().info(cal["meaning"])
@@ -105,7 +105,7 @@ def calibrate_model(model: Path, settings: CalibrateSettings) -> dict:
 @task
 def evaluate_model(model: Path, data: Path) -> dict:
     """Metrics of the torch model on the labelled test images, and heat-map overlays in staging/evaluation/."""
-    from inspector.evaluate import evaluate_model as evaluate
+    from inspector.pipeline.evaluate import evaluate_model as evaluate
 
     return evaluate(Path(model), Path(data), show=False)
 
@@ -113,21 +113,21 @@ def evaluate_model(model: Path, data: Path) -> dict:
 @task(**IO)
 def export_version(model: Path) -> str:
     """Export staging/ as the next version; returns its name (e.g. 'v3')."""
-    from inspector.export import export_model
+    from inspector.pipeline.export import export_model
 
     return export_model(Path(model)).name
 
 
 @task(**IO)
 def current_version(model: Path) -> str | None:
-    from inspector.registry import current_version as current
+    from inspector.runtime.registry import current_version as current
 
     return current(Path(model))
 
 
 @task(**IO)
 def promote_version(model: Path, version: str, reason: str) -> None:
-    from inspector.registry import promote
+    from inspector.runtime.registry import promote
 
     promote(Path(model), version, reason=reason)
     get_run_logger().info("promoted %s: `current` -> %s (%s)", model, version, reason)
@@ -142,9 +142,9 @@ def measure_version(version_dir: Path, data: Path) -> dict:
     """
     import cv2
 
-    from inspector.data import discover, load_mask
-    from inspector.evaluate import PIXEL_GRID, Item, image_metrics, pixel_metrics
-    from inspector.preprocess import load_image
+    from inspector.data.datasets import discover, load_mask
+    from inspector.pipeline.evaluate import PIXEL_GRID, Item, image_metrics, pixel_metrics
+    from inspector.data.preprocess import load_image
     from inspector.runtime import Scorer
 
     scorer = Scorer.load(Path(version_dir), providers=["cpu"])

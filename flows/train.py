@@ -21,9 +21,9 @@ from pydantic import BaseModel
 from flows.tasks import (artifact_key, calibrate_model, current_version, evaluate_model, export_version, fit_model,
                          inspector_logs_to_prefect, keep_evaluation, measure_version, promote_version,
                          publish_artifacts)
-from inspector.config import CalibrateSettings, FitSettings
+from inspector.config.fit import CalibrateSettings, FitSettings
 from inspector.errors import InspectorError
-from inspector.gate import Check, GateResult, GateSettings, compare
+from inspector.scoring.gate import Check, GateResult, GateSettings, compare
 
 TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_at_threshold", "recall_at_threshold",
                  "fpr_at_threshold", "false_alarms", "good_images")
@@ -102,7 +102,7 @@ def _decide(model: Path, version: str, previous: str | None, decision: GateResul
 
 
 def _has_test_images(data: Path) -> bool:
-    from inspector.data import discover
+    from inspector.data.datasets import discover
 
     return bool(discover(data).test)
 

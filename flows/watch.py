@@ -3,7 +3,7 @@
 It calls the same `inspector.watcher.run` as `inspector watch --config line.yaml`; Prefect adds what a
 plant's operations team wants from a managed service: the run's state and logs in the UI, restarts
 (flow retries when the watcher fails to start, e.g. the store is not reachable yet; a deployment
-trigger in `prefect.yaml` / `flows/serve.py` starts it again when the process crashes), and
+trigger in `prefect.yaml` / `launch/serve.py` starts it again when the process crashes), and
 cancellation from the UI, which arrives as SIGTERM: the watcher commits every frame it scored and
 exits cleanly. Torch-free: a line PC needs `inspector[runtime]` and `prefect` only.
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="line config YAML, as for `inspector watch`")
     a = p.parse_args(argv)
     from inspector.errors import InspectorError
-    from inspector.watch_config import load_config
+    from inspector.config.line import load_config
 
     try:
         load_config(Path(a.config))  # a typo is one line now, not three restarts later

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inspector.cli import main
+from inspector.cli.main import main
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_
     argv = ["fit", str(synthetic_data), "--out", str(out), "--short-side", "96", "--steps", "100", "--holdout", "random",
             "--exposure", "none", "-q", "--set", "gauss_cell=1", "--set", "hidden=64"]
     assert main(argv) == 0
-    from inspector.checkpoint import FIT_FILE, load_model, read_json, staging
+    from inspector.pipeline.checkpoint import FIT_FILE, load_model, read_json, staging
 
     assert read_json(staging(out) / FIT_FILE, "")["holdout_policy"] == "random" and load_model(out)[1].exposure == "none"
     net = load_model(out)[0]

@@ -23,7 +23,7 @@ from inspector.dashboard.app import create_app
 from inspector.io.media import media_paths, save_media
 from inspector.io.schema import RetrainCopy
 from inspector.io.store import FlagRecord, ScoredFrame, Store
-from inspector.preprocess import overlay
+from inspector.data.preprocess import overlay
 from tests.test_watch_support import PYTHON, ROOT, watcher_env
 
 TOKEN = "test-token-0123456789abcdef"
@@ -260,7 +260,7 @@ def test_store_without_reviews_or_scores_still_renders(tmp_path):
 
 
 def test_settings_from_line_config_and_one_line_errors(tmp_path, monkeypatch):
-    from inspector.cli import main
+    from inspector.cli.main import main
     from inspector.dashboard.settings import resolve
     from inspector.errors import InspectorError
 
@@ -284,7 +284,7 @@ def test_settings_from_line_config_and_one_line_errors(tmp_path, monkeypatch):
 
 def test_dashboard_never_imports_torch():
     code = ("import sys\nimport inspector.dashboard, inspector.dashboard.app, inspector.dashboard.settings\n"
-            "import inspector.cli\nbad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'torchvision')))\n"
+            "import inspector.cli.main\nbad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'torchvision')))\n"
             "assert not bad, bad\nprint('ok')")
     r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=watcher_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -10,7 +10,7 @@ import pytest
 from inspector.io.camera import camera_key, sample_frame
 from inspector.io.outbox import backoff_delay
 from inspector.io.sources import file_key, is_candidate_name, is_complete
-from inspector.watch_config import Rules
+from inspector.config.line import Rules
 from inspector.watcher.decisions import AlertState, alert_payload, effective_threshold, is_anomalous, should_alert
 
 

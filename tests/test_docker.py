@@ -40,12 +40,12 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError("not installed on the edge box: " + name, name=name)
 sys.meta_path.insert(0, Block())
 import inspector.runtime, inspector.watcher, inspector.watcher.loop, inspector.io.store, inspector.io.sinks
-import inspector.io.sources, inspector.io.camera, inspector.dashboard, inspector.dashboard.app, inspector.registry
+import inspector.io.sources, inspector.io.camera, inspector.dashboard, inspector.dashboard.app, inspector.runtime.registry
 from pathlib import Path
 from inspector.dashboard.app import create_app
 from inspector.io.store import Store
 from inspector.runtime import Scorer
-from inspector.synthetic import add_defect, good_part
+from inspector.data.synthetic import add_defect, good_part
 import numpy as np
 rng = np.random.default_rng(0)
 scorer = Scorer.load({model!r}, providers=["cpu"])
@@ -104,7 +104,7 @@ def undeclared_modules() -> set[str]:
 
 def test_edge_packages_import_and_score_with_only_the_runtime_extra(fitted_model, tmp_path):
     """An edge box as this venv minus every distribution the runtime extra does not bring (torch, Prefect, ...)."""
-    from inspector.export import export_model
+    from inspector.pipeline.export import export_model
 
     blocked = undeclared_modules()
     assert {"torch", "prefect", "timm", "anomalib"} <= blocked
@@ -127,7 +127,7 @@ def dockerfile(name: str) -> list[tuple[str, str]]:
 
 
 def cli_subcommands() -> set[str]:
-    from inspector.cli import build_parser
+    from inspector.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     return set(sub.choices)
@@ -181,7 +181,7 @@ def test_compose_references_existing_files_ports_and_services():
 
 def test_compose_commands_are_real_and_the_line_config_is_valid():
     from inspector.dashboard.settings import resolve
-    from inspector.watch_config import load_config
+    from inspector.config.line import load_config
 
     services = compose()["services"]
     mounts = {v.split(":")[1]: DOCKER / v.split(":")[0] for s in services.values() for v in s.get("volumes", [])

@@ -13,11 +13,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from inspector import export, registry
-from inspector.checkpoint import load_model, read_json
+from inspector.pipeline import export
+from inspector.runtime import registry
+from inspector.pipeline.checkpoint import load_model, read_json
 from inspector.errors import InspectorError
-from inspector.export import PARITY_TOLERANCE, export_model
-from inspector.preprocess import Preprocess
+from inspector.pipeline.export import PARITY_TOLERANCE, export_model
+from inspector.data.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +100,9 @@ def test_graph_is_its_weights_not_a_blown_up_reference(v1, model_dir):
 
 def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
     """kNN bank, reconstruction, image-level distance and smoothing: all inside the graph, parity checked."""
-    from inspector.calibrate import calibrate_model
-    from inspector.config import CalibrateSettings, FitSettings
-    from inspector.train import fit
+    from inspector.pipeline.calibrate import calibrate_model
+    from inspector.config.fit import CalibrateSettings, FitSettings
+    from inspector.pipeline.fit import fit
 
     from .conftest import FAST_FIT
 
@@ -163,7 +164,7 @@ def test_export_needs_a_calibrated_model(fitted_model, tmp_path):
 
 
 def test_export_from_the_command_line(model_dir, capsys):
-    from inspector.cli import main
+    from inspector.cli.main import main
 
     n = len(registry.list_versions(model_dir))
     assert main(["export", str(model_dir)]) == 0

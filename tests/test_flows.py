@@ -1,5 +1,5 @@
 """Prefect flows under `prefect_test_harness` on the small synthetic product: train, gate, retrain, report,
-backfill, watch; and the deployments in `prefect.yaml` and `flows/serve.py`.
+backfill, watch; and the deployments in `prefect.yaml` and `launch/serve.py`.
 
 One model folder is shared by the training tests (fit runs are the expensive part); each test states
 what it expects relative to the `current` it found, so their order does not matter.
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import yaml
 
-from inspector.config import CalibrateSettings, FitSettings
-from inspector.gate import GateSettings, binomial_tail, compare, fpr_check
-from inspector.registry import current_version, history
+from inspector.config.fit import CalibrateSettings, FitSettings
+from inspector.scoring.gate import GateSettings, binomial_tail, compare, fpr_check
+from inspector.runtime.registry import current_version, history
 from tests.conftest import FAST_FIT
 from tests.test_watch_support import (PYTHON, ROOT, drop, free_port, line_config, part_image, wait_for, watcher_env,
                                       write_double)
@@ -153,8 +153,8 @@ def seed_false_alarms(store_url: str, media: Path, n: int, seed: int) -> list[in
     """n good parts flagged by the line (false alarms), recorded as the watcher records them."""
     from inspector.io.media import media_paths, save_media
     from inspector.io.store import FlagRecord, ScoredFrame, Store
-    from inspector.preprocess import overlay
-    from inspector.synthetic import good_part
+    from inspector.data.preprocess import overlay
+    from inspector.data.synthetic import good_part
 
     rng, ids = np.random.default_rng(seed), []
     store = Store.open(store_url, media)
@@ -193,7 +193,7 @@ def test_retrain_picks_up_reviewed_false_alarms_then_skips(trained, synthetic_da
     used = sorted(p.name for p in (model / "retrain-data" / "train" / "good").glob(f"{PREFIX}*"))
     assert used == sorted(f"{PREFIX}{n}" for n in r.added)
     training = json.loads((model / r.train.version / "manifest.json").read_text())["training"]
-    from inspector.train import split_holdout
+    from inspector.pipeline.fit import split_holdout
 
     fitted, held = split_holdout(sorted((model / "retrain-data" / "train" / "good").iterdir()), 0.2, 0)
     assert all(p.name.startswith(PREFIX) for p in fitted[:3]) and not any(PREFIX in p.name for p in held)
@@ -207,7 +207,7 @@ def record_frames(store, source: str, scores: list[float], flagged: int, rng) ->
     """Good frames with the given scores, plus `flagged` flagged good parts (with media) of one source."""
     from inspector.io.media import media_paths, save_media
     from inspector.io.store import FlagRecord, ScoredFrame
-    from inspector.synthetic import good_part
+    from inspector.data.synthetic import good_part
 
     now = datetime.now(timezone.utc) - timedelta(hours=1)
     store.record_frames([(ScoredFrame(source, uuid.uuid4().hex, now, s, s * 2, 2.0, False, None), None)
@@ -254,7 +254,7 @@ def test_report_rates_reviews_and_drift(trained, tmp_path):
 def test_backfill_scores_a_date_range_once(trained, tmp_path):
     from flows.backfill import BackfillSettings, backfill
     from inspector.io.store import Store
-    from inspector.synthetic import add_defect, good_part
+    from inspector.data.synthetic import add_defect, good_part
 
     model, *_ = trained
     rng, folder = np.random.default_rng(3), tmp_path / "archive"
@@ -362,7 +362,7 @@ def test_serve_builds_every_deployment_with_schedules(tmp_path):
     from flows.backfill import backfill
     from flows.report import report
     from flows.retrain import retrain
-    from flows.serve import deployments
+    from launch.serve import deployments
     from flows.train import train
     from flows.watch import watch
 
@@ -389,13 +389,13 @@ def _sqlalchemy_2_1() -> bool:
                    "(InvalidRequestError: Can't evaluate bulk DML statement, in _insert_scheduled_flow_runs), so a "
                    "server from this venv never creates scheduled runs; pin sqlalchemy<2.1 (verified with 2.0.58)")
 def test_local_server_schedules_the_nightly_retrain(tmp_path, monkeypatch):
-    """`flows.serve` without PREFECT_API_URL: its own server must turn the cron schedule into runs."""
+    """`launch.serve` without PREFECT_API_URL: its own server must turn the cron schedule into runs."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.serve import deployments, local_server
+    from launch.serve import deployments, local_server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # the child server's database
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "1")
@@ -416,8 +416,8 @@ def test_local_server_schedules_the_nightly_retrain(tmp_path, monkeypatch):
 
 
 def test_demo_line_config_is_a_valid_watcher_config(tmp_path):
-    from flows.demo import line_config as demo_config
-    from inspector.watch_config import load_config
+    from launch.demo import line_config as demo_config
+    from inspector.config.line import load_config
 
     cfg = load_config(demo_config(tmp_path, tmp_path / "models" / "part", "http://127.0.0.1:9/alerts", True, 0))
     assert cfg.sources[0].path == tmp_path / "incoming" and [s.kind for s in cfg.sinks] == ["webhook", "mqtt"]

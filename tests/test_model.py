@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.calibrate import calibrate_model
-from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, MODEL_FILE, load_model, staging
-from inspector.config import CalibrateSettings, FitSettings
-from inspector.data import LoadReport, discover
+from inspector.pipeline.calibrate import calibrate_model
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, MODEL_FILE, load_model, staging
+from inspector.config.fit import CalibrateSettings, FitSettings
+from inspector.data.datasets import LoadReport, discover
 from inspector.errors import InspectorError
-from inspector.evaluate import auroc
-from inspector.infer import score_paths
-from inspector.train import fit, split_holdout
+from inspector.pipeline.evaluate import auroc
+from inspector.pipeline.infer import score_paths
+from inspector.pipeline.fit import fit, split_holdout
 
 from .conftest import FAST_FIT
 
@@ -34,7 +34,7 @@ def test_model_separates_synthetic_defects(fitted_model, synthetic_data):
 
 
 def test_anomaly_map_points_at_the_defect(fitted_model, synthetic_data):
-    from inspector.data import load_mask
+    from inspector.data.datasets import load_mask
 
     test = [s for s in discover(synthetic_data).test if s.defect == "blob"]
     _, res = _scores(fitted_model, test)
@@ -95,7 +95,7 @@ def test_f1_strategy_uses_labelled_defects(fitted_model, tmp_path):
 
 
 def test_too_few_good_images_to_calibrate(tmp_path):
-    from inspector.synthetic import write_dataset
+    from inspector.data.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "small", n_train=30, n_test_good=0, n_test_defect=0)
     fit(data, tmp_path / "m", FitSettings(**{**FAST_FIT, "steps": 5}), show=False)
@@ -117,7 +117,7 @@ def test_model_from_another_version_is_refused(fitted_model, tmp_path):
 
 
 def test_unreadable_images_are_skipped_then_abort(tmp_path):
-    from inspector.synthetic import write_dataset
+    from inspector.data.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "d", n_train=40, n_test_good=0, n_test_defect=0)
     (data / "train/good/0001.png").write_text("not an image")
@@ -131,7 +131,7 @@ def test_unreadable_images_are_skipped_then_abort(tmp_path):
 
 
 def test_evaluate_writes_metrics_and_pictures(fitted_model):
-    from inspector.evaluate import evaluate_model
+    from inspector.pipeline.evaluate import evaluate_model
 
     m = evaluate_model(fitted_model, show=False)
     assert m["image_auroc"] > 0.9 and 0 <= m["aupro"] <= 1 and m["pixel_auroc"] > 0.8
@@ -142,7 +142,7 @@ def test_evaluate_writes_metrics_and_pictures(fitted_model):
 
 def test_false_alarms_are_broken_down_by_image_size():
     """Good images in a format the fit never saw (a camera change) show up as their own false-alarm rate."""
-    from inspector.evaluate import Item, format_table, image_metrics
+    from inspector.pipeline.evaluate import Item, format_table, image_metrics
 
     def item(score, label, hw):
         return Item(Path(f"{score}.png"), label, score, np.zeros((*hw, 3), np.uint8), np.zeros(hw, np.float32))
@@ -166,7 +166,7 @@ def test_false_alarms_are_broken_down_by_image_size():
 def test_false_alarms_are_broken_down_by_name_order():
     """Good parts named by a counter, scored worse as the product drifts: the alarms show up in the last quarter,
     in counter order (cam_9 before cam_10), not in string order."""
-    from inspector.evaluate import Item, format_table, image_metrics
+    from inspector.pipeline.evaluate import Item, format_table, image_metrics
 
     scores = [0.3] * 15 + [1.4] * 5
     items = [Item(Path(f"good/cam_{n}.png"), 0, sc, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32))
@@ -184,7 +184,7 @@ def test_false_alarms_are_broken_down_by_name_order():
 
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     """A per-position Gaussian of 64 dimensions cannot be estimated from 96 images: the latent shrinks."""
-    from inspector.train import latent_for
+    from inspector.pipeline.fit import latent_for
 
     assert latent_for(FitSettings(), 1000) == 64
     assert latent_for(FitSettings(), 96) == 32
@@ -197,7 +197,7 @@ def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
 
 
 def test_fit_overrides_from_a_command_line_are_checked():
-    from inspector.config import fit_overrides
+    from inspector.config.fit import fit_overrides
 
     assert fit_overrides(["latent=96", "hidden=128"]) == {"latent": "96", "hidden": "128"}
     for pairs, message in ((["latent"], "KEY=VALUE"), (["latnt=3"], "latnt"), (["latent=x"], "latent: Input should be")):
@@ -208,7 +208,7 @@ def test_fit_overrides_from_a_command_line_are_checked():
 def test_gaussian_cells_pool_their_positions_into_one_covariance():
     """gauss_cell=c: positions of a c x c block share one covariance of their own-mean-centred latents."""
     from inspector.model.net import from_cells, to_cells
-    from inspector.train import fit_gaussian
+    from inspector.pipeline.fit import fit_gaussian
 
     z = torch.randn(60, 5, 5, 7, generator=torch.Generator().manual_seed(0))
     mean, prec = fit_gaussian(z, cell=2)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from inspector.errors import ImageError
-from inspector.preprocess import Preprocess, load_image, prepare, to_bgr8
+from inspector.data.preprocess import Preprocess, load_image, prepare, to_bgr8
 
 
 def test_keep_aspect_does_not_squash_line_scan_strips():

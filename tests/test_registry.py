@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from inspector import registry
+from inspector.runtime import registry
 from inspector.errors import InspectorError
-from inspector.preprocess import Preprocess
+from inspector.data.preprocess import Preprocess
 from inspector.runtime.manifest import FORMAT_VERSION
 
 
@@ -158,7 +158,7 @@ def test_history_skips_a_line_torn_by_a_crash(tmp_path):
 
 
 def test_cli_promote(tmp_path, capsys):
-    from inspector.cli import main
+    from inspector.cli.main import main
 
     model = tmp_path / "m"
     publish_one(model)

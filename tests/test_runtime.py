@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector import registry
+from inspector.runtime import registry
 from inspector.errors import ImageError, InspectorError
-from inspector.preprocess import prepare
+from inspector.data.preprocess import prepare
 from inspector.runtime import Scorer
 from inspector.runtime.providers import CPU, CUDA, TENSORRT, gpu_problem, requested
-from inspector.synthetic import add_defect, good_part
+from inspector.data.synthetic import add_defect, good_part
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model_dir(fitted_model, tmp_path_factory) -> Path:
     """A private exported copy of the shared fitted model: v1, current."""
-    from inspector.export import export_model
+    from inspector.pipeline.export import export_model
 
     out = tmp_path_factory.mktemp("runtime") / "part"
     shutil.copytree(fitted_model / "staging", out / "staging")
@@ -63,7 +63,7 @@ def test_load_and_score_never_import_torch(model_dir, frames, tmp_path):
 import sys
 from pathlib import Path
 from inspector.runtime import Scorer
-from inspector.scoring_cli import score_images
+from inspector.cli.score import score_images
 s = Scorer.load({str(model_dir)!r})
 r = s.score({str(img)!r}, overlay=True)
 s.score_batch([{str(img)!r}] * 3)
@@ -111,7 +111,7 @@ def test_provider_preferences(monkeypatch):
 
 
 def test_runtime_prepares_frames_exactly_like_training(scorer, model_dir, frames, tmp_path):
-    from inspector.checkpoint import load_model
+    from inspector.pipeline.checkpoint import load_model
 
     _, pre, _ = load_model(model_dir)
     assert scorer.manifest["preprocess"] == json.loads(json.dumps(pre.to_dict()))
@@ -127,7 +127,7 @@ def test_runtime_prepares_frames_exactly_like_training(scorer, model_dir, frames
 def test_scores_match_torch_and_rank_defects_higher(scorer, model_dir, frames):
     import torch
 
-    from inspector.checkpoint import load_model
+    from inspector.pipeline.checkpoint import load_model
 
     net, pre, _ = load_model(model_dir)
     imgs = frames["good"] + frames["bad"] + frames["wide"]
@@ -337,7 +337,7 @@ _LINE = re.compile(r"^(\S+)  (\d+\.\d\d)x  (ANOMALY|ok)$")
 
 
 def test_score_command_runs_the_onnx_model(model_dir, scorer, frames, tmp_path, capsys):
-    from inspector.cli import main
+    from inspector.cli.main import main
 
     paths = []
     for i, img in enumerate(frames["good"][:2] + frames["bad"]):
@@ -359,7 +359,7 @@ def test_score_command_runs_the_onnx_model(model_dir, scorer, frames, tmp_path, 
 
 
 def test_score_command_before_export_uses_torch_and_agrees(model_dir, frames, tmp_path, capsys):
-    from inspector.cli import main
+    from inspector.cli.main import main
 
     path = tmp_path / "p.png"
     cv2.imwrite(str(path), frames["bad"][0])

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inspector.scoring import f1_optimal, fpr_by_order, fpr_estimate, fpr_threshold, pr_at
+from inspector.scoring.metrics import f1_optimal, fpr_by_order, fpr_estimate, fpr_threshold, pr_at
 
 
 @pytest.mark.parametrize("n,target", [(100, 0.01), (200, 0.05), (500, 0.02)])

@@ -15,7 +15,7 @@ from inspector.errors import InspectorError
 from inspector.io.outbox import Sender
 from inspector.io.sinks import AppriseSink, MqttSink, SinkError, WebhookSink, build_sink, sign
 from inspector.io.store import FlagRecord, ScoredFrame, Store
-from inspector.watch_config import AppriseSinkConfig, MqttSinkConfig, WebhookSinkConfig
+from inspector.config.line import AppriseSinkConfig, MqttSinkConfig, WebhookSinkConfig
 from tests.test_watch_support import HookServer, MqttCollector, free_port, wait_for
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from inspector.errors import ImageError
 from inspector.io.camera import CameraSource
-from inspector.io.images import header_size, read_image, truncation
+from inspector.data.images import header_size, read_image, truncation
 from inspector.io.sources import FolderSource
-from inspector.watch_config import CameraSourceConfig, FolderSourceConfig
+from inspector.config.line import CameraSourceConfig, FolderSourceConfig
 from tests.test_watch_support import PYTHON, ROOT, big_png, drop, part_image, wait_for, watcher_env, write_video
 
 MB = 2**20
@@ -47,7 +47,7 @@ def test_huge_image_is_refused_without_memory(tmp_path):
     """The 20000x20000 PNG (1.2 GB decoded) is refused from its header: the process stays small."""
     p = big_png(tmp_path / "huge.png")
     code = ("import resource, sys\nfrom pathlib import Path\nfrom inspector.errors import ImageError\n"
-            "from inspector.io.images import read_image\nfrom inspector.preprocess import load_image\n"
+            "from inspector.data.images import read_image\nfrom inspector.data.preprocess import load_image\n"
             f"for f in (lambda: read_image(Path({str(p)!r}), 10**8, 2**30), lambda: load_image({str(p)!r})):\n"
             "    try:\n        f(); sys.exit('decoded!')\n    except ImageError:\n        pass\n"
             # VmHWM, not ru_maxrss: the latter keeps the (large) pytest parent's peak across fork+exec

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from inspector.errors import InspectorError
-from inspector.watch_config import CameraSourceConfig, FolderSourceConfig, WatchConfig, load_config, source_rules
+from inspector.config.line import CameraSourceConfig, FolderSourceConfig, WatchConfig, load_config, source_rules
 from tests.test_watch_support import PYTHON, ROOT, watcher_env
 
 BASE = {"line": "line1", "model": {"path": "models/part"}, "sources": [{"kind": "folder", "name": "in", "path": "in"}]}
@@ -97,7 +97,7 @@ def test_example_config_is_valid(tmp_path):
 
 def test_cli_config_typo_stops_with_one_line(tmp_path):
     path = write(tmp_path, {**BASE, "sourcez": []})
-    r = subprocess.run([PYTHON, "-m", "inspector.cli", "watch", "--config", str(path)], cwd=ROOT, env=watcher_env(),
+    r = subprocess.run([PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(path)], cwd=ROOT, env=watcher_env(),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == f"inspector: error: {path}: sourcez: unknown key (did you mean 'sources'?)"

@@ -8,8 +8,8 @@ from tests.test_watch_support import PYTHON, ROOT, watcher_env
 
 MODULES = ["inspector.watcher", "inspector.watcher.loop", "inspector.watcher.ops", "inspector.watcher.decisions",
            "inspector.io.store", "inspector.io.sources", "inspector.io.camera", "inspector.io.sinks",
-           "inspector.io.outbox", "inspector.io.images", "inspector.io.media", "inspector.watch_config",
-           "inspector.runtime", "inspector.cli"]
+           "inspector.io.outbox", "inspector.data.images", "inspector.io.media", "inspector.config.line",
+           "inspector.runtime", "inspector.cli.main"]
 
 
 def test_watcher_never_imports_torch():

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from inspector.io.schema import Flagged, Processed
 from inspector.io.sinks import build_sink
 from inspector.io.store import Store
-from inspector.watch_config import WatchConfig
+from inspector.config.line import WatchConfig
 from inspector.watcher import load_scorer
 from inspector.watcher.loop import Watcher
 from inspector.watcher.ops import OpsServer

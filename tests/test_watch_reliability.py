@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.watch_config import WatchConfig
+from inspector.config.line import WatchConfig
 from tests.test_watch_loop import flagged, running
 from tests.test_watch_support import (HookServer, MqttCollector, big_png, drop, free_port, line_config, part_image,
                                 port_open, spawn_watcher, wait_for, write_config, write_double)

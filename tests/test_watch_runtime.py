@@ -12,13 +12,13 @@ import sqlite3
 import cv2
 import numpy as np
 
-from inspector.synthetic import DEFECTS, add_defect, good_part
+from inspector.data.synthetic import DEFECTS, add_defect, good_part
 from tests.test_watch_support import MqttCollector, spawn_watcher, wait_for, write_config
 
 
 def test_watch_with_real_scorer_flags_defects_and_follows_current(fitted_model, tmp_path):
-    from inspector.export import export_model
-    from inspector.registry import promote
+    from inspector.pipeline.export import export_model
+    from inspector.runtime.registry import promote
 
     model = tmp_path / "models" / "part"
     shutil.copytree(fitted_model, model, ignore=shutil.ignore_patterns("v[0-9]*", "current", "history.jsonl", ".*"))

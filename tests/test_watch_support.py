@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import yaml
 
-from inspector.preprocess import overlay
+from inspector.data.preprocess import overlay
 from inspector.types import FrameResult
 
 TESTS = Path(__file__).resolve().parent
@@ -143,7 +143,7 @@ def watcher_env() -> dict:
 def spawn_watcher(config: Path, log_path: Path, **kw) -> subprocess.Popen:
     """`inspector watch --config ...` as a real process, its log appended to log_path."""
     log = open(log_path, "ab")
-    return subprocess.Popen([PYTHON, "-m", "inspector.cli", "watch", "--config", str(config)], cwd=str(ROOT),
+    return subprocess.Popen([PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(config)], cwd=str(ROOT),
                             env=watcher_env(), stdout=log, stderr=subprocess.STDOUT, **kw)
 
 

@@ -181,7 +181,7 @@ def test_postgresql_cut_while_a_camera_runs_loses_no_frame_and_no_alert(tmp_path
 
     from inspector.io.sinks import build_sink
     from inspector.io.store import Store
-    from inspector.watch_config import WatchConfig
+    from inspector.config.line import WatchConfig
     from inspector.watcher import load_scorer
     from inspector.watcher.loop import Watcher
     from tests.test_watch_support import (MqttCollector, drop, line_config, part_image, temp_database, write_double,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from inspector.dashboard import queries as q
 from inspector.dashboard.review import NotFound, ReviewConflict, review
-from inspector.watch_config import NAME
+from inspector.config.line import NAME
 
 router = APIRouter(prefix="/api", tags=["api"])
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Flagged item id.")]

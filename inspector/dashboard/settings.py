@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from inspector.errors import InspectorError
 from inspector.io.store import Store
-from inspector.watch_config import DashboardConfig, StoreConfig
+from inspector.config.line import DashboardConfig, StoreConfig
 
 MIN_TOKEN_CHARS = 16
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import inspector.preprocess  # noqa: F401 - sets OpenCV's decoder limits before cv2 is used
+import inspector.data.preprocess  # noqa: F401 - sets OpenCV's decoder limits before cv2 is used
 import cv2
 import numpy as np
 
-from inspector.watch_config import CameraSourceConfig
+from inspector.config.line import CameraSourceConfig
 
 log = logging.getLogger("inspector.watch.camera")
 

@@ -17,7 +17,7 @@ import threading
 from typing import Protocol
 
 from inspector.errors import InspectorError
-from inspector.watch_config import AppriseSinkConfig, MqttSinkConfig, SinkConfig, WebhookSinkConfig
+from inspector.config.line import AppriseSinkConfig, MqttSinkConfig, SinkConfig, WebhookSinkConfig
 
 log = logging.getLogger("inspector.watch.sinks")
 

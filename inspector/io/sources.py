@@ -25,8 +25,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from inspector.preprocess import IMAGE_SUFFIXES
-from inspector.watch_config import FolderSourceConfig
+from inspector.data.preprocess import IMAGE_SUFFIXES
+from inspector.config.line import FolderSourceConfig
 
 log = logging.getLogger("inspector.watch.folder")
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", "~")

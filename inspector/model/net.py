@@ -1,6 +1,6 @@
 """The inspection model: frozen CNN patch features -> autoencoder latent space -> anomaly map + score.
 
-Pure nn.Modules and their config; training glue lives in `inspector.train`. All reference statistics
+Pure nn.Modules and their config; training glue lives in `inspector.pipeline.fit`. All reference statistics
 (feature normalization, latent memory bank, global embeddings, score scales) are buffers, so the
 state dict is the whole model and ONNX export bakes them in as graph constants.
 """

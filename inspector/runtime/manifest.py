@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.errors import InspectorError
-from inspector.preprocess import Preprocess
+from inspector.data.preprocess import Preprocess
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from inspector import registry
+from inspector.runtime import registry
 from inspector.errors import InspectorError
-from inspector.preprocess import image_size, prepare
+from inspector.data.preprocess import image_size, prepare
 from inspector.runtime.manifest import check_threshold
 from inspector.runtime.providers import choose
 from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, run_batches, stamp_of, to_result

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.errors import InspectorError
-from inspector.watch_config import ModelConfig, load_config
+from inspector.config.line import ModelConfig, load_config
 
 log = logging.getLogger("inspector.watch")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from inspector.watch_config import Rules
+from inspector.config.line import Rules
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from inspector.errors import ImageError
 from inspector.io.camera import CameraSource, FrameItem
-from inspector.io.images import read_image
+from inspector.data.images import read_image
 from inspector.io.outbox import Sender
 from inspector.io.sinks import Sink
 from inspector.io.sources import FileItem, FolderSource
 from inspector.io.store import ScoredFrame, Store
-from inspector.watch_config import CameraSourceConfig, Rules, WatchConfig, source_rules
+from inspector.config.line import CameraSourceConfig, Rules, WatchConfig, source_rules
 from inspector.watcher.decisions import AlertState, effective_threshold, is_anomalous, should_alert
 from inspector.watcher.ops import Metrics
 from inspector.watcher.writer import Job, Writer

@@ -26,7 +26,7 @@ from inspector.io.camera import CameraSource
 from inspector.io.media import MediaPaths, media_paths, save_media
 from inspector.io.sources import FileItem, FolderSource
 from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
-from inspector.preprocess import overlay
+from inspector.data.preprocess import overlay
 from inspector.watcher.decisions import alert_payload
 from inspector.watcher.ops import Metrics
 

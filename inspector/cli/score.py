@@ -14,9 +14,9 @@ from pathlib import Path
 
 import cv2
 
-from inspector import registry
+from inspector.runtime import registry
 from inspector.errors import ImageError
-from inspector.preprocess import load_image
+from inspector.data.preprocess import load_image
 from inspector.types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ CHUNK = 8  # images read and scored together
 
 def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
     """Image files as given, a folder as the images directly in it (by name); errors for folders without any."""
-    from inspector.data import list_images
+    from inspector.data.datasets import list_images
 
     out, errors = [], []
     for p in paths:
@@ -95,9 +95,9 @@ def _score_onnx(model_dir: Path, images: list[Path], overlay: bool) -> Iterator[
 
 
 def _score_torch(model_dir: Path, images: list[Path], overlay: bool) -> Iterator[tuple[Path, FrameResult | str]]:
-    from inspector.checkpoint import CALIBRATION_FILE, check_model_dir, load_model, read_json, staging
-    from inspector.data import LoadReport
-    from inspector.infer import score_paths
+    from inspector.pipeline.checkpoint import CALIBRATION_FILE, check_model_dir, load_model, read_json, staging
+    from inspector.data.datasets import LoadReport
+    from inspector.pipeline.infer import score_paths
     from inspector.runtime.manifest import check_threshold
     from inspector.runtime.session import to_result
 

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from inspector.errors import InspectorError
+from inspector.runtime.manifest import load_verified
 
 CURRENT = "current"
 HISTORY = "history.jsonl"
@@ -147,7 +148,6 @@ def _point(model_dir: Path, name: str) -> None:
 
 def promote(model_dir: Path, version: str, reason: str = "promote") -> Path:
     """Point `current` at `version` after checking it loads; records the promotion in the history."""
-    from inspector.runtime.manifest import load_verified  # torch-free; imported late to avoid a cycle
 
     model_dir = Path(model_dir)
     name = Path(str(version)).name

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from inspector.config import Settings
+from inspector.config.fit import Settings
 from inspector.errors import InspectorError
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MQTT topics, file names and URLs

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inspector.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging, write_json_atomic
-from inspector.config import FitSettings
-from inspector.data import LoadReport, discover, image_formats, iter_images, name_order
+from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging, write_json_atomic
+from inspector.config.fit import FitSettings
+from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.errors import InspectorError
-from inspector.infer import score_paths
+from inspector.pipeline.infer import score_paths
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, ModelConfig, to_cells
-from inspector.preprocess import Preprocess, image_size, prepare
+from inspector.data.preprocess import Preprocess, image_size, prepare
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5

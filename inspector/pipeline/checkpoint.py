@@ -84,7 +84,7 @@ def load_model(model_dir: Path):
     import torch
 
     from inspector.model.net import InspectorNet, ModelConfig
-    from inspector.preprocess import Preprocess
+    from inspector.data.preprocess import Preprocess
 
     check_model_dir(model_dir)
     try:

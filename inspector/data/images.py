@@ -1,6 +1,6 @@
 """Reading dropped image files defensively: size limits from the header, truncation, then decode.
 
-`inspector.preprocess` caps OpenCV's decoder (OPENCV_IO_MAX_IMAGE_PIXELS), but its error cannot say
+`inspector.data.preprocess` caps OpenCV's decoder (OPENCV_IO_MAX_IMAGE_PIXELS), but its error cannot say
 why. Reading the dimensions from the header first gives a clear reason ("20000x20000 is over the
 limit") without allocating anything, and catches truncated JPEG/PNG files that OpenCV would decode
 into a half-grey frame with only a warning.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from inspector.preprocess import to_bgr8  # noqa: I001 - sets the OpenCV pixel cap before cv2 is imported
+from inspector.data.preprocess import to_bgr8  # noqa: I001 - sets the OpenCV pixel cap before cv2 is imported
 
 import cv2
 import numpy as np

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import yaml
 
-from inspector.synthetic import DEFECTS, add_defect, good_part
+from inspector.data.synthetic import DEFECTS, add_defect, good_part
 
 DEMO = Path("demo")
 
@@ -104,7 +104,7 @@ def port_answers(port: int) -> bool:
 
 def ensure_data(root: Path, size: int) -> Path:
     """The bundled synthetic product, generated once (a marker says it is complete)."""
-    from inspector.synthetic import write_dataset
+    from inspector.data.synthetic import write_dataset
 
     if not (root / ".complete").is_file():
         shutil.rmtree(root, ignore_errors=True)
@@ -116,7 +116,7 @@ def ensure_data(root: Path, size: int) -> Path:
 
 def train_model(data: Path, model: Path, short_side: int, steps: int):
     from flows.train import train
-    from inspector.config import CalibrateSettings, FitSettings
+    from inspector.config.fit import CalibrateSettings, FitSettings
 
     fit = FitSettings(short_side=short_side, steps=steps, bank_size=1024, batch_size=1024)
     return train(data, model, fit, CalibrateSettings(fpr=0.05))
@@ -132,13 +132,13 @@ def line_config(line: Path, model: Path, hook_url: str, mqtt: bool, ops_port: in
            "sinks": sinks, "store": {"url": "sqlite:///store/store.db", "save_map": True},
            "outbox": {"backoff_min_s": 0.5, "backoff_max_s": 5}, "ops": {"port": ops_port}}
     path = line / "line.yaml"
-    path.write_text("# written by `make demo` (flows/demo.py)\n" + yaml.safe_dump(doc, sort_keys=False))
+    path.write_text("# written by `make demo` (launch/demo.py)\n" + yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
 def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     """An `inspector` command in its own session: Ctrl-C reaches the demo only, which stops it in order."""
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli", *args], stdout=open(log, "ab"),
+    return subprocess.Popen([sys.executable, "-m", "inspector.cli.main", *args], stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
 
 

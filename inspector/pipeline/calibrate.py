@@ -13,19 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, read_json, staging, write_json_atomic
-from inspector.config import CalibrateSettings
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, read_json, staging, write_json_atomic
+from inspector.config.fit import CalibrateSettings
 from inspector.errors import InspectorError
-from inspector.scoring import f1_optimal, fpr_estimate, fpr_threshold, pr_at, pr_curve
+from inspector.scoring.metrics import f1_optimal, fpr_estimate, fpr_threshold, pr_at, pr_curve
 
 log = logging.getLogger(__name__)
 
 
 def labelled_scores(model_dir: Path, data: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Raw scores and labels of the labelled test images, or None when there are no defects."""
-    from inspector.checkpoint import load_model
-    from inspector.data import LoadReport, discover
-    from inspector.infer import score_paths
+    from inspector.pipeline.checkpoint import load_model
+    from inspector.data.datasets import LoadReport, discover
+    from inspector.pipeline.infer import score_paths
 
     fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
     root = Path(data or fit_info["data"])

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspector.data import LoadReport, iter_images
+from inspector.data.datasets import LoadReport, iter_images
 from inspector.model.net import InspectorNet
-from inspector.preprocess import Preprocess, prepare
+from inspector.data.preprocess import Preprocess, prepare
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pydantic import Field
 
-from inspector.config import Settings
+from inspector.config.fit import Settings
 
 GATED_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
-from inspector.data import MAX_FORMATS, LoadReport, discover, load_mask, name_order
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
+from inspector.data.datasets import MAX_FORMATS, LoadReport, discover, load_mask, name_order
 from inspector.errors import InspectorError
-from inspector.infer import score_paths
-from inspector.preprocess import image_size, overlay
-from inspector.scoring import fpr_by_order, late_alarm_p, pr_at
+from inspector.pipeline.infer import score_paths
+from inspector.data.preprocess import image_size, overlay
+from inspector.scoring.metrics import fpr_by_order, late_alarm_p, pr_at
 
 log = logging.getLogger(__name__)
 PIXEL_GRID = (256, 256)  # maps and masks are compared on a common grid (images differ in size)

@@ -15,8 +15,8 @@ log = logging.getLogger("inspector")
 
 
 def _fit(a: argparse.Namespace) -> int:
-    from inspector.config import FitSettings, fit_overrides
-    from inspector.train import fit
+    from inspector.config.fit import FitSettings, fit_overrides
+    from inspector.pipeline.fit import fit
 
     try:
         extra = fit_overrides([kv for group in a.set for kv in group])
@@ -34,8 +34,8 @@ def _fit(a: argparse.Namespace) -> int:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    from inspector.calibrate import calibrate_model
-    from inspector.config import CalibrateSettings
+    from inspector.pipeline.calibrate import calibrate_model
+    from inspector.config.fit import CalibrateSettings
 
     cal = calibrate_model(Path(a.model), CalibrateSettings(fpr=a.fpr, strategy=a.strategy))
     print(cal["meaning"])
@@ -43,27 +43,27 @@ def _calibrate(a: argparse.Namespace) -> int:
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from inspector.evaluate import evaluate_model, format_table
+    from inspector.pipeline.evaluate import evaluate_model, format_table
 
     print(format_table(evaluate_model(Path(a.model), Path(a.data) if a.data else None, show=not a.quiet)))
     return 0
 
 
 def _score(a: argparse.Namespace) -> int:
-    from inspector.scoring_cli import score_images
+    from inspector.cli.score import score_images
 
     return score_images(Path(a.model), [Path(p) for p in a.images], a.save_map)
 
 
 def _export(a: argparse.Namespace) -> int:
-    from inspector.export import export_model
+    from inspector.pipeline.export import export_model
 
     print(f"exported {export_model(Path(a.model))}")
     return 0
 
 
 def _promote(a: argparse.Namespace) -> int:
-    from inspector.registry import promote
+    from inspector.runtime.registry import promote
 
     print(f"current -> {promote(Path(a.model), a.version)}")
     return 0

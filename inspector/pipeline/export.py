@@ -24,11 +24,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from inspector import registry
-from inspector.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
+from inspector.runtime import registry
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
 from inspector.errors import ImageError, InspectorError
 from inspector.model.net import InspectorNet
-from inspector.preprocess import Preprocess, load_image, prepare
+from inspector.data.preprocess import Preprocess, load_image, prepare
 from inspector.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, check_threshold, load_verified
 
 log = logging.getLogger(__name__)

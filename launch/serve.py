@@ -1,11 +1,11 @@
-"""Serve every deployment of one line from this machine, with its schedules: `python -m flows.serve ...`.
+"""Serve every deployment of one line from this machine, with its schedules: `python -m launch.serve ...`.
 
 The deployments (what runs, when, with which parameters) are defined here, apart from the flow code;
 `prefect.yaml` holds the same deployments for a Prefect server with work pools. Schedules need a
 server's scheduler (the ephemeral API used for one-off runs has none), so without `PREFECT_API_URL`
 this starts a local `prefect server start` (UI on http://127.0.0.1:4200) and serves against it.
 
-    python -m flows.serve --line examples/line1.yaml --data ../shared/datasets/bsdata/ballscrew \\
+    python -m launch.serve --line examples/line1.yaml --data ../shared/datasets/bsdata/ballscrew \\
         --model models/ballscrew --retrain-dir line1/store/retrain/good
 """
 

@@ -1,0 +1,1 @@
+"""The torch steps: fit, calibrate, evaluate, export; checkpoints and torch inference."""

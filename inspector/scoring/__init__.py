@@ -1,0 +1,1 @@
+"""Numbers on arrays (numpy only): thresholds, metrics, drift statistics, the promotion gate."""

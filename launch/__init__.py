@@ -1,0 +1,1 @@
+"""Launchers: the demo (`python -m launch.demo`) and serving a line's Prefect deployments (`python -m launch.serve`)."""
