@@ -16,3 +16,4 @@ class FrameResult:
     is_anomaly: bool  # verdict: score >= 1.0 (or a per-source override threshold)
     anomaly_map: np.ndarray  # (H, W) float32 at the frame's size, normalized like `score`
     overlay: np.ndarray | None = None  # (H, W, 3) uint8 BGR heat map over the frame, on request
+    embedding: np.ndarray | None = None  # (D,) float32 unit vector in the model's latent space; None: older graph

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspector.model.backbone import DEFAULT_BACKBONE, Backbone
+from inspector.model.embedding import EmbeddingMixin
 
 
 @dataclass
@@ -163,7 +164,7 @@ def nearest_distance(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor)
     return ((z * z).sum(1) + zb.min(dim=1).values).clamp_min(0.0).sqrt()
 
 
-class InspectorNet(nn.Module):
+class InspectorNet(EmbeddingMixin, nn.Module):
     def __init__(self, cfg: ModelConfig, weights: Path | None = None):
         super().__init__()
         self.backbone = Backbone(cfg.backbone, cfg.layers, weights)
@@ -307,12 +308,16 @@ class InspectorNet(nn.Module):
     def components(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-patch latent kNN distance, reconstruction error, latent Mahalanobis (each (B, h, w))
         and the image-level latent distance (B,)."""
+        return self.components_and_latent(x)[:4]
+
+    def components_and_latent(self, x: torch.Tensor, want_z: bool = False) -> tuple[torch.Tensor, ...]:
+        """`components` plus the latent map (B, L, h, w) when `want_z` (else whatever the score needed, or None)."""
         maps = self.backbone_maps(x)
         g = self.hidden_maps(maps)  # (B, H, h, w)
         b, _, h, w = g.shape
         # The latent map is needed by the other terms; the Gaussian reads g where it is no wider (`whitening`).
         gauss_x = self.cfg.w_gauss > 0 and not self.gauss_reads_hidden
-        needs_z = self.cfg.w_latent > 0 or self.cfg.w_recon > 0 or self.cfg.global_bank > 0 or gauss_x
+        needs_z = want_z or self.cfg.w_latent > 0 or self.cfg.w_recon > 0 or self.cfg.global_bank > 0 or gauss_x
         z = self.ae.encoder[2](g) if needs_z else None  # (B, L, h, w)
         # Each term is computed only when it is part of the score (the graph holds just those).
         if self.cfg.w_latent > 0:
@@ -333,7 +338,7 @@ class InspectorNet(nn.Module):
             glob = nearest_distance(z.mean((2, 3)), self.global_bank, self.global_sq)  # (B,)
         else:
             glob = torch.zeros(b, device=x.device)
-        return lat, recon, gauss, glob
+        return lat, recon, gauss, glob, z
 
     def combine(self, lat: torch.Tensor, recon: torch.Tensor, gauss: torch.Tensor, glob: torch.Tensor, size) -> Output:
         """Weighted, scale-normalized components -> smoothed map at `size` and image score."""
@@ -356,3 +361,4 @@ class InspectorNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Output:
         return self.combine(*self.components(x), x.shape[-2:])
+

@@ -27,16 +27,19 @@ import torch
 from inspector.runtime import registry
 from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
 from inspector.errors import ImageError, InspectorError
+from inspector.model.embedding import EmbeddedNet
 from inspector.model.net import InspectorNet
+from inspector.pipeline.latent import fit_latent_space
 from inspector.data.preprocess import Preprocess, load_image, prepare
 from inspector.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, check_threshold, load_verified
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT, MAP, SCORE = "image", "anomaly_map", "score"
+INPUT, MAP, SCORE, EMBEDDING = "image", "anomaly_map", "score", "embedding"
 PARITY_TOLERANCE = 1e-3  # max |score_onnx - score_torch| / threshold: verdicts can differ only this close to 1.0
 PARITY_FRAMES = 6
+EMBED_TOLERANCE = 1e-3  # max |embedding_onnx - embedding_torch| per component (unit vectors)
 CALIBRATION_KEYS = ("strategy", "target_fpr", "holdout_images", "expected_fpr", "fpr_interval_90", "meaning", "f1", "created")
 
 
@@ -50,10 +53,13 @@ def export_model(model_dir: Path, opset: int = OPSET) -> Path:
     net, pre, _ = load_model(model_dir)
     tmp = registry.new_temp_dir(model_dir)
     try:
-        to_onnx(net, tmp / MODEL_FILE, input_hw(pre), dynamic_hw=not fixed_size(pre), opset=opset)
+        to_onnx(EmbeddedNet(net), tmp / MODEL_FILE, input_hw(pre), dynamic_hw=not fixed_size(pre), opset=opset,
+                names=(MAP, SCORE, EMBEDDING))
         parity = check_parity(net, pre, tmp / MODEL_FILE, parity_frames(fit_info), threshold)
         shutil.copy2(staging(model_dir) / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
-        write_json_atomic(tmp / MANIFEST_FILE, build_manifest(net, pre, tmp / MODEL_FILE, cal, fit_info, parity, opset))
+        manifest = build_manifest(net, pre, tmp / MODEL_FILE, cal, fit_info, parity, opset)
+        manifest["latent"] = fit_latent_space(net, pre, fit_info).to_dict()
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
         load_verified(tmp)  # what the runtime will check, checked before anyone can see it
         final = registry.publish(tmp, model_dir)
     except BaseException:
@@ -122,22 +128,31 @@ def check_parity(net: InspectorNet, pre: Preprocess, path: Path, frames: list[np
     for f in frames:
         x = prepare(f, pre)
         groups.setdefault(x.shape, []).append(x)
-    d_score = d_map = 0.0
+    d_score = d_map = d_emb = 0.0
+    with_embedding = EMBEDDING in {o.name for o in sess.get_outputs()}
     for xs in groups.values():
         batch = np.stack(xs)  # (B, 3, H, W)
         try:
             with torch.inference_mode():
-                ref = net(torch.from_numpy(batch))
+                ref = net.forward_embedded(torch.from_numpy(batch)) if with_embedding else net(torch.from_numpy(batch))
         except RuntimeError as e:
             raise InspectorError(f"the model cannot score a {batch.shape[2]}x{batch.shape[3]} input ({str(e).splitlines()[0]})") from None
-        amap, score = sess.run([MAP, SCORE], {INPUT: batch})
+        outs = sess.run([MAP, SCORE, EMBEDDING] if with_embedding else [MAP, SCORE], {INPUT: batch})
+        amap, score = outs[:2]
         d_score = max(d_score, float(np.abs(score - ref.score.numpy()).max()))
         d_map = max(d_map, float(np.abs(amap - ref.anomaly_map.numpy()).max()))
+        if with_embedding:
+            d_emb = max(d_emb, float(np.abs(outs[2] - ref.embedding.numpy()).max()))
     result = {
         "frames": len(frames), "input_sizes": [list(s[1:]) for s in groups],
         "max_abs_diff_score": d_score, "max_abs_diff_map": d_map,
         "max_diff_normalized": d_score / threshold, "tolerance_normalized": PARITY_TOLERANCE,
     }
+    if with_embedding:
+        result.update(max_abs_diff_embedding=d_emb, tolerance_embedding=EMBED_TOLERANCE)
+        if d_emb > EMBED_TOLERANCE:
+            raise InspectorError(f"export parity check failed: ONNX Runtime and torch embeddings differ by {d_emb:.2e} "
+                                 f"(tolerance {EMBED_TOLERANCE:.0e}); nothing was exported")
     if d_score / threshold > PARITY_TOLERANCE:
         raise InspectorError(
             f"export parity check failed: ONNX Runtime and torch scores differ by {d_score / threshold:.2e} of the "
@@ -188,6 +203,8 @@ def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dic
         "outputs": {
             "anomaly_map": {"name": MAP, "shape": "(B, 1, H, W)", "units": "raw, at the input size"},
             "score": {"name": SCORE, "shape": "(B,)", "units": "raw; score / threshold >= 1.0 means anomaly"},
+            "embedding": {"name": EMBEDDING, "shape": f"(B, {net.embedding_dim})",
+                          "units": "unit length; anomaly-weighted latent deviation, then the whole-part mean latent"},
         },
         "preprocess": pre.to_dict(),
         "resize_policy": _policy(pre),

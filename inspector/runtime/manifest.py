@@ -48,6 +48,18 @@ class Manifest:
         return str(self.data["outputs"]["anomaly_map"]["name"]), str(self.data["outputs"]["score"]["name"])
 
     @property
+    def embedding_name(self) -> str | None:
+        """The embedding output's name; None for versions exported before the graph had one."""
+        out = self.data["outputs"].get("embedding")
+        return str(out["name"]) if isinstance(out, dict) and "name" in out else None
+
+    @property
+    def latent(self) -> dict | None:
+        """The latent map's projection and good cloud (`inspector.scoring.latent.LatentSpace`), if exported."""
+        lat = self.data.get("latent")
+        return lat if isinstance(lat, dict) else None
+
+    @property
     def image_sizes(self) -> dict[str, int] | None:
         """The fit images' formats ("WxH" -> count); None when sizes varied per part (or an older manifest)."""
         return (self.data.get("training") or {}).get("image_sizes") or None

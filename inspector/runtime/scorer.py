@@ -62,6 +62,11 @@ class Scorer:
         return self._model.manifest.data
 
     @property
+    def latent(self) -> dict | None:
+        """The running version's latent map projection and good cloud (manifest), or None for older exports."""
+        return self._model.manifest.latent
+
+    @property
     def fit_image_sizes(self) -> dict[str, int] | None:
         """Formats ("WxH" -> count) of the images the running version was fitted on, when they were few."""
         return self._model.manifest.image_sizes
@@ -86,7 +91,7 @@ class Scorer:
         images = [as_bgr(f) for f in frames]
         self._warn_unfitted_sizes(model, images)
         raw = run_batches(model, [prepare(img, model.preprocess) for img in images], self.max_batch)
-        return [to_result(img, s, m, thr, overlay) for img, (s, m) in zip(images, raw)]
+        return [to_result(img, s, m, thr, overlay, e) for img, (s, m, e) in zip(images, raw)]
 
     def _warn_unfitted_sizes(self, model: LoadedModel, images: list[np.ndarray]) -> None:
         """One warning per frame size no fit image had (a camera or crop change): expect false alarms."""

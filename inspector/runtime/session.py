@@ -115,25 +115,33 @@ def images_per_run(m: Manifest, shape: tuple[int, ...], max_batch: int, budget: 
     return max(1, min(max_batch, (budget or KNN_BUDGET_BYTES) // per_frame))
 
 
-def run_batches(model: LoadedModel, tensors: list[np.ndarray], max_batch: int) -> list[tuple[float, np.ndarray]]:
-    """(raw score, raw map (H, W)) per tensor; equal input sizes go through the graph together."""
+Raw = tuple[float, np.ndarray, "np.ndarray | None"]  # (raw score, raw map (H, W), embedding (D,) or None)
+
+
+def run_batches(model: LoadedModel, tensors: list[np.ndarray], max_batch: int) -> list[Raw]:
+    """(raw score, raw map (H, W), embedding) per tensor; equal input sizes go through the graph together.
+    The embedding is None for a version exported before the graph had one."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault(t.shape, []).append(i)
-    out: list[tuple[float, np.ndarray]] = [(0.0, np.empty(0))] * len(tensors)
-    map_name, score_name = model.manifest.output_names
+    out: list[Raw] = [(0.0, np.empty(0), None)] * len(tensors)
+    names = [*model.manifest.output_names]
+    if model.manifest.embedding_name is not None:
+        names.append(model.manifest.embedding_name)
     for shape, idx in groups.items():
         step = images_per_run(model.manifest, shape, max_batch)
         for k in range(0, len(idx), step):
             chunk = idx[k : k + step]
             batch = np.stack([tensors[i] for i in chunk])  # (B, 3, H, W)
-            amap, score = model.session.run([map_name, score_name], {model.manifest.input_name: batch})
+            res = model.session.run(names, {model.manifest.input_name: batch})
+            amap, score, emb = res[0], res[1], (res[2] if len(res) > 2 else None)
             for j, i in enumerate(chunk):
-                out[i] = (float(score[j]), amap[j, 0])  # amap: (B, 1, H, W)
+                out[i] = (float(score[j]), amap[j, 0], None if emb is None else emb[j])  # amap: (B, 1, H, W)
     return out
 
 
-def to_result(img: np.ndarray, raw_score: float, raw_map: np.ndarray, threshold: float, want_overlay: bool) -> FrameResult:
+def to_result(img: np.ndarray, raw_score: float, raw_map: np.ndarray, threshold: float, want_overlay: bool,
+              embedding: np.ndarray | None = None) -> FrameResult:
     h, w = img.shape[:2]
     amap = cv2.resize((raw_map / threshold).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     return FrameResult(
@@ -142,4 +150,5 @@ def to_result(img: np.ndarray, raw_score: float, raw_map: np.ndarray, threshold:
         is_anomaly=bool(raw_score >= threshold),
         anomaly_map=amap,
         overlay=overlay(img, amap) if want_overlay else None,
+        embedding=embedding,
     )
