@@ -31,7 +31,7 @@ def test_schema_matches_migrations(store):
     with store.engine.connect() as c:
         diff = compare_metadata(MigrationContext.configure(c), Base.metadata)
         assert diff == []
-        assert MigrationContext.configure(c).get_current_revision() == "0003"
+        assert MigrationContext.configure(c).get_current_revision() == "0004"
     names = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("flagged")}
     assert {"ix_flagged_source_created", "ix_flagged_review_created"} <= names
 

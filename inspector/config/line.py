@@ -198,6 +198,11 @@ class StoreConfig(Settings):
         description="Images and heat maps of flagged items (default: media/ next to the SQLite file; required for PostgreSQL).",
     )
     save_map: bool = Field(False, description="Also save the raw anomaly map (.npy) of each flagged item.")
+    embed_good_every: int = Field(
+        20, ge=0, le=1_000_000,
+        description="Keep the latent embedding of one good frame in this many per source (the latent map's recent "
+                    "good frames, latent drift); 0 = none. Every flagged item keeps its embedding.",
+    )
     keep_scores_days: float = Field(
         30, gt=0, le=3650,
         description="Recent-score samples (histograms, drift) older than this are pruned.",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -136,3 +136,32 @@ class Outbox(Base):
         UniqueConstraint("sink", "idempotency_key", name="uq_outbox_sink_key"),
         Index("ix_outbox_pending", "sink", "delivered_at", "source", "id"),
     )
+
+
+class Embedding(Base):
+    """An item's point in its model version's latent space: every flagged item, and a sample of good frames
+    (flagged_id None). Versions are never compared with each other: each keeps its own embeddings."""
+
+    __tablename__ = "embeddings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    flagged_id: Mapped[int | None] = mapped_column(ForeignKey("flagged.id"), nullable=True, unique=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, unit length
+    x: Mapped[float] = mapped_column(Float)  # map coordinates (the version's projection)
+    y: Mapped[float] = mapped_column(Float)
+    __table_args__ = (
+        Index("ix_embeddings_version_id", "model_version", "id"),
+        Index("ix_embeddings_version_source_created", "model_version", "source", "created_at"),
+    )
+
+
+class LatentSpaceRow(Base):
+    """A model version's map projection and good reference cloud, copied from its manifest by the watcher."""
+
+    __tablename__ = "latent_spaces"
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    space: Mapped[str] = mapped_column(Text)  # JSON: inspector.scoring.latent.LatentSpace.to_dict()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from inspector.errors import InspectorError  # noqa: E402
-from inspector.io.schema import Flagged, Outbox, Processed, ScoreSample, SourceCounters  # noqa: E402
+from inspector.io.schema import Embedding, Flagged, LatentSpaceRow, Outbox, Processed, ScoreSample, SourceCounters  # noqa: E402
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("inspector.store")
@@ -48,6 +48,17 @@ class ScoredFrame:
     threshold: float  # raw, as applied
     is_anomaly: bool
     path: str | None = None  # input file: recorded in the ledger (exactly-once); None for camera frames
+    latent: "LatentPoint | None" = None  # its embedding, to keep (every flagged frame, a sample of good ones)
+
+
+@dataclass(frozen=True)
+class LatentPoint:
+    """A frame's embedding in one model version's latent space, with its map coordinates."""
+
+    model_version: str
+    vector: bytes  # float32, unit length
+    x: float
+    y: float
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,8 @@ class PendingAlert:
     next_attempt_at: datetime
 
 
-_T = {t.name: t for t in (Flagged.__table__, Processed.__table__, ScoreSample.__table__, Outbox.__table__)}
+_T = {t.name: t for t in (Flagged.__table__, Processed.__table__, ScoreSample.__table__, Outbox.__table__,
+                          Embedding.__table__)}
 _INSERT = {name: sa.insert(t) for name, t in _T.items()}
 _C = SourceCounters.__table__.c
 _COUNT = (sa.update(SourceCounters.__table__).where(_C.source == sa.bindparam("src"))
@@ -171,6 +183,11 @@ class Store:
                     c.execute(_INSERT["processed"], ledger)
                 c.execute(_INSERT["scores"], [dict(source=f.source, created_at=f.created_at, score=f.score,
                                                    is_anomaly=f.is_anomaly) for f, _ in items])
+                points = [dict(model_version=f.latent.model_version, source=f.source, created_at=f.created_at,
+                               flagged_id=fid, vector=f.latent.vector, x=f.latent.x, y=f.latent.y)
+                          for (f, _), fid in zip(items, ids) if f.latent is not None]
+                if points:
+                    c.execute(_INSERT["embeddings"], points)
                 for source in dict.fromkeys(f.source for f, _ in items):
                     mine = [(f, fl) for f, fl in items if f.source == source]
                     last = mine[-1][0]
@@ -222,6 +239,19 @@ class Store:
             rows = s.scalars(sa.select(SourceCounters)).all()
             return {r.source: {"scored": r.scored, "flagged": r.flagged, "dropped": r.dropped, "errors": r.errors,
                                "last_score": r.last_score, "last_seen": r.last_seen} for r in rows}
+
+    # ---- latent space ---------------------------------------------------------------------------
+    def put_latent_space(self, model_version: str, space: dict, when: datetime) -> None:
+        """Keep a version's map projection and good cloud (from its manifest); a version's row never changes."""
+        with self.engine.begin() as c:
+            if c.execute(sa.select(LatentSpaceRow.model_version).where(LatentSpaceRow.model_version == model_version)).first():
+                return
+            try:
+                with c.begin_nested():
+                    c.execute(sa.insert(LatentSpaceRow.__table__).values(
+                        model_version=model_version, dim=int(space["dim"]), space=json.dumps(space), created_at=when))
+            except IntegrityError:  # another watcher of the line wrote it first: the same manifest
+                pass
 
     # ---- outbox -----------------------------------------------------------------------------
     def pending_heads(self, sink: str, sources: Collection[str] | None = None) -> list[PendingAlert]:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
@@ -39,6 +38,11 @@ def patch_weights(patch: torch.Tensor) -> torch.Tensor:
     return torch.softmax(patch / EMBED_TEMPERATURE, dim=1)
 
 
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length (F.normalize without its shape ops in a traced graph)."""
+    return v / (v * v).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+
+
 class EmbeddingMixin:
     """Methods of `InspectorNet` for the embedding output; kept apart from the scoring code on purpose."""
 
@@ -59,12 +63,17 @@ class EmbeddingMixin:
         (what is wrong, wherever it is); second half: the mean latent (the whole part). Each half is unit
         length before they are mixed, so neither dominates by scale.
         """
-        r = (z - self.gauss_mean).flatten(2)  # (B, L, h*w): deviation from the good Gaussian's mean per position
-        a = patch_weights(patch.flatten(1))  # (B, h*w)
-        weighted = torch.bmm(r, a.unsqueeze(2)).squeeze(2)  # (B, L)
-        whole = z.flatten(2).mean(2)  # (B, L)
+        # plain ints (the model's grid): a traced graph holds constant shapes, no per-frame shape arithmetic
+        n, l = int(self.cfg.grid[0]) * int(self.cfg.grid[1]), int(self.cfg.latent)
+        if not torch.jit.is_tracing() and z.shape[-2] * z.shape[-1] != n:
+            n = int(z.shape[-2] * z.shape[-1])  # a model fitted without a fixed size, scored in torch
+        good = self.gauss_mean if self.cfg.w_gauss > 0 else torch.zeros_like(z[:1])  # no Gaussian: no fixed grid
+        r = (z - good).reshape(-1, l, n)  # (B, L, h*w): deviation from the good mean per position
+        a = patch_weights(patch.reshape(-1, n))  # (B, h*w)
+        weighted = (r * a.reshape(-1, 1, n)).sum(2)  # (B, L)
+        whole = z.reshape(-1, l, n).mean(2)  # (B, L)
         keep = float(np.sqrt(1.0 - EMBED_WHOLE**2))
-        return torch.cat([keep * F.normalize(weighted, dim=1), EMBED_WHOLE * F.normalize(whole, dim=1)], dim=1)
+        return torch.cat([keep * unit(weighted), EMBED_WHOLE * unit(whole)], dim=1)
 
     def forward_embedded(self: "InspectorNet", x: torch.Tensor) -> EmbeddedOutput:  # type: ignore[misc]
         """Map, score and embedding from one pass (the exported graph with an embedding output)."""

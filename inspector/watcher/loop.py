@@ -28,6 +28,7 @@ from inspector.io.sources import FileItem, FolderSource
 from inspector.io.store import ScoredFrame, Store
 from inspector.config.line import CameraSourceConfig, Rules, WatchConfig, source_rules
 from inspector.watcher.decisions import AlertState, effective_threshold, is_anomalous, should_alert
+from inspector.watcher.latent import LatentKeeper
 from inspector.watcher.ops import Metrics
 from inspector.watcher.writer import Job, Writer
 
@@ -66,6 +67,7 @@ class Watcher:
         self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert, self.own)
         self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
                              self._store_down)
+        self.latent = LatentKeeper(store, cfg.store.embed_good_every)
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
@@ -168,8 +170,9 @@ class Watcher:
         anomalous = is_anomalous(res.raw_score, thr)
         decision, s.state = should_alert(s.state, anomalous, now, s.rules)
         is_file = isinstance(item, FileItem)
+        point = self.latent.point(self.scorer, s.src.name, getattr(res, "embedding", None), decision.flag, _utc(now))
         frame = ScoredFrame(s.src.name, item.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous,
-                            str(item.path) if is_file else None)
+                            str(item.path) if is_file else None, point)
         job = Job(s.src, item if is_file else None, frame, decision.flag, decision.alert, model_version=self.scorer.version,
                   origin=origin)
         if decision.flag:
