@@ -36,32 +36,50 @@ class ReviewConflict(Exception):
 def review(store: Store, retrain_dir: Path, item_id: int, status: Status, reviewer: str,
            note: str | None = None, now: datetime | None = None) -> Item:
     """Record a review and keep the retrain folder in step with it; returns the updated item."""
-    now = now or datetime.now(timezone.utc)
-    new_copy: Path | None = None
-    try:
-        with Session(store.engine) as s, s.begin():
-            row = s.get(Flagged, item_id, with_for_update=True)
-            if row is None:
-                raise NotFound(item_id)
-            copy = s.scalar(sa.select(RetrainCopy).where(RetrainCopy.flagged_id == item_id))
-            if status == "false_alarm" and copy is None and row.image_path is not None:  # None: never saved
-                new_copy = _copy_original(store.media_dir, retrain_dir, row)
-                s.add(RetrainCopy(flagged_id=item_id, path=str(new_copy), created_at=now))
-            elif status != "false_alarm" and copy is not None:
-                s.delete(copy)
-            row.review_status, row.reviewed_by, row.review_note = status, reviewer, note or None
-            row.reviewed_at = now if status != "pending" else None
-            stale = Path(copy.path) if copy is not None and status != "false_alarm" else None
-    except BaseException:
-        if new_copy is not None:  # the row was not committed: leave no orphan file behind
-            new_copy.unlink(missing_ok=True)
-        raise
-    if stale is not None:
-        stale.unlink(missing_ok=True)
-    log.info("item %d reviewed as %s by %s", item_id, status, reviewer)
+    review_many(store, retrain_dir, [item_id], status, reviewer, note, now)
     item = get_item(store.engine, item_id)
     assert item is not None
     return item
+
+
+def review_many(store: Store, retrain_dir: Path, item_ids: list[int], status: Status, reviewer: str,
+                note: str | None = None, now: datetime | None = None) -> list[int]:
+    """Review several items in ONE transaction (all or none), each row exactly as a single review records it
+    (its own status, reviewer, time and retrain copy), so each can be undone on its own. Returns the ids."""
+    now = now or datetime.now(timezone.utc)
+    new_copies: list[Path] = []
+    stale: list[Path] = []
+    ids = list(dict.fromkeys(item_ids))
+    try:
+        with Session(store.engine) as s, s.begin():
+            for item_id in ids:
+                _apply(s, store.media_dir, retrain_dir, item_id, status, reviewer, note, now, new_copies, stale)
+    except BaseException:
+        for p in new_copies:  # the rows were not committed: leave no orphan file behind
+            p.unlink(missing_ok=True)
+        raise
+    for p in stale:
+        p.unlink(missing_ok=True)
+    log.info("%d item(s) reviewed as %s by %s: %s", len(ids), status, reviewer, ", ".join(map(str, ids[:20])))
+    return ids
+
+
+def _apply(s: Session, media_dir: Path, retrain_dir: Path, item_id: int, status: Status, reviewer: str,
+           note: str | None, now: datetime, new_copies: list[Path], stale: list[Path]) -> None:
+    """One item's review inside the caller's transaction; files copied are appended to `new_copies`, copies to
+    remove after the commit to `stale`."""
+    row = s.get(Flagged, item_id, with_for_update=True)
+    if row is None:
+        raise NotFound(item_id)
+    copy = s.scalar(sa.select(RetrainCopy).where(RetrainCopy.flagged_id == item_id))
+    if status == "false_alarm" and copy is None and row.image_path is not None:  # None: never saved
+        new_copies.append(_copy_original(media_dir, retrain_dir, row))
+        s.add(RetrainCopy(flagged_id=item_id, path=str(new_copies[-1]), created_at=now))
+    elif status != "false_alarm" and copy is not None:
+        s.delete(copy)
+        stale.append(Path(copy.path))
+    row.review_status, row.reviewed_by, row.review_note = status, reviewer, note or None
+    row.reviewed_at = now if status != "pending" else None
 
 
 def _copy_original(media_dir: Path, retrain_dir: Path, row: Flagged) -> Path:
