@@ -23,6 +23,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from inspector.dashboard import files, stats
 from inspector.dashboard.api import router as api_router
+from inspector.dashboard.latent import Latent
+from inspector.dashboard.latent_api import router as latent_router
 from inspector.dashboard.pages import local_tz, router as pages_router, setup_templates
 from inspector.dashboard.queries import get_item
 from inspector.io.store import Store
@@ -45,6 +47,7 @@ class Ctx:
     tz: tzinfo
     templates: Jinja2Templates
     stats_ttl_s: float = 10.0
+    latent: Latent | None = None  # similar items, defect kinds, the map, latent drift
     _cache: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,9 +94,10 @@ def create_app(store: Store, token: str | None, retrain_dir: Path, *, trusted_ho
                   description="Review flagged items, mark false alarms, see rates and drift. Reads are open; "
                               "reviews need the token in the header Authorization: Bearer <token>.")
     templates = setup_templates(HERE / "templates", static_version(HERE / "static"))
-    app.state.ctx = Ctx(store, token, retrain_dir, tz or local_tz(), templates)
+    app.state.ctx = Ctx(store, token, retrain_dir, tz or local_tz(), templates, latent=Latent(store.engine))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api_router)
+    app.include_router(latent_router)
     app.include_router(pages_router)
     _media_routes(app)
     app.add_exception_handler(StarletteHTTPException, _errors)

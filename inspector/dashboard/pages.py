@@ -165,7 +165,7 @@ def item_page(request: Request, item_id: Annotated[int, PathParam(ge=1, le=2**31
     copy = q.retrain_copy(ctx.store.engine, item_id)
     timeline = charts.timeline(st.scores_around(ctx.store.engine, item.source, item.created_at), item.created_at, ctx.tz)
     return _render(request, "item.html", item=item, older=older, newer=newer, urls=urls(item), timeline=timeline,
-                   retrain_name=Path(copy).name if copy else None)
+                   retrain_name=Path(copy).name if copy else None, similar=ctx.latent.similar(item_id))
 
 
 @router.get("/stats", response_class=HTMLResponse)
