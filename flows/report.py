@@ -44,6 +44,9 @@ class SourceReport(BaseModel):
     good_mean: float | None
     drift: float | None  # (good mean - reference mean) / reference spread
     drifting: bool
+    # |mean good embedding - good cloud mean| / cloud spread (docs/latent-space.md); None without embeddings
+    latent_drift: float | None = None
+    latent_n: int = 0
 
 
 class Report(BaseModel):
@@ -60,6 +63,7 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
     """Per source in the window: scored/anomalous frames, flagged items, reviews, good-frame score stats."""
     import sqlalchemy as sa
 
+    from inspector.dashboard.latent import window_drift
     from inspector.dashboard.stats import flagged_per_hour, good_score_drift, review_rates
     from inspector.io.schema import ScoreSample
     from inspector.io.store import Store
@@ -73,6 +77,7 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
         flagged = {src: sum(n for _, n in hours) for src, hours in flagged_per_hour(store.engine, since).items()}
         reviews = {r.source: r for r in review_rates(store.engine, since)}
         drift = good_score_drift(store.engine, since, timezone.utc)
+        latent = window_drift(store.engine, since)
     finally:
         store.close()
     out: dict[str, dict] = {}
@@ -82,7 +87,8 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
         out[src] = {"scored": counts.get(src, (0, 0))[0], "anomalous": counts.get(src, (0, 0))[1],
                     "flagged": flagged.get(src, 0), "confirmed": r.confirmed if r else 0,
                     "false_alarms": r.false_alarm if r else 0, "pending": r.pending if r else 0,
-                    "good_mean": sum(d.s for _, d in drift.get(src, [])) / n_good if n_good else None}
+                    "good_mean": sum(d.s for _, d in drift.get(src, [])) / n_good if n_good else None,
+                    "latent_drift": latent.get(src, {}).get("shift"), "latent_n": latent.get(src, {}).get("n", 0)}
     return out
 
 
@@ -113,7 +119,8 @@ def source_report(src: str, a: dict, ref: list[float] | None, drift_limit: float
         false_alarms=a["false_alarms"], pending=a["pending"],
         false_alarm_share=a["false_alarms"] / reviewed if reviewed else None,
         false_alarms_per_frame=a["false_alarms"] / a["scored"] if a["scored"] else None,
-        good_mean=a["good_mean"], drift=drift, drifting=drift is not None and abs(drift) > drift_limit)
+        good_mean=a["good_mean"], drift=drift, drifting=drift is not None and abs(drift) > drift_limit,
+        latent_drift=a.get("latent_drift"), latent_n=a.get("latent_n", 0))
 
 
 def report_table(r: Report) -> list[dict]:
@@ -123,7 +130,8 @@ def report_table(r: Report) -> list[dict]:
              "confirmed": s.confirmed, "false alarms": s.false_alarms, "pending review": s.pending,
              "false-alarm share": pct(s.false_alarm_share), "false alarms / frame": pct(s.false_alarms_per_frame),
              "good mean": "-" if s.good_mean is None else f"{s.good_mean:.3f}", "drift (spreads)": num(s.drift),
-             "drifting": "yes" if s.drifting else "no"} for s in r.sources]
+             "drifting": "yes" if s.drifting else "no", "latent drift (spreads)": num(s.latent_drift)}
+            for s in r.sources]
 
 
 def report_markdown(r: Report, drift_limit: float) -> str:
@@ -138,6 +146,8 @@ def report_markdown(r: Report, drift_limit: float) -> str:
         text += f" ({s.flag_rate:.2%})" if s.flag_rate is not None else ""
         text += (f"; reviewed {s.confirmed + s.false_alarms} ({s.false_alarms} false alarms), "
                  f"{s.pending} waiting for review")
+        if s.latent_drift is not None:
+            text += f"; good frames' embeddings sit {s.latent_drift:.2f} cloud spreads from the good cloud (n={s.latent_n})"
         if s.drift is not None:
             text += f"; good-frame scores moved {s.drift:+.2f} spreads from calibration"
             if s.drifting:

@@ -206,6 +206,12 @@ def test_map_payload_and_drift(client, store):
     day = drift["sources"]["cam"][0]
     assert day["n"] == 20 and day["shift"] >= 0 and day["noise_floor"] == round(1 / np.sqrt(20), 4)
     assert client.get("/latent", headers={"Accept": "text/html"}).status_code == 200
+    stats = client.get("/stats", params={"days": 7}, headers={"Accept": "text/html"}).text
+    assert "Latent drift of good frames" in stats and f"{day['shift']:.3f}" in stats
+    from inspector.dashboard.latent import window_drift
+
+    win = window_drift(store.engine, T0 - timedelta(days=1))["cam"]
+    assert win["n"] == 20 and abs(win["shift"] - day["shift"]) < 1e-3  # one day: the same number
 
 
 def test_store_from_revision_0003_keeps_its_rows_unembedded(tmp_path):

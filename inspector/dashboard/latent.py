@@ -196,6 +196,25 @@ class Latent:
         return dict(out)
 
 
+def window_drift(engine: sa.Engine, since: datetime, version: str | None = None) -> dict[str, dict]:
+    """Per source: latent drift of all good-frame embeddings since `since` (newest version unless given), with n.
+    The daily report's number; {} when the store holds no embeddings."""
+    lat = Latent(engine)
+    version = version or lat.latest_version()
+    space = lat.space(version) if version else None
+    if space is None:
+        return {}
+    with engine.connect() as c:
+        rows = c.execute(sa.select(Embedding.source, Embedding.vector)
+                         .where(Embedding.model_version == version, Embedding.flagged_id.is_(None),
+                                Embedding.created_at >= since).limit(500_000)).all()
+    per: dict[str, list[np.ndarray]] = defaultdict(list)
+    for src, blob in rows:
+        per[src].append(np.frombuffer(blob, np.float32))
+    return {src: {"version": version, "n": len(v), "shift": space.drift(np.stack(v)),
+                  "noise_floor": 1 / np.sqrt(len(v))} for src, v in per.items()}
+
+
 def items_by_id(engine: sa.Engine, ids: list[int]) -> list[q.Item]:
     if not ids:
         return []

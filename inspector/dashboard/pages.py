@@ -180,7 +180,14 @@ def stats_page(request: Request) -> HTMLResponse:
     return _render(request, "stats.html", s=s, source=source, hours=hours, days=days, sources=sorted(counters),
                    counters=counters if not source else {k: v for k, v in counters.items() if k == source},
                    per_hour=charts.per_hour(s.per_hour, ctx.tz), histogram=charts.histogram(s.histogram),
-                   drift=charts.drift(s.drift, ctx.tz), today=date.today())
+                   drift=charts.drift(s.drift, ctx.tz), today=date.today(), latent_drift=_latent_drift(ctx, source, days))
+
+
+def _latent_drift(ctx, source: str, days: int) -> dict:
+    """Latent drift rows per source of the newest embedded version (docs/latent-space.md); {} without embeddings."""
+    version = ctx.latent.latest_version()
+    rows = ctx.latent.drift(version, ctx.tz, days) if version else {}
+    return {"version": version, "rows": {k: v for k, v in rows.items() if not source or k == source}}
 
 
 def _choice(text: str | None, allowed: tuple[int, ...], default: int) -> int:
