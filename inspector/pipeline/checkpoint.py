@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from inspector.errors import InspectorError
+from inspector.errors import InspectorError, refuse_older
 
 # 2: the network's settings (`NetworkSettings`) and patch grid; 1 (older fits) had a config of its own
 FORMAT_VERSION = 2
@@ -81,9 +81,7 @@ def load_model(model_dir: Path):
     except Exception as e:  # torch raises many types for a bad pickle/zip
         raise InspectorError(f"{staging(model_dir) / MODEL_FILE} is unreadable ({e.__class__.__name__}); refit the model") from None
     fmt = blob.get("format") if isinstance(blob, dict) else None
-    if isinstance(fmt, int) and fmt < FORMAT_VERSION:
-        raise InspectorError(f"{model_dir} was fitted by an older inspector version (model format {fmt}): refit it "
-                             "with `inspector fit`")
+    refuse_older(fmt, FORMAT_VERSION, model_dir, "model", "with `inspector fit`")
     if fmt != FORMAT_VERSION:
         raise InspectorError(
             f"{model_dir} was written by another inspector version (model format {fmt}, this one reads "

@@ -104,9 +104,8 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     With cell > 1 the positions of each cell x cell block pool their (own-mean-centred) samples into one
     covariance: cell^2 times the samples per estimate and cell^2 times less reference data per frame.
 
-    A ridge of `shrink` x the mean variance keeps the inverse well conditioned. (Ledoit-Wolf shrinkage
-    was measured too: magnetic tile, latent 128, 533 images: image AUROC 0.847 against 0.854 with the
-    ridge; the latent is capped by the image count instead, see `latent_for`.)
+    A ridge of `shrink` x the mean variance keeps the inverse well conditioned (it beat Ledoit-Wolf
+    shrinkage: docs/model.md); the latent is capped by the image count instead, see `latent_for`.
     """
     n, l, h, w = z.shape
     mean = z.mean(0, keepdim=True)
@@ -121,8 +120,8 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
 
 def latent_for(s: FitSettings, n_fit: int) -> int:
     """The latent size: as asked, but at most a third of the fit images when the per-position Gaussian is
-    used (it estimates an L x L covariance per position from one sample per image; with 96 images and
-    latent 128 it was singular enough to drop magnetic tile AUROC from 0.854 to 0.64)."""
+    used: it estimates an L x L covariance per block of positions from one sample per image, and a nearly
+    singular one ruins the score (docs/model.md)."""
     n = s.network
     if n.w_gauss <= 0:
         return n.latent
