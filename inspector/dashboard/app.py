@@ -21,7 +21,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from inspector.dashboard import files, stats
+from inspector.dashboard import files
+from inspector.io import stats
 from inspector.dashboard.api import router as api_router
 from inspector.dashboard.latent import Latent
 from inspector.dashboard.latent_api import router as latent_router

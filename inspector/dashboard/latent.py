@@ -18,6 +18,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from inspector.dashboard import queries as q
+from inspector.io.latent import latest_version, read_space
 from inspector.io.schema import Embedding, Flagged, LatentSpaceRow
 from inspector.scoring.kinds import MAX_CLUSTERED, cluster, exemplars, stable_ids
 from inspector.scoring.latent import LatentSpace
@@ -66,13 +67,10 @@ class Latent:
             return [r[0] for r in c.execute(sa.select(LatentSpaceRow.model_version).order_by(LatentSpaceRow.created_at))]
 
     def latest_version(self) -> str | None:
-        with self.engine.connect() as c:
-            return c.scalar(sa.select(Embedding.model_version).order_by(Embedding.id.desc()).limit(1))
+        return latest_version(self.engine)
 
     def space(self, version: str) -> LatentSpace | None:
-        with self.engine.connect() as c:
-            text = c.scalar(sa.select(LatentSpaceRow.space).where(LatentSpaceRow.model_version == version))
-        return LatentSpace.from_dict(json.loads(text)) if text else None
+        return read_space(self.engine, version)
 
     def index(self, version: str) -> VectorIndex | None:
         """The version's flagged-item index, topped up with rows added since the last call."""
@@ -194,25 +192,6 @@ class Latent:
             out[src].append({"day": day, "n": len(x), "shift": round(space.drift(x), 4),
                              "noise_floor": round(1 / np.sqrt(len(x)), 4)})
         return dict(out)
-
-
-def window_drift(engine: sa.Engine, since: datetime, version: str | None = None) -> dict[str, dict]:
-    """Per source: latent drift of all good-frame embeddings since `since` (newest version unless given), with n.
-    The daily report's number; {} when the store holds no embeddings."""
-    lat = Latent(engine)
-    version = version or lat.latest_version()
-    space = lat.space(version) if version else None
-    if space is None:
-        return {}
-    with engine.connect() as c:
-        rows = c.execute(sa.select(Embedding.source, Embedding.vector)
-                         .where(Embedding.model_version == version, Embedding.flagged_id.is_(None),
-                                Embedding.created_at >= since).limit(500_000)).all()
-    per: dict[str, list[np.ndarray]] = defaultdict(list)
-    for src, blob in rows:
-        per[src].append(np.frombuffer(blob, np.float32))
-    return {src: {"version": version, "n": len(v), "shift": space.drift(np.stack(v)),
-                  "noise_floor": 1 / np.sqrt(len(v))} for src, v in per.items()}
 
 
 def items_by_id(engine: sa.Engine, ids: list[int]) -> list[q.Item]:

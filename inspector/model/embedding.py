@@ -64,7 +64,7 @@ class EmbeddingMixin:
         length before they are mixed, so neither dominates by scale.
         """
         # plain ints (the model's grid): a traced graph holds constant shapes, no per-frame shape arithmetic
-        n, l = int(self.cfg.grid[0]) * int(self.cfg.grid[1]), int(self.cfg.latent)
+        n, l = int(self.grid[0]) * int(self.grid[1]), int(self.cfg.latent)
         if not torch.jit.is_tracing() and z.shape[-2] * z.shape[-1] != n:
             n = int(z.shape[-2] * z.shape[-1])  # a model fitted without a fixed size, scored in torch
         good = self.gauss_mean if self.cfg.w_gauss > 0 else torch.zeros_like(z[:1])  # no Gaussian: no fixed grid
