@@ -98,7 +98,7 @@ def test_per_source_threshold_and_ledger_keep_mode(tmp_path):
         assert [(r.source, r.threshold) for r in rows] == [("strict", 1.0)]
     assert (tmp_path / "a/bright.png").exists()  # kept in place ...
     with running(cfg) as w:  # ... and not scored again after a restart (ledger)
-        wait_for(lambda: tmp_path / "a/bright.png" in w.sources[0].src._kept, 10, what="ledger lookup")
+        wait_for(lambda: tmp_path / "a/bright.png" in w.sources[0].src.folder._kept, 10, what="ledger lookup")
         drop(tmp_path / "a", "new.png", part_image(2, False))
         wait_for(lambda: w.store.counters()["strict"]["scored"] == 2, 10, what="the new file")
         assert len(flagged(w.store)) == 1

@@ -12,13 +12,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from inspector.errors import InspectorError
 from inspector.config.line import ModelConfig, load_config
+from inspector.errors import InspectorError
+from inspector.watcher.protocols import Scorer
 
 log = logging.getLogger("inspector.watch")
 
 
-def load_scorer(cfg: ModelConfig) -> Any:
+def load_scorer(cfg: ModelConfig) -> Scorer:
     """The ONNX runtime's Scorer for `cfg.path`, or a custom/test scorer named 'module:factory'."""
     if cfg.scorer:
         module, _, attr = cfg.scorer.partition(":")
@@ -28,7 +29,7 @@ def load_scorer(cfg: ModelConfig) -> Any:
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
             raise InspectorError(f"model.scorer {cfg.scorer}: cannot import ({e})") from None
-        return obj(cfg.path)
+        return obj(cfg.path)  # trusted to have the Scorer interface (a test double, a custom model)
     if not cfg.path.exists():
         raise InspectorError(f"model.path {cfg.path}: no such model folder")
     try:

@@ -22,13 +22,12 @@ from typing import Callable
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from inspector.io.camera import CameraSource
 from inspector.io.media import MediaPaths, media_paths, save_media
-from inspector.io.sources import FileItem, FolderSource
 from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 from inspector.data.preprocess import overlay
 from inspector.watcher.decisions import alert_payload
 from inspector.watcher.ops import Metrics
+from inspector.watcher.protocols import FrameSource, Input
 
 log = logging.getLogger("inspector.watch")
 MAX_HELD = 10_000  # camera frames kept in memory while the store is down (flagged ones' images are already saved)
@@ -42,8 +41,8 @@ def _store_unreachable(e: Exception) -> bool:
 
 @dataclass
 class Job:
-    src: FolderSource | CameraSource
-    item: FileItem | None  # the input file to move after the commit (None for camera frames)
+    src: FrameSource
+    item: Input | None  # a replayable input (a file) to finish or release after the commit; None: a camera frame
     frame: ScoredFrame
     flag: bool = False
     alert: bool = False
@@ -244,9 +243,9 @@ class Writer:
     @staticmethod
     def _finish(job: Job) -> None:
         if job.item is not None:
-            job.src.finish(job.item)  # type: ignore[union-attr]
+            job.src.finish(job.item)
 
     @staticmethod
     def _release(job: Job) -> None:
         if job.item is not None:
-            job.src.release(job.item)  # type: ignore[union-attr]
+            job.src.release(job.item)
