@@ -88,6 +88,7 @@ class Watcher:
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
         self._turn = 0  # the source the next round polls first
+        self._dropped: dict[str, int] = {}  # camera frames dropped, not yet added to the store's counters
 
     def run(self, stop: threading.Event) -> None:
         """Score until `stop` is set, then commit what was scored and stop; pending alerts stay in the outbox."""
@@ -113,6 +114,7 @@ class Watcher:
             self.writer.stop()
             self.sender.stop()
             try:
+                self._record_dropped()
                 pending = str(sum(self.store.pending_count(self.own).values()))
             except SQLAlchemyError:
                 pending = "an unknown number of (store unavailable)"
@@ -232,13 +234,21 @@ class Watcher:
         s.src.quarantine(inp, str(e))
 
     def _count_dropped(self, s: _Source) -> None:
+        """Counted at once in the metrics, in the store once a second (`_periodic`): a store transaction per round
+        on this thread, competing with the writer's, made a camera line that began to drop drop more."""
         n = s.src.take_dropped()
         if n:
             self.metrics.dropped.labels(s.src.name).inc(n)
+            self._dropped[s.src.name] = self._dropped.get(s.src.name, 0) + n
+
+    def _record_dropped(self) -> None:
+        while self._dropped:
+            name, n = self._dropped.popitem()
             try:
-                self.store.add_dropped(s.src.name, n, _utc(time.time()))
-            except SQLAlchemyError as e:
-                self.outage.failed(e)
+                self.store.add_dropped(name, n, _utc(time.time()))
+            except SQLAlchemyError:
+                self._dropped[name] = self._dropped.get(name, 0) + n  # counted when the store answers
+                raise
 
     def _periodic(self) -> None:
         mono = time.monotonic()
@@ -251,6 +261,7 @@ class Watcher:
         for s in self.sources:
             self.metrics.queue.labels(s.src.name).set(s.src.depth())
         try:
+            self._record_dropped()
             for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count(self.own)}.items():
                 self.metrics.outbox.labels(sink).set(n)
             if mono >= self._due["prune"]:
