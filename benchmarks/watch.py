@@ -291,7 +291,8 @@ def cameras_run(work: Path, model: Path, videos: list[Path], onsets: list[int], 
             "alerts": len(lat), "defects": len(onsets) * len(videos),
             "alert_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat else None,
             "alert_p99_ms": round(float(np.percentile(lat, 99)), 1) if lat else None,
-            "cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3)}
+            "cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
+            "load_avg_1m": round(os.getloadavg()[0], 2)}  # the box's run queue: other work on a shared machine
 
 
 def main() -> None:
@@ -340,7 +341,7 @@ def main() -> None:
         head = runs[str(threads[0])]
         result = {**head, "alert_latency_ms": lat, "ort_threads": threads[0], "by_ort_threads": runs, "n_images": a.n,
                   "rounds": a.rounds, "image_size": a.size, "providers": ["cpu"], "cpu_count": os.cpu_count(),
-                  "machine": platform.machine()}
+                  "machine": platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     if cams:
         held = [int(n) for n, c in cams.items() if c["dropped"] == 0]
         result["cameras"] = cams
@@ -350,11 +351,11 @@ def main() -> None:
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     if cams:
         print(f"| cameras ({a.size}x{a.size}, {CAM_FPS:g} fps each) | scored fps | dropped (per camera) "
-              "| alert p50 / p99 | CPU share |\n|---|---|---|---|---|")
+              "| alert p50 / p99 | CPU share | load avg |\n|---|---|---|---|---|---|")
         for n, c in cams.items():
             per = ", ".join(str(v) for v in c["dropped_per_camera"].values())
             print(f"| {n} | {c['fps']} of {c['offered_fps']:g} | {c['dropped']} ({per}) | {c['alert_p50_ms']} / "
-                  f"{c['alert_p99_ms']} ms ({c['alerts']}/{c['defects']} defects) | {c['cpu_share']:.0%} |")
+                  f"{c['alert_p99_ms']} ms ({c['alerts']}/{c['defects']} defects) | {c['cpu_share']:.0%} | {c['load_avg_1m']} |")
         print(f"largest camera count measured without a dropped frame: {result['camera_setup']['largest_without_drops']}")
     if a.skip_folder:
         print(f"wrote {a.out}")
