@@ -12,14 +12,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from inspector.config.line import ModelConfig, load_config
+from inspector.config.line import LineModel, load_config
 from inspector.errors import InspectorError
 from inspector.watcher.protocols import Scorer
 
 log = logging.getLogger("inspector.watch")
 
 
-def load_scorer(cfg: ModelConfig) -> Scorer:
+def load_scorer(cfg: LineModel) -> Scorer:
     """The ONNX runtime's Scorer for `cfg.path`, or a custom/test scorer named 'module:factory'."""
     if cfg.scorer:
         module, _, attr = cfg.scorer.partition(":")
