@@ -272,7 +272,8 @@ def cameras_run(work: Path, model: Path, videos: list[Path], onsets: list[int], 
     for ln in log_path.read_text().splitlines():
         if ln.startswith("{") and ": reading cam" in ln:
             doc_ = json.loads(ln)
-            started[doc_["msg"].split()[1].rstrip(":")] = datetime.fromisoformat(doc_["ts"].replace("Z", "+00:00")).timestamp()
+            when = datetime.fromisoformat(doc_["ts"].replace("Z", "+00:00")).timestamp()
+            started[doc_["msg"].split()[1].rstrip(":")] = when
     lat = []
     for v in videos:  # frame i of a video is offered at its start + (i + 1) / fps; an alert belongs to the last defect
         shown = [started[v.stem] + (o + 1) / CAM_FPS for o in onsets]  # before it (defects are 2 s apart)
@@ -309,7 +310,8 @@ def main() -> None:
     ap.add_argument("--cameras", default="1,4,8",
                     help="camera counts to run, comma-separated (video files at 25 fps each on one watcher); '' skips")
     ap.add_argument("--camera-seconds", type=float, default=20.0, help="length of each camera's video")
-    ap.add_argument("--skip-folder", action="store_true", help="only the camera runs (watch.json keeps its other fields)")
+    ap.add_argument("--skip-folder", action="store_true",
+                    help="only the camera runs (watch.json keeps its other fields)")
     ap.add_argument("--build-model", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.build_model:
@@ -327,7 +329,8 @@ def main() -> None:
             paths = make_images(work / "images", a.n, a.size, defect_every=10)
             for t in threads:
                 raw, e2e = throughput(work / f"t{t}", model, paths, a.rounds, t)
-                runs[str(t)] = {"throughput_ratio": round(e2e / raw, 3), "e2e_fps": round(e2e, 1), "raw_fps": round(raw, 1)}
+                runs[str(t)] = {"throughput_ratio": round(e2e / raw, 3), "e2e_fps": round(e2e, 1),
+                                "raw_fps": round(raw, 1)}
             lat = latency_ms(work, model, make_images(work / "lat_images", a.latency_n, a.size, 0, seed=1), a.rate,
                              threads[0])
         cams: dict[str, dict] = {}
@@ -355,8 +358,10 @@ def main() -> None:
         for n, c in cams.items():
             per = ", ".join(str(v) for v in c["dropped_per_camera"].values())
             print(f"| {n} | {c['fps']} of {c['offered_fps']:g} | {c['dropped']} ({per}) | {c['alert_p50_ms']} / "
-                  f"{c['alert_p99_ms']} ms ({c['alerts']}/{c['defects']} defects) | {c['cpu_share']:.0%} | {c['load_avg_1m']} |")
-        print(f"largest camera count measured without a dropped frame: {result['camera_setup']['largest_without_drops']}")
+                  f"{c['alert_p99_ms']} ms ({c['alerts']}/{c['defects']} defects) | {c['cpu_share']:.0%} "
+                  f"| {c['load_avg_1m']} |")
+        largest = result["camera_setup"]["largest_without_drops"]
+        print(f"largest camera count measured without a dropped frame: {largest}")
     if a.skip_folder:
         print(f"wrote {a.out}")
         return

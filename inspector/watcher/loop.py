@@ -155,7 +155,8 @@ class Watcher:
         """The decoded input, or None when it is done already, unreadable (quarantined) or must wait (store down)."""
         try:
             if inp.maybe_done and (done := self.store.ledger_status(inp.key)) is not None:
-                log.info("%s %s: %s was already recorded (%s); finishing it", s.src.kind, s.src.name, inp.origin, done[0])
+                log.info("%s %s: %s was already recorded (%s); finishing it", s.src.kind, s.src.name, inp.origin,
+                         done[0])
                 s.src.quarantine(inp, done[1] or "") if done[0] == "quarantined" else s.src.finish(inp)
                 return None
             try:
@@ -177,12 +178,12 @@ class Watcher:
         results: list[FrameResult | _ScoringFailed] = [_ScoringFailed("not scored")] * len(ready)
         for thr, idx in groups.items():
             t0 = time.perf_counter()
-            for i, res in zip(idx, self._score_group([ready[i].img for i in idx], thr)):
+            for i, res in zip(idx, self._score_group([ready[i].img for i in idx], thr), strict=True):
                 results[i] = res
             seconds = time.perf_counter() - t0
             for i in idx:
                 self.metrics.latency.labels(ready[i].s.src.name).observe(seconds)
-        for r, res in zip(ready, results):
+        for r, res in zip(ready, results, strict=True):
             try:
                 if isinstance(res, _ScoringFailed):
                     self._reject(r.s, r.inp, res)
@@ -220,7 +221,8 @@ class Watcher:
         now = time.time()
         anomalous = is_anomalous(res.raw_score, thr)
         decision, s.state = should_alert(s.state, anomalous, now, s.rules)
-        frame = ScoredFrame(s.src.name, inp.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous, inp.path)
+        frame = ScoredFrame(s.src.name, inp.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous,
+                            inp.path)
         job = Job(s.src, inp if s.src.replayable else None, frame, decision.flag, decision.alert,
                   model_version=self.scorer.version, origin=inp.origin)
         if decision.flag:
