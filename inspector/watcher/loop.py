@@ -25,6 +25,7 @@ from inspector.data.images import read_image
 from inspector.io.outbox import Sender
 from inspector.io.sinks import Sink
 from inspector.io.sources import FileItem, FolderSource
+from inspector.io.spool import open_spool
 from inspector.io.store import ScoredFrame, Store
 from inspector.config.line import CameraSourceConfig, Rules, WatchConfig, source_rules
 from inspector.watcher.decisions import AlertState, effective_threshold, is_anomalous, should_alert
@@ -65,7 +66,7 @@ class Watcher:
         self.own = [c.name for c in cfg.sources]  # a shared store may hold other lines' rows
         self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert, self.own)
         self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
-                             self._store_down)
+                             self._store_down, spool=open_spool(cfg, store.media_dir))
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
@@ -132,18 +133,31 @@ class Watcher:
 
     def _process_file(self, s: _Source, item: FileItem) -> None:
         src: FolderSource = s.src  # type: ignore[assignment]
-        if item.maybe_done and (done := self.store.ledger_status(item.key)) is not None:
+        # a quarantined key is read again: the file came back from quarantine (fixed) or its move was cut short
+        if item.maybe_done and (done := self.store.ledger_status(item.key)) is not None and done[0] != "quarantined":
             log.info("folder %s: %s was already recorded (%s); finishing it", src.name, item.relpath, done[0])
-            src.quarantine(item, done[1] or "") if done[0] == "quarantined" else src.finish(item)
+            src.finish(item)
             return
         try:
             img, data = read_image(item.path, src.cfg.max_pixels, int(src.cfg.max_file_mb * 2**20))
+        except ImageError as e:
+            if not item.complete:  # maybe still being written: never quarantine a file its writer still holds
+                if src.defer(item):
+                    log.info("folder %s: %s is not readable yet (%s); waiting until it is closed or unchanged for "
+                             "%.0f s", src.name, item.relpath, e, src.cfg.incomplete_wait_s, extra={"source": src.name})
+                return
+            self._quarantine(src, item, e)
+            return
+        try:
             self._score(s, img, item, data, item.path.suffix.lower() or ".png", item.relpath)
-        except (ImageError, _ScoringFailed) as e:
-            self.store.record_error(src.name, _utc(time.time()), item.key, str(item.path), str(e))
-            self.metrics.errors.labels(src.name).inc()
-            log.warning("folder %s: quarantined %s: %s", src.name, item.relpath, e, extra={"source": src.name})
-            src.quarantine(item, str(e))
+        except _ScoringFailed as e:
+            self._quarantine(src, item, e)
+
+    def _quarantine(self, src: FolderSource, item: FileItem, e: Exception) -> None:
+        self.store.record_error(src.name, _utc(time.time()), item.key, str(item.path), str(e))
+        self.metrics.errors.labels(src.name).inc()
+        log.warning("folder %s: quarantined %s: %s", src.name, item.relpath, e, extra={"source": src.name})
+        src.quarantine(item, str(e))
 
     def _process_frame(self, s: _Source, item: FrameItem) -> None:
         try:
@@ -187,10 +201,10 @@ class Watcher:
 
     def _store_down(self, e: Exception) -> None:
         """Inputs wait until the store answers again: files in their folder (offered again every STORE_RETRY_S),
-        camera frames, still scored, in the writer's memory."""
+        camera frames, still scored, in the writer's spool."""
         if self._store_ok:
-            log.error("store unavailable (%s); folder inputs wait in their folder and camera frames in memory until "
-                      "it is back", str(e).splitlines()[0])
+            log.error("store unavailable (%s); folder inputs wait in their folder and camera frames in the spool "
+                      "until it is back", str(e).splitlines()[0])
         self._store_ok = False
         self._folders_wait_until = time.monotonic() + self.STORE_RETRY_S
 
