@@ -216,8 +216,8 @@ class StoreConfig(Settings):
     )
     spool_max_frames: int = Field(
         100_000, ge=100, le=10_000_000,
-        description="At most this many frames in the spool (each file is under 4 KB on disk: 100000 is at most "
-                    "~400 MB); when it is full, newer frames are not kept and one error says so.",
+        description="At most this many frames in the spool (a file is 0.4-2 KB, one 4 KB block on ext4: 100000 "
+                    "take ~400 MB); when it is full, newer frames are not kept and one error says so.",
     )
     min_free_mb: int = Field(
         1024, ge=0,

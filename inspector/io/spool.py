@@ -8,8 +8,8 @@ restart commits them in the order they were scored.
 
 A frame leaves the spool only after its commit. Its ledger path is its spool file, so a kill between the
 commit and the removal commits it again after the restart, the store's ledger refuses it as a duplicate,
-and the file is removed: exactly once. The spool holds at most `max_frames` frames (each file is under
-4 KB on disk); when it is full, newer frames are refused (`SpoolFull`) and the caller says so.
+and the file is removed: exactly once. The spool holds at most `max_frames` frames (a file is 0.4-2 KB,
+one 4 KB block on ext4); when it is full, newer frames are refused (`SpoolFull`) and the caller says so.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -133,11 +133,14 @@ class Watcher:
 
     def _process_file(self, s: _Source, item: FileItem) -> None:
         src: FolderSource = s.src  # type: ignore[assignment]
-        # a quarantined key is read again: the file came back from quarantine (fixed) or its move was cut short
-        if item.maybe_done and (done := self.store.ledger_status(item.key)) is not None and done[0] != "quarantined":
-            log.info("folder %s: %s was already recorded (%s); finishing it", src.name, item.relpath, done[0])
-            src.finish(item)
-            return
+        if item.maybe_done and (done := self.store.ledger_status(item.key)) is not None:
+            if done[0] != "quarantined":
+                log.info("folder %s: %s was already recorded (%s); finishing it", src.name, item.relpath, done[0])
+                src.finish(item)
+                return
+            # read again: it came back from quarantine (fixed), or its move was cut short; with the same key it
+            # was complete when judged, so no wait for its writer this time
+            item = replace(item, complete=True)
         try:
             img, data = read_image(item.path, src.cfg.max_pixels, int(src.cfg.max_file_mb * 2**20))
         except ImageError as e:
