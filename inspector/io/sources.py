@@ -193,7 +193,8 @@ class FolderSource:
 
     def _still_waiting(self, path: Path, st: os.stat_result, now: float) -> bool:
         """A deferred file, unchanged since it was found unreadable, within its incomplete_wait_s."""
-        return self._deferred.get(path) == (st.st_size, st.st_mtime_ns) and now - st.st_mtime < self.cfg.incomplete_wait_s
+        unchanged = self._deferred.get(path) == (st.st_size, st.st_mtime_ns)
+        return unchanged and now - st.st_mtime < self.cfg.incomplete_wait_s
 
     def _take(self, path: Path, st: os.stat_result | None, complete: bool) -> FileItem:
         with self._lock:

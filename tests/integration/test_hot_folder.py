@@ -20,13 +20,26 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from inspector.config.line import WatchConfig, load_config
-from tests.watcher.test_loop import flagged, running
 from tests.integration.test_watch_reliability import _drop_file_read_override, db_rows
-from tests.support import (PYTHON, ROOT, MqttCollector, drop, free_port, line_config, part_image,
-                                      spawn_watcher, temp_database, wait_for, watcher_env, write_config, write_double,
-                                      write_video)
+from tests.support import (
+    PYTHON,
+    ROOT,
+    MqttCollector,
+    drop,
+    line_config,
+    part_image,
+    spawn_watcher,
+    temp_database,
+    wait_for,
+    watcher_env,
+    write_config,
+    write_double,
+    write_video,
+)
+from tests.watcher.test_loop import flagged, running
 from tests.watcher.test_writer import CuttableProxy
 
 
@@ -132,7 +145,7 @@ def test_postgresql_down_at_start_is_waited_for_with_one_line(tmp_path):
             assert proc.poll() is None, log_path.read_text()
             drop(tmp_path / "in", "a.png", part_image(1, False))
             proxy.up = True
-            wait_for(lambda: (tmp_path / "in/processed/a.png").exists(), 60, what="the file scored once the store is up")
+            wait_for(lambda: (tmp_path / "in/processed/a.png").exists(), 60, what="the file scored, the store up")
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(30)
@@ -214,3 +227,20 @@ def test_a_missing_model_stops_the_watcher_before_the_store_is_created(tmp_path)
     assert r.stderr.strip().splitlines()[-1] == (f"inspector: error: model.path {tmp_path / 'no-such-model'}: "
                                                  "no such model folder")
     assert not (tmp_path / "store").exists()  # nothing created, nothing migrated
+
+
+def test_a_quarantined_ledger_key_is_recorded_as_scored_when_it_comes_back(store):
+    """The store's half of the round trip, on SQLite and PostgreSQL: a real duplicate is still refused."""
+    from datetime import datetime, timezone
+
+    from inspector.io.store import DuplicateFrame, ScoredFrame
+
+    now = datetime.now(timezone.utc)
+    store.record_error("scan", now, "key-1", "/in/a.png", "permission denied")
+    frame = ScoredFrame("scan", "key-1", now, 0.4, 0.4, 1.0, False, "/in/a.png")
+    store.record_frames([(frame, None)])
+    assert store.ledger_status("key-1") == ("scored", None)
+    assert store.counters()["scan"]["scored"] == 1 and store.counters()["scan"]["errors"] == 1
+    with pytest.raises(DuplicateFrame):
+        store.record_frames([(frame, None)])
+    assert store.counters()["scan"]["scored"] == 1

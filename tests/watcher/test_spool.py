@@ -21,8 +21,18 @@ from inspector.io.spool import Spool, SpooledFrame, SpoolFull
 from inspector.io.store import ScoredFrame, Store
 from inspector.watcher.ops import Metrics
 from inspector.watcher.writer import Writer
-from tests.support import (MqttCollector, free_port, line_config, part_image, spawn_watcher, temp_database,
-                                      wait_for, write_config, write_double, write_video)
+from tests.support import (
+    MqttCollector,
+    free_port,
+    line_config,
+    part_image,
+    spawn_watcher,
+    temp_database,
+    wait_for,
+    write_config,
+    write_double,
+    write_video,
+)
 from tests.watcher.test_writer import T0, CuttableProxy, FlakyStore, camera_job, rows
 
 DOWN = OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
