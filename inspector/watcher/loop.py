@@ -25,6 +25,7 @@ from inspector.config.line import Rules, WatchConfig, source_rules
 from inspector.errors import ImageError
 from inspector.io.outbox import Sender
 from inspector.io.sinks import Sink
+from inspector.io.spool import open_spool
 from inspector.io.store import ScoredFrame, Store
 from inspector.types import FrameResult
 from inspector.watcher import health
@@ -83,7 +84,7 @@ class Watcher:
         self.disk = DiskWatch(store.media_dir, cfg.store.min_free_mb, self.metrics.media_free, self.DISK_CHECK_S)
         self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert, self.own)
         self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
-                             self.outage.failed)
+                             self.outage.failed, spool=open_spool(cfg, store.media_dir))
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
@@ -155,14 +156,15 @@ class Watcher:
         """The decoded input, or None when it is done already, unreadable (quarantined) or must wait (store down)."""
         try:
             if inp.maybe_done and (done := self.store.ledger_status(inp.key)) is not None:
-                log.info("%s %s: %s was already recorded (%s); finishing it", s.src.kind, s.src.name, inp.origin,
-                         done[0])
-                s.src.quarantine(inp, done[1] or "") if done[0] == "quarantined" else s.src.finish(inp)
-                return None
+                again = s.src.recorded(inp, *done)
+                if again is None:
+                    return None
+                inp = again
             try:
                 img, original = s.src.read(inp)
             except ImageError as e:
-                self._reject(s, inp, e)
+                if not s.src.defer(inp, e):
+                    self._reject(s, inp, e)
                 return None
         except SQLAlchemyError as e:
             self.outage.failed(e)

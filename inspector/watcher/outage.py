@@ -1,7 +1,7 @@
 """Whether the store answers, as the loop and the writer find out: one error line when it goes away, one info
 line when it is back, and how long replayable inputs (files) wait before they are offered again.
 
-Camera frames never wait: the writer holds them in memory. Called from the loop and the writer threads; the
+Camera frames never wait: the writer holds them (its spool). Called from the loop and the writer threads; the
 state is two plain fields, each written whole.
 """
 
@@ -26,8 +26,8 @@ class StoreOutage:
 
     def failed(self, e: Exception) -> None:
         if self.ok:
-            log.error("store unavailable (%s); folder inputs wait in their folder and camera frames in memory until "
-                      "it is back", str(e).splitlines()[0])
+            log.error("store unavailable (%s); folder inputs wait in their folder and camera frames in the spool "
+                      "until it is back", str(e).splitlines()[0])
         self.ok = False
         self._wait_until = time.monotonic() + self.retry_s
 

@@ -68,6 +68,14 @@ class FrameSource(Protocol):
     def read(self, inp: Input) -> tuple[np.ndarray, bytes | np.ndarray]:
         """(BGR image, original as received); raises ImageError for an input that cannot be scored."""
 
+    def recorded(self, inp: Input, status: str, reason: str | None) -> Input | None:
+        """The ledger already holds this input (found again after a crash): finish it and return None, or return
+        the input to be read again (a file back from quarantine)."""
+
+    def defer(self, inp: Input, error: Exception) -> bool:
+        """An input that could not be read: True when it is put back to wait (a file maybe still being written),
+        False when it is to be quarantined."""
+
     def depth(self) -> int:
         """Inputs waiting (a gauge)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 
 import numpy as np
 
@@ -46,6 +47,25 @@ class HotFolder:
     def read(self, inp: Input) -> tuple[np.ndarray, bytes]:
         item: FileItem = inp.handle
         return read_image(item.path, *self._limits)
+
+    def recorded(self, inp: Input, status: str, reason: str | None) -> Input | None:
+        if status != "quarantined":
+            log.info("folder %s: %s was already recorded (%s); finishing it", self.name, inp.origin, status)
+            self.finish(inp)
+            return None
+        # read again: it came back from quarantine (fixed), or its move was cut short; with the same key it was
+        # complete when judged, so no wait for its writer this time
+        return replace(inp, handle=replace(inp.handle, complete=True))
+
+    def defer(self, inp: Input, error: Exception) -> bool:
+        item: FileItem = inp.handle
+        if item.complete:
+            return False
+        # maybe still being written: never quarantine a file its writer still holds
+        if self.folder.defer(item):
+            log.info("folder %s: %s is not readable yet (%s); waiting until it is closed or unchanged for %.0f s",
+                     self.name, inp.origin, error, self.folder.cfg.incomplete_wait_s, extra={"source": self.name})
+        return True
 
     def depth(self) -> int:
         return self.folder.depth()
@@ -90,6 +110,12 @@ class Camera:
 
     def read(self, inp: Input) -> tuple[np.ndarray, np.ndarray]:
         return inp.handle.frame, inp.handle.frame
+
+    def recorded(self, inp: Input, status: str, reason: str | None) -> Input | None:
+        return None  # camera frames are never in the ledger
+
+    def defer(self, inp: Input, error: Exception) -> bool:
+        return False  # a frame is complete when it arrives
 
     def depth(self) -> int:
         return self.camera.depth()

@@ -30,7 +30,7 @@ def test_outage_says_once_each_way(caplog):
         o.answered()
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["store unavailable (connection refused); folder inputs wait in their folder and camera frames in "
-                    "memory until it is back", "store available again"]
+                    "the spool until it is back", "store available again"]
     assert o.ok
 
 
