@@ -236,3 +236,13 @@ def test_store_from_revision_0003_keeps_its_rows_unembedded(tmp_path):
     assert client.get("/latent", headers={"Accept": "text/html"}).status_code == 200
     assert client.get("/api/latent/groups").status_code == 404  # no embeddings yet: said so, no error page
     store.close()
+
+
+def test_a_spooled_frame_keeps_its_embedding():
+    from inspector.io.spool import SpooledFrame, _from_json, _to_json
+
+    v = _vectors(1)[0][0]
+    frame = ScoredFrame("cam", "k", T0, 2.0, 4.0, 2.0, True, None, LatentPoint("v3", v.tobytes(), 0.5, -0.5))
+    sf = SpooledFrame(frame, FlagRecord("v3", None, None, None, 64, 48, "k"), True, "k", "v3")
+    back = _from_json(json.loads(json.dumps(_to_json(sf))))
+    assert back.frame == frame and np.array_equal(np.frombuffer(back.frame.latent.vector, np.float32), v)
