@@ -246,3 +246,25 @@ def test_a_spooled_frame_keeps_its_embedding():
     sf = SpooledFrame(frame, FlagRecord("v3", None, None, None, 64, 48, "k"), True, "k", "v3")
     back = _from_json(json.loads(json.dumps(_to_json(sf))))
     assert back.frame == frame and np.array_equal(np.frombuffer(back.frame.latent.vector, np.float32), v)
+
+
+def test_the_watcher_keeps_every_flagged_embedding_and_one_in_n_good(store):
+    from inspector.watcher.latent import LatentKeeper
+
+    good = _vectors(40, seed=5)[0]
+    space = fit_space(good)
+
+    class FakeScorer:
+        version, latent = "v9", space.to_dict()
+
+    keeper = LatentKeeper(store, good_every=5)
+    v = good[0]
+    kept = [keeper.point(FakeScorer, "cam", v, False, T0) for _ in range(12)]
+    assert [p is not None for p in kept] == [i % 5 == 0 for i in range(12)]
+    flagged = keeper.point(FakeScorer, "cam", v, True, T0)
+    assert flagged is not None and flagged.model_version == "v9"
+    np.testing.assert_allclose([flagged.x, flagged.y], space.project(v[None])[0], atol=1e-6)
+    assert keeper.point(FakeScorer, "cam", None, True, T0) is None  # a graph without an embedding output
+    from inspector.io.latent import read_space
+
+    assert read_space(store.engine, "v9").dim == space.dim  # registered once for the dashboard
