@@ -30,6 +30,8 @@ def _fit(a: argparse.Namespace) -> int:
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
     print(f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}) in {r.seconds:.0f} s")
+    if r.selection:
+        print(f"settings: {r.selection['reason']}; see fit.json 'selection' (--set w_latent=/w_global= fixes them)")
     return 0
 
 

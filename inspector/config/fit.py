@@ -37,6 +37,11 @@ class FitSettings(Settings):
     gauss_cell: int = Field(2, ge=1, le=64, description="Patch positions per side sharing one latent covariance "
                             "(means stay per position): cell^2 times less reference data read per frame.")
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
+    select: bool = Field(True, description="Try the candidate score terms (latent kNN, whole-image latent distance) "
+                         "on held-out good images against synthetic defects and keep the best (inspector.pipeline.select); "
+                         "a term set by hand is not searched.")
+    select_labelled: bool = Field(True, description="Judge the candidates on DATA/test/<defect> images too, when there are "
+                                  "some (benchmarks turn it off: their test labels must not choose the setting).")
     smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
     steps: int = Field(1500, ge=1, le=1_000_000, description="Autoencoder training steps.")
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")

@@ -17,6 +17,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, sav
 from inspector.config.fit import FitSettings
 from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.errors import InspectorError
+from inspector.pipeline import select
 from inspector.pipeline.infer import score_paths
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, ModelConfig, to_cells
@@ -46,6 +48,7 @@ class FitResult:
     n_holdout: int
     seconds: float
     skipped: int
+    selection: dict | None = None  # what was tried and why (select.Selection.to_dict), None when nothing was searched
 
 
 def split_holdout(paths: list[Path], fraction: float, seed: int, how: str = "last") -> tuple[list[Path], list[Path]]:
@@ -205,12 +208,34 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     return net, pre
 
 
-def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
+def fit(data: Path, out: Path, s: FitSettings, show: bool = True,
+        probe: Callable[[InspectorNet, Preprocess, list[select.Candidate]], None] | None = None) -> FitResult:
+    """Fit a model on the good images of `data` into `out`. `probe` (benchmarks) sees the net with every
+    candidate term before the selection prunes it, to score each candidate on its own labels."""
     t0 = time.time()
     ds = discover(data)
     fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise InspectorError(f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out")
+    search, candidates = select.plan(s, len(fit_paths))
+    net, pre, loss, formats, report = _fit_net(search, fit_paths, show)
+    holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, search, show)
+    chosen, selection = search, None
+    if len(candidates) > 1 and comps:
+        if probe is not None:
+            probe(net, pre, candidates)
+        labelled = [x.path for x in ds.test if x.label] if s.select_labelled else []
+        sel = select.choose(net, pre, candidates, comps, holdout, labelled, s.seed)
+        chosen, selection = search.model_copy(update=sel.chosen.overrides), sel.to_dict()
+        net = select.prune(net, model_config(chosen, net.cfg.grid, net.cfg.latent))
+        holdout_scores = [(name, select.with_weights(net, {})(c)) for (name, _), c in zip(holdout_scores, comps)]
+    result_dir = _write(out, net, pre, chosen, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats,
+                        selection)
+    return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad), selection)
+
+
+def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):
+    """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net."""
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     net, pre = build(s, fit_paths)
@@ -238,15 +263,12 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
         net.gauss_prec.copy_(g_prec)
     if s.global_bank > 0:
         _set_bank(net, "global_bank", zmaps.mean((2, 3))[: s.global_bank])
-    del z, zmaps
-
-    holdout_scores = _calibrate_scales(net, pre, holdout, report, s, show)
-    result_dir = _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats)
-    return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad))
+    return net, pre, loss, formats, report
 
 
-def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, float]]:
-    """Set each component's scale to its median image-level value on the hold-out; return raw scores."""
+def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[str, float]], list[tuple]]:
+    """Set each component's scale to its median image-level value on the hold-out; return raw scores and the
+    components they came from."""
     comps, names = [], []
     with _bar(len(holdout), "hold-out", show) as bar:
         for r in score_paths(net, pre, holdout, report, s.max_bad_fraction, keep_components=True):
@@ -263,10 +285,10 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, flo
         ]))
     with torch.inference_mode():
         scores = [float(net.combine(*c, c[0].shape[-2:]).score[0]) for c in comps]
-    return list(zip(names, scores))
+    return list(zip(names, scores)), comps
 
 
-def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats) -> Path:
+def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection) -> Path:
     final = staging(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
@@ -283,6 +305,7 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
         "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
         "autoencoder_loss": loss,
         "fit_seconds": round(time.time() - t0, 2),
+        "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
         "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
     })
     replace_dir(tmp, final)
