@@ -63,9 +63,9 @@ def select_files(s: BackfillSettings) -> list[Path]:
 def _scorer(model: str, providers: tuple[str, ...] | None, threads: int):
     """One ONNX session per process, shared by the batches."""
     from inspector.watcher import load_scorer
-    from inspector.config.line import ModelConfig
+    from inspector.config.line import LineModel
 
-    return load_scorer(ModelConfig(path=Path(model), providers=list(providers) if providers else None, threads=threads))
+    return load_scorer(LineModel(path=Path(model), providers=list(providers) if providers else None, threads=threads))
 
 
 @task(**IO, cache_policy=NO_CACHE)

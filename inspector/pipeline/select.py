@@ -15,7 +15,6 @@ one by more than `TIE` (noise on a few dozen images), else the cheaper one is ke
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from inspector.config.fit import FitSettings
+from inspector.config.network import NetworkSettings
 from inspector.data.datasets import LoadReport, iter_images
 from inspector.data.defects import KINDS, make_defect
 from inspector.data.preprocess import Preprocess, prepare
@@ -62,7 +62,7 @@ class Selection:
 def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
     """(settings to fit with: every searched term on, candidates to judge). One candidate when nothing is searched:
     selection off, or every searched setting given by hand."""
-    fixed = s.model_fields_set
+    fixed = s.network.model_fields_set  # flat keys (`--set w_latent=0`) land in the network's settings too
     knn = s.select and not fixed & set(KNN)
     glob = s.select and not fixed & set(GLOBAL)
     on_knn, on_glob = {"w_latent": 1.0}, {"w_global": 1.0, "global_bank": max(n_fit, 1)}
@@ -74,7 +74,7 @@ def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
         cands.append(Candidate("+ latent kNN", on_knn | (off_glob if glob else {})))
     if knn and glob:
         cands.append(Candidate("+ latent kNN + whole-image latent distance", on_knn | on_glob))
-    search = s.model_copy(update=(on_knn if knn else {}) | (on_glob if glob else {}))
+    search = s.model_copy(update={"network": s.network.model_copy(update=(on_knn if knn else {}) | (on_glob if glob else {}))})
     return search, cands
 
 
@@ -92,7 +92,7 @@ def with_weights(net: InspectorNet, overrides: dict) -> Callable[[tuple], float]
 
     def score(comps: tuple) -> float:
         cfg = net.cfg
-        net.cfg = dataclasses.replace(cfg, **keys) if dataclasses.is_dataclass(cfg) else cfg.model_copy(update=keys)
+        net.cfg = cfg.model_copy(update=keys)
         try:
             with torch.inference_mode():
                 return float(net.combine(*comps, comps[0].shape[-2:]).score[0])
@@ -146,9 +146,9 @@ def choose(net: InspectorNet, pre: Preprocess, cands: list[Candidate], good: lis
     return Selection(cands[best], tried, reason, len(synth), len(real))
 
 
-def prune(net: InspectorNet, cfg) -> InspectorNet:
+def prune(net: InspectorNet, cfg: NetworkSettings) -> InspectorNet:
     """The fitted net rebuilt for the chosen config: buffers of terms not chosen shrink to their placeholders."""
-    small = InspectorNet(cfg, weights=None)
+    small = InspectorNet(cfg, net.grid, weights=None)
     target = small.state_dict()
     small.load_state_dict({k: v if v.shape == target[k].shape else target[k] for k, v in net.state_dict().items()})
     return small.eval()
