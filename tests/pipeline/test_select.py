@@ -11,7 +11,7 @@ from inspector.pipeline import select
 from inspector.pipeline.checkpoint import FIT_FILE, load_model, staging
 from inspector.pipeline.fit import fit
 
-from .conftest import FAST_FIT
+from tests.conftest import FAST_FIT
 
 
 def _rigged(monkeypatch, separation: dict[str, float]):
