@@ -74,7 +74,8 @@ def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
         cands.append(Candidate("+ latent kNN", on_knn | (off_glob if glob else {})))
     if knn and glob:
         cands.append(Candidate("+ latent kNN + whole-image latent distance", on_knn | on_glob))
-    search = s.model_copy(update={"network": s.network.model_copy(update=(on_knn if knn else {}) | (on_glob if glob else {}))})
+    on = (on_knn if knn else {}) | (on_glob if glob else {})
+    search = s.model_copy(update={"network": s.network.model_copy(update=on)})
     return search, cands
 
 

@@ -41,7 +41,8 @@ def fpr_threshold(good_scores: np.ndarray, target_fpr: float) -> FprThreshold:
     larger keeps the assumption-free 1/(n+1) bound. Anomaly scores are positive and right-skewed, so the log
     is the scale their spread is closest to normal on.
     """
-    from scipy.stats import beta, t as student_t
+    from scipy.stats import beta
+    from scipy.stats import t as student_t
 
     s = np.sort(np.asarray(good_scores, np.float64))[::-1]
     n = len(s)

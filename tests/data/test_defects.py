@@ -26,7 +26,7 @@ def test_defects_are_seeded():
     img = good_part(np.random.default_rng(0))
     a = [make_defect(img, k, np.random.default_rng(7)) for k in KINDS]
     b = [make_defect(img, k, np.random.default_rng(7)) for k in KINDS]
-    assert all((x[0] == y[0]).all() and (x[1] == y[1]).all() for x, y in zip(a, b))
+    assert all((x[0] == y[0]).all() and (x[1] == y[1]).all() for x, y in zip(a, b, strict=True))
 
 
 def test_perlin_noise_is_smooth_and_zero_on_the_lattice():

@@ -4,13 +4,11 @@ leaves hand-set terms alone, and the fitted model records and carries what it ch
 import json
 
 import numpy as np
-import pytest
 
 from inspector.config.fit import FitSettings
 from inspector.pipeline import select
 from inspector.pipeline.checkpoint import FIT_FILE, load_model, staging
 from inspector.pipeline.fit import fit
-
 from tests.conftest import FAST_FIT
 
 
@@ -47,7 +45,8 @@ def test_selection_keeps_the_cheaper_candidate_when_both_separate_alike(monkeypa
 
 def test_plan_searches_only_what_was_not_set_by_hand():
     search, cands = select.plan(FitSettings(), 50)
-    assert len(cands) == 4 and search.network.w_latent == 1.0 and search.network.w_global == 1.0 and search.network.global_bank == 50
+    net = search.network
+    assert len(cands) == 4 and net.w_latent == 1.0 and net.w_global == 1.0 and net.global_bank == 50
     search, cands = select.plan(FitSettings(w_latent=0.0), 50)
     assert len(cands) == 2 and search.network.w_latent == 0.0 and all("w_latent" not in c.overrides for c in cands)
     assert len(select.plan(FitSettings(select=False), 50)[1]) == 1
