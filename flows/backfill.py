@@ -49,12 +49,16 @@ class BackfillSettings(Settings):
     recursive: bool = Field(True, description="Also score images in sub-folders.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per task (one transaction each).")
     engine: Literal["dask", "in_process"] = Field(
-        "dask", description="dask: batches on a Dask cluster; in_process: one batch after another in the flow's process.")
-    scheduler: str | None = Field(None, pattern=SCHEDULER, description="Dask scheduler address (e.g. tcp://10.0.0.5:8786) "
-                                  "of a cluster to spread the archive over; default: a local cluster on this machine.")
-    workers: int = Field(0, ge=0, le=256, description="Worker processes of the local cluster (0: one per core).")
-    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads per batch (0: the line config's in process, "
-                         "cores / workers on a local cluster, the line config's on a remote one).")
+        "dask", description="dask: batches on a Dask cluster; in_process: one batch after another in the flow's "
+        "process.")
+    scheduler: str | None = Field(None, pattern=SCHEDULER, description="Dask scheduler address (e.g. "
+                                  "tcp://10.0.0.5:8786) of a cluster to spread the archive over; default: a local cluster on this machine.")
+    workers: int = Field(0, ge=0, le=256, description="Workers of the local cluster (0: one per core).")
+    processes: bool = Field(True, description="Local cluster workers as processes (each starts Python and loads the "
+                            "model: seconds) or as threads of this process (no start-up; ONNX Runtime and decoding "
+                            "release the GIL, the store's Python work does not).")
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads per batch (0: the line config's in "
+                         "process, cores / workers on a local cluster, the line config's on a remote one).")
 
 
 class BatchResult(BaseModel):
@@ -189,8 +193,7 @@ def task_runner(s: BackfillSettings):
         return DaskTaskRunner(address=s.scheduler), s.threads
     cores = os.cpu_count() or 1
     workers = s.workers or cores
-    # Processes, not threads: decoding and Python overhead run in parallel, and each worker has its own session.
-    cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": s.processes, "dashboard_address": None}
     return DaskTaskRunner(cluster_kwargs=cluster), s.threads or max(1, cores // workers)
 
 
@@ -232,8 +235,8 @@ def backfill(config: Path, settings: BackfillSettings) -> BatchResult:
         runner, threads = task_runner(settings)
         with inspector_logs_to_prefect(), runner:
             progress = Progress(log, len(files), len(batches))  # after the cluster started: the rate is the scoring's
-            futures = [runner.submit(score_batch, {"config": Path(config), "s": settings, "paths": b, "threads": threads})
-                       for b in batches]
+            futures = [runner.submit(score_batch, {"config": Path(config), "s": settings, "paths": b,
+                                                   "threads": threads}) for b in batches]
             for future in as_completed(futures):
                 try:
                     total = _add(total, future.result())

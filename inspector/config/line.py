@@ -25,15 +25,18 @@ class GpuConfig(Settings):
     """Options of the CUDA and TensorRT providers (used only when one of them runs)."""
 
     device_id: int = Field(0, ge=0, le=63, description="Which GPU (CUDA device index).")
-    mem_limit_mb: int = Field(0, ge=0, le=2**20, description="Cap on ONNX Runtime's CUDA memory arena in MiB (0: none).")
-    cudnn_conv_algo_search: str = Field("EXHAUSTIVE", pattern="^(EXHAUSTIVE|HEURISTIC|DEFAULT)$",
-                                        description="How cuDNN picks convolution kernels (EXHAUSTIVE: best, once per input size).")
+    mem_limit_mb: int = Field(0, ge=0, le=2**20, description="Cap on ONNX Runtime's CUDA memory arena, MiB (0: none).")
+    cudnn_conv_algo_search: str = Field("EXHAUSTIVE", pattern="^(EXHAUSTIVE|HEURISTIC|DEFAULT)$", description="How "
+                                        "cuDNN picks convolution kernels (EXHAUSTIVE: the best, once per input size).")
     trt_cache_dir: Path | None = Field(None, description="TensorRT engine and timing cache folder (default "
-                                       "$INSPECTOR_TRT_CACHE or ~/.cache/inspector/trt): engines take minutes to build.")
+                                       "$INSPECTOR_TRT_CACHE or ~/.cache/inspector/trt): engines take minutes to "
+                                       "build.")
     trt_fp16: bool = Field(False, description="Let TensorRT run in half precision where its scores match the CPU's "
                            "within 1% on this model (checked at each load; fp32 otherwise, with one warning).")
-    trt_workspace_mb: int = Field(0, ge=0, le=2**20, description="TensorRT builder workspace in MiB (0: ONNX Runtime's default).")
-    trt_builder_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level (higher: faster engines, longer builds).")
+    trt_workspace_mb: int = Field(0, ge=0, le=2**20, description="TensorRT builder workspace, MiB (0: ONNX Runtime's "
+                                  "default).")
+    trt_builder_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level (higher: faster "
+                                   "engines, longer builds).")
 
 
 class ModelConfig(Settings):

@@ -84,7 +84,8 @@ def _probe(model: LoadedModel, seed: int = 0) -> np.ndarray:
     s = model.preprocess.short_side
     h, w = model.preprocess.input_size(s, s)
     x = np.random.default_rng(seed).normal(0, 1, (2, 3, h, w)).astype(np.float32)
-    return np.asarray(model.session.run([model.manifest.output_names[1]], {model.manifest.input_name: x})[0], np.float64)
+    score = model.session.run([model.manifest.output_names[1]], {model.manifest.input_name: x})[0]
+    return np.asarray(score, np.float64)
 
 
 def fp16_parity(fast: np.ndarray, reference: np.ndarray, tolerance: float = FP16_TOLERANCE) -> float | None:
@@ -93,7 +94,8 @@ def fp16_parity(fast: np.ndarray, reference: np.ndarray, tolerance: float = FP16
     return None if worst <= tolerance else worst
 
 
-def load_version(version_dir: Path, providers: list[str], threads: int = 0, gpu: GpuOptions | None = None) -> LoadedModel:
+def load_version(version_dir: Path, providers: list[str], threads: int = 0,
+                 gpu: GpuOptions | None = None) -> LoadedModel:
     stamp = stamp_of(version_dir)  # taken first: an edit during loading triggers another reload
     m, blob = load_verified(version_dir)
     model = LoadedModel(m, open_session(blob, m, providers, threads, gpu), m.preprocess, stamp)
