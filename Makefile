@@ -14,6 +14,9 @@ demo: install
 	$(PY) -m launch.demo
 
 test: install
+	PYTHONPATH=. .venv/bin/lint-imports --no-cache
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	$(PY) -m pytest
 
 bench: install

@@ -50,7 +50,7 @@ def exactly_once(url: str, n: int) -> dict:
 def run_once(work: Path, model: Path, folder: Path, n: int, engine: str, batch: int) -> dict:
     """engine: in_process, dask (local cluster of worker processes) or dask_threads (workers as threads)."""
     from flows.backfill import BackfillSettings, backfill
-    from tests.test_watch_support import temp_database
+    from tests.support import temp_database
 
     with temp_database() as url:
         doc = {"line": "bench", "model": {"path": str(model), "providers": ["cpu"]},

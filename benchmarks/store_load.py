@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=18091)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "store_load.json")
     a = ap.parse_args()
-    from tests.test_watch_support import temp_database
+    from tests.support import temp_database
 
     result: dict = {"watchers": a.watchers, "commit_p99_limit_ms": P99_LIMIT_MS}
     with tempfile.TemporaryDirectory(prefix="store-load-") as tmp:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from flows.tasks import IO, inspector_logs_to_prefect
 from inspector.config.fit import Settings
-from inspector.config.line import NAME, ModelConfig
+from inspector.config.line import NAME, LineModel
 from inspector.errors import InspectorError
 
 SCHEDULER = r"^(tcp|tls|ucx|inproc)://[^\s]+$"
@@ -92,7 +92,7 @@ def _scorer(model_json: str):
     keyed by the model config as JSON (the config itself holds lists, which do not hash)."""
     from inspector.watcher import load_scorer
 
-    return load_scorer(ModelConfig.model_validate_json(model_json))
+    return load_scorer(LineModel.model_validate_json(model_json))
 
 
 @functools.lru_cache(maxsize=4)

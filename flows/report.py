@@ -60,7 +60,7 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
     """Per source in the window: scored/anomalous frames, flagged items, reviews, good-frame score stats."""
     import sqlalchemy as sa
 
-    from inspector.dashboard.stats import flagged_per_hour, good_score_drift, review_rates
+    from inspector.io.stats import flagged_per_hour, good_score_drift, review_rates
     from inspector.io.schema import ScoreSample
     from inspector.io.store import Store
 
@@ -152,7 +152,7 @@ def report_markdown(r: Report, drift_limit: float) -> str:
 def report(config: Path | None = None, store: str | None = None, model: Path | None = None,
            settings: ReportSettings = ReportSettings()) -> Report:
     """Report on the store of a line config (or `store` URL) and the model it runs (or `model`)."""
-    from inspector.dashboard.settings import resolve
+    from inspector.config.access import resolve
 
     dash = resolve(store, Path(config) if config else None)
     line = None

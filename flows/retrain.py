@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from flows.tasks import IO, inspector_logs_to_prefect
 from flows.train import TrainResult, train_and_gate
 from inspector.config.fit import CalibrateSettings, FitSettings
+from inspector.files import atomic_write_json
 from inspector.scoring.gate import GateSettings
 
 STATE_FILE = "retrain.json"
@@ -79,9 +80,7 @@ def assemble_data(data: Path, retrain_dir: Path, names: list[str], model: Path) 
 @task(**IO)
 def record_used(model: Path, files: dict[str, int], version: str, promoted: bool) -> None:
     state = {"files": files, "version": version, "promoted": promoted, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = Path(model) / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, Path(model) / STATE_FILE)
+    atomic_write_json(Path(model) / STATE_FILE, state)
 
 
 def _link(src: Path, dst: Path) -> None:

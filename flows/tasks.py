@@ -144,7 +144,7 @@ def measure_version(version_dir: Path, data: Path) -> dict:
 
     from inspector.data.datasets import discover, load_mask
     from inspector.pipeline.evaluate import PIXEL_GRID, Item, image_metrics, pixel_metrics
-    from inspector.data.preprocess import load_image
+    from inspector.data.images import load_image
     from inspector.runtime import Scorer
 
     scorer = Scorer.load(Path(version_dir), providers=["cpu"])

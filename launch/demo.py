@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from inspector.data.synthetic import DEFECTS, add_defect, good_part
+from inspector.files import atomic_write
 
 DEMO = Path("demo")
 
@@ -52,9 +53,7 @@ class Camera(threading.Thread):
             if kind != "good":
                 img, _ = add_defect(img, kind, self.rng)
             name = f"part_{n:05d}.png"
-            tmp = self.folder / f".{name}.tmp"
-            tmp.write_bytes(cv2.imencode(".png", img)[1].tobytes())
-            os.replace(tmp, self.folder / name)
+            atomic_write(self.folder / name, cv2.imencode(".png", img)[1].tobytes())
             self.truth[name] = kind
             n += 1
 

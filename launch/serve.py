@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
@@ -32,9 +33,13 @@ from flows.retrain import retrain
 from flows.train import train
 from flows.watch import watch
 
-RETRAIN_CRON = "0 2 * * *"  # nightly, after the day's reviews
-REPORT_CRON = "0 6 * * *"  # daily, before the morning meeting
 SERVER_PORT = 4200
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+
+
+def cron(name: str) -> str:
+    """A schedule's cron string from prefect.yaml's `definitions.schedules`, the one place they are written."""
+    return yaml.safe_load(PREFECT_YAML.read_text())["definitions"]["schedules"][name]["cron"]
 
 
 def restart_on_crash(deployment: str) -> DeploymentEventTrigger:
@@ -54,9 +59,9 @@ def deployments(line_config: Path, data: Path, model: Path, retrain_dir: Path, t
     common = {"data": str(data), "model": str(model)}
     out = [
         train.to_deployment(f"{line}-train", parameters=common, tags=[line, "gpu"]),
-        retrain.to_deployment(f"{line}-retrain", schedule=Cron(RETRAIN_CRON, timezone=timezone), tags=[line, "gpu"],
+        retrain.to_deployment(f"{line}-retrain", schedule=Cron(cron("retrain"), timezone=timezone), tags=[line, "gpu"],
                               parameters={**common, "retrain_dir": str(retrain_dir)}),
-        report.to_deployment(f"{line}-report", schedule=Cron(REPORT_CRON, timezone=timezone), tags=[line],
+        report.to_deployment(f"{line}-report", schedule=Cron(cron("report"), timezone=timezone), tags=[line],
                              parameters={"config": str(line_config)}),
         backfill.to_deployment(f"{line}-backfill", parameters={"config": str(line_config)}, tags=[line]),
     ]
@@ -122,16 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_retrain_dir(line_config: Path) -> Path:
     """Where the dashboard copies reviewed false alarms for this line's store (its own default)."""
-    from inspector.dashboard.settings import resolve
+    from inspector.config.access import default_retrain_dir, resolve
 
     s = resolve(None, line_config)
-    if s.retrain_dir is not None:
-        return s.retrain_dir
-    if s.store_url.startswith("sqlite:///"):
-        return Path(s.store_url.removeprefix("sqlite:///")).parent / "retrain" / "good"
-    if s.media_dir is None:
+    folder = s.retrain_dir or default_retrain_dir(s.store_url, s.media_dir)
+    if folder is None:
         raise SystemExit("serve: pass --retrain-dir (the store is not SQLite and has no media_dir)")
-    return s.media_dir.parent / "retrain" / "good"
+    return folder
 
 
 if __name__ == "__main__":

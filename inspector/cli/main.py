@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from inspector.config.base import error_line
 from inspector.errors import InspectorError
 
 log = logging.getLogger("inspector")
@@ -160,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inspector: error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        print(f"inspector: error: {where}: {err['msg']} (got {err.get('input')!r})", file=sys.stderr)
+        print(f"inspector: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("inspector: interrupted", file=sys.stderr)

@@ -16,7 +16,7 @@ import cv2
 
 from inspector.runtime import registry
 from inspector.errors import ImageError
-from inspector.data.preprocess import load_image
+from inspector.data.images import load_image
 from inspector.types import FrameResult
 
 log = logging.getLogger(__name__)

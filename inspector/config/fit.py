@@ -1,14 +1,14 @@
-"""Settings shared by the CLI, the flows and the watcher: pydantic, unknown keys rejected, bounded."""
+"""How `inspector fit` and `inspector calibrate` run: the settings the CLI, the flows and the benchmarks share."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from inspector.config.base import Settings, error_line, fields_of
+from inspector.config.network import NetworkSettings
 
 
 class FitSettings(Settings):
@@ -21,23 +21,9 @@ class FitSettings(Settings):
     keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
     exposure: str = Field("standardize", pattern="^(none|standardize)$", description="standardize: each image's intensity "
                           "mean and spread are set alike before the network (camera gain / lighting drift).")
-    backbone: str = Field("efficientnet_lite0", description="timm backbone name.")
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
-    layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features.")
-    pool: int = Field(1, ge=1, le=9, description="Local average pooling of patch features (odd, 1 = none).")
-    latent: int = Field(64, ge=2, le=512, description="Autoencoder latent size per patch (the Gaussian reads a "
-                        "latent x latent matrix per block of positions each frame).")
-    hidden: int = Field(128, ge=4, le=4096, description="Autoencoder hidden width.")
-    bank_size: int = Field(4096, ge=16, le=65536, description="Latent memory bank size (kNN reference).")
-    global_bank: int = Field(0, ge=0, le=100000, description="Image-level embeddings kept (0 = off).")
-    pos_weight: float = Field(0.0, ge=0, le=100, description="Position awareness of the kNN (0 = none).")
-    w_latent: float = Field(0.0, ge=0, description="Weight of the latent kNN distance (memory bank) in the map.")
-    w_recon: float = Field(0.0, ge=0, description="Weight of the reconstruction error in the map.")
-    w_gauss: float = Field(1.0, ge=0, description="Weight of the per-position latent Mahalanobis distance.")
-    gauss_cell: int = Field(2, ge=1, le=64, description="Patch positions per side sharing one latent covariance "
-                            "(means stay per position): cell^2 times less reference data read per frame.")
-    w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
-    smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
+    network: NetworkSettings = Field(default_factory=NetworkSettings, description="The network (its keys may be "
+                                     "given flat too: `latent=128` is `network.latent=128`).")
     steps: int = Field(1500, ge=1, le=1_000_000, description="Autoencoder training steps.")
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")
@@ -50,11 +36,19 @@ class FitSettings(Settings):
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Where to fit: cuda (an NVIDIA GPU), cpu, or "
                         "auto (cuda when torch sees a GPU, else cpu). The fitted model is the same file either way.")
 
-    @model_validator(mode="after")
-    def _some_patch_term(self) -> "FitSettings":
-        if not (self.w_latent > 0 or self.w_recon > 0 or self.w_gauss > 0):
-            raise ValueError("at least one of w_latent, w_recon, w_gauss must be > 0: the anomaly map is their sum")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _network_keys_flat(cls, data: Any) -> Any:
+        """Network keys given at the top level (as `inspector fit --set latent=128` gives them) go to `network`."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in data if k in NetworkSettings.model_fields}
+        if not flat:
+            return data
+        nested = data.get("network") or {}
+        nested = nested.model_dump() if isinstance(nested, NetworkSettings) else dict(nested)
+        rest = {k: v for k, v in data.items() if k not in flat}
+        return {**rest, "network": {**nested, **flat}}
 
 
 class CalibrateSettings(Settings):
@@ -68,10 +62,10 @@ def fit_overrides(pairs: list[str]) -> dict[str, str]:
     bad = [kv for kv in pairs if "=" not in kv]
     if bad:
         raise ValueError(f"expected KEY=VALUE (e.g. latent=96), got {bad[0]!r}")
-    out = dict(kv.split("=", 1) for kv in pairs)
+    # `network.latent=128` and `latent=128` name the same setting
+    out = {k.removeprefix("network."): v for k, v in (kv.split("=", 1) for kv in pairs)}
     try:
         FitSettings(**out)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ValueError(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}") from None
+        raise ValueError(error_line(e, known=fields_of(FitSettings))) from None
     return out

@@ -7,15 +7,13 @@ watcher at start with one line naming the file and the field.
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
-from inspector.config.fit import Settings
+from inspector.config.base import Settings, error_line, read_yaml, validate
 from inspector.errors import InspectorError
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MQTT topics, file names and URLs
@@ -39,7 +37,7 @@ class GpuConfig(Settings):
                                    "engines, longer builds).")
 
 
-class ModelConfig(Settings):
+class LineModel(Settings):
     """Which model scores the frames."""
 
     path: Path = Field(..., description="Model folder (models/<name>, uses its `current` version) or a version folder.")
@@ -263,7 +261,7 @@ class WatchConfig(Settings):
     """A production line: model, sources, rules, sinks, store."""
 
     line: str = Field(..., pattern=NAME, description="Line name, used in alert topics and payloads.")
-    model: ModelConfig = Field(..., description="The model.")
+    model: LineModel = Field(..., description="The model.")
     sources: list[SourceConfig] = Field(..., min_length=1, description="Folders and cameras to watch.")
     rules: Rules = Field(default_factory=Rules, description="Decision rules for all sources.")
     sinks: list[SinkConfig] = Field(default_factory=list, description="Where alerts go.")
@@ -288,56 +286,43 @@ def source_rules(cfg: WatchConfig, source: FolderSourceConfig | CameraSourceConf
     try:
         return Rules(**merged)
     except ValidationError as e:
-        raise InspectorError(f"source {source.name}: rules: {e.errors()[0]['msg']}") from None
+        raise InspectorError(f"source {source.name}: rules: {error_line(e)}") from None
+
+
+UNION_TAGS = ("folder", "camera", "mqtt", "webhook", "apprise")  # pydantic puts the union member in the location
 
 
 def load_config(path: Path) -> WatchConfig:
     """Read and validate a line config; any problem is one InspectorError line naming file and field."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise InspectorError(f"{path}: cannot read config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise InspectorError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise InspectorError(f"{path}: expected a mapping of settings at the top level")
-    try:
-        cfg = WatchConfig(**raw)
-    except ValidationError as e:
-        raise InspectorError(f"{path}: {_first_error(e)}") from None
-    return _resolve(cfg, Path(path).resolve().parent)
+    return _resolve(validate(WatchConfig, read_yaml(path), str(path), UNION_TAGS), Path(path).resolve().parent)
 
 
-def _first_error(e: ValidationError) -> str:
-    errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # a typo explains "field required"
-    err = errors[0]
-    loc = [p for p in err["loc"] if p not in ("folder", "camera", "mqtt", "webhook", "apprise")]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "config"
-    if err["type"] == "extra_forbidden":
-        hint = _suggest(e, err)
-        return f"{where}: unknown key{hint}"
-    more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
-    return f"{where}: {err['msg']}{more}"
+def load_sections(path: Path) -> tuple[StoreConfig, DashboardConfig]:
+    """Only the `store` and `dashboard` sections of a line config (what the dashboard needs), resolved as
+    `load_config` resolves them."""
+    raw, base = read_yaml(path), Path(path).resolve().parent
+    store = validate(StoreConfig, raw.get("store") or {}, str(path), section="store")
+    dash = validate(DashboardConfig, raw.get("dashboard") or {}, str(path), section="dashboard")
+    return _resolve_store(store, base), dash.model_copy(update={"retrain_dir": _under(base, dash.retrain_dir)})
 
 
-def _suggest(e: ValidationError, err: dict) -> str:
-    """'did you mean ...' from the fields of the model that rejected the key."""
-    key = str(err["loc"][-1])
-    known: set[str] = set()
-    for model in (WatchConfig, ModelConfig, Rules, FolderSourceConfig, CameraSourceConfig, MqttSinkConfig,
-                  WebhookSinkConfig, AppriseSinkConfig, StoreConfig, OutboxConfig, OpsConfig):
-        known |= set(model.model_fields)
-    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def _under(base: Path, x: Path | None) -> Path | None:
+    """Relative paths in a config are relative to the config file, not to wherever the process started."""
+    return None if x is None else (x if x.is_absolute() else base / x)
+
+
+def _resolve_store(store: StoreConfig, base: Path) -> StoreConfig:
+    url = store.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and not url.endswith(":memory:"):
+        url = "sqlite:///" + str(base / url[len("sqlite:///"):])
+    return store.model_copy(update={"url": url, "media_dir": _under(base, store.media_dir)})
 
 
 def _resolve(cfg: WatchConfig, base: Path) -> WatchConfig:
     """Make relative paths relative to the config file, not to wherever the watcher was started."""
 
     def p(x: Path | None) -> Path | None:
-        return None if x is None else (x if x.is_absolute() else base / x)
+        return _under(base, x)
 
     sources = []
     for s in cfg.sources:
@@ -346,9 +331,7 @@ def _resolve(cfg: WatchConfig, base: Path) -> WatchConfig:
         elif isinstance(s.uri, str) and "://" not in s.uri:
             s = s.model_copy(update={"uri": str(p(Path(s.uri)))})
         sources.append(s)
-    url = cfg.store.url
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        url = "sqlite:///" + str(base / url[len("sqlite:///"):])
-    store = cfg.store.model_copy(update={"url": url, "media_dir": p(cfg.store.media_dir)})
+    store = _resolve_store(cfg.store, base)
     model = cfg.model.model_copy(update={"path": p(cfg.model.path)})
-    return cfg.model_copy(update={"sources": sources, "store": store, "model": model})
+    dash = cfg.dashboard.model_copy(update={"retrain_dir": p(cfg.dashboard.retrain_dir)})
+    return cfg.model_copy(update={"sources": sources, "store": store, "model": model, "dashboard": dash})

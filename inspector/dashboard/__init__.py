@@ -22,7 +22,8 @@ def serve(store: str | None, host: str, port: int, config: Path | None) -> int:
     import uvicorn
 
     from inspector.dashboard.app import create_app
-    from inspector.dashboard.settings import default_retrain_dir, open_store, resolve
+    from inspector.config.access import resolve
+    from inspector.dashboard.settings import default_retrain_dir, open_store
 
     settings = resolve(store, config)
     st = open_store(settings)

@@ -21,7 +21,8 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from inspector.dashboard import files, stats
+from inspector.dashboard import files
+from inspector.io import stats
 from inspector.dashboard.api import router as api_router
 from inspector.dashboard.pages import local_tz, router as pages_router, setup_templates
 from inspector.dashboard.queries import get_item

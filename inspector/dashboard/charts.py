@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, tzinfo
 
 from markupsafe import Markup, escape
 
-from inspector.dashboard.stats import DayStats, Histogram
+from inspector.io.stats import DayStats, Histogram
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D31", "#444444"]
 THRESHOLD = "#C62828"

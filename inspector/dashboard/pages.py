@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 
 from inspector.dashboard import charts
 from inspector.dashboard import queries as q
-from inspector.dashboard import stats as st
+from inspector.io import stats as st
 from inspector.dashboard.api import urls
 
 router = APIRouter(include_in_schema=False)

@@ -9,8 +9,6 @@ never trains the model as "good".
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from inspector.dashboard.files import Refused, safe_path
+from inspector.files import atomic_write
 from inspector.dashboard.queries import Item, Status, get_item
 from inspector.io.schema import Flagged, RetrainCopy
 from inspector.io.store import Store
@@ -73,7 +72,4 @@ def _copy_original(media_dir: Path, retrain_dir: Path, row: Flagged) -> Path:
                              "so it cannot be copied to the retrain folder") from None
     retrain_dir.mkdir(parents=True, exist_ok=True)
     target = retrain_dir / f"{row.source}_{row.created_at:%Y%m%dT%H%M%S}_{row.id}{src.suffix.lower()}"
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, target)
-    return target
+    return atomic_write(target, src.read_bytes())

@@ -1,9 +1,10 @@
-"""Reading dropped image files defensively: size limits from the header, truncation, then decode.
+"""The one image reader (fit, calibrate, score, the watcher): size limits from the header, truncation, then
+decode, then 8-bit BGR.
 
-`inspector.data.preprocess` caps OpenCV's decoder (OPENCV_IO_MAX_IMAGE_PIXELS), but its error cannot say
-why. Reading the dimensions from the header first gives a clear reason ("20000x20000 is over the
-limit") without allocating anything, and catches truncated JPEG/PNG files that OpenCV would decode
-into a half-grey frame with only a warning.
+`inspector/__init__.py` caps OpenCV's decoder (OPENCV_IO_MAX_IMAGE_PIXELS), but its error cannot say why.
+Reading the dimensions from the header first gives a clear reason ("20000x20000 is over the limit")
+without allocating anything, and catches truncated JPEG/PNG files that OpenCV would decode into a
+half-grey frame with only a warning.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from inspector.data.preprocess import to_bgr8  # noqa: I001 - sets the OpenCV pixel cap before cv2 is imported
-
-import cv2
+import cv2  # OpenCV's pixel limit is set in inspector/__init__.py, before cv2 is first imported
 import numpy as np
 
 from inspector.errors import ImageError
+
+MAX_PIXELS = 1 << 27  # OpenCV's own cap (inspector/__init__.py); the watcher sets its own per source
+MAX_BYTES = 1 << 30
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -76,7 +78,7 @@ def truncation(data: bytes) -> str | None:
     return None
 
 
-def read_image(path: Path, max_pixels: int, max_bytes: int) -> tuple[np.ndarray, bytes]:
+def read_image(path: Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> tuple[np.ndarray, bytes]:
     """The file as 8-bit BGR plus its bytes (kept for the store); ImageError with the reason otherwise."""
     try:
         size = path.stat().st_size
@@ -91,16 +93,56 @@ def read_image(path: Path, max_pixels: int, max_bytes: int) -> tuple[np.ndarray,
         raise ImageError(f"cannot read ({e.strerror})") from None
     dims = header_size(data)
     if dims is None:
-        raise ImageError("not a PNG, JPEG, BMP or TIFF image")
+        raise ImageError("not a readable image: not a PNG, JPEG, BMP or TIFF image")
     if dims[0] * dims[1] > max_pixels:
         raise ImageError(f"{dims[0]}x{dims[1]} pixels is over the {max_pixels} pixel limit")
     reason = truncation(data)
     if reason:
-        raise ImageError(reason)
+        raise ImageError(f"not a readable image: {reason}")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
-        img = None
+        img = None  # OpenCV raises for images above OPENCV_IO_MAX_IMAGE_PIXELS
     if img is None:
         raise ImageError("not a readable image (corrupt or unsupported variant)")
     return to_bgr8(img), data
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as 8-bit BGR, or an ImageError naming the file and the reason."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{p}: no such file")
+    try:
+        return read_image(p)[0]
+    except ImageError as e:
+        raise ImageError(f"{p}: {e}") from None
+
+
+def to_bgr8(img: np.ndarray) -> np.ndarray:
+    """Convert gray, RGBA, 16-bit or float images to 3-channel 8-bit BGR."""
+    if img is None or img.size == 0:
+        raise ImageError("empty image")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = np.nan_to_num((img - lo) * scale).clip(0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise ImageError(f"unsupported image shape {img.shape}")
+
+
+def image_size(img: np.ndarray) -> str:
+    """"WxH" of an image, the way camera formats are named."""
+    return f"{img.shape[1]}x{img.shape[0]}"
+

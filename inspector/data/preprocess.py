@@ -16,7 +16,6 @@ from pathlib import Path
 import cv2  # OpenCV's pixel limit is set in inspector/__init__.py, before cv2 is first imported
 import numpy as np
 
-from inspector.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,57 +86,6 @@ class Preprocess:
 
 def _round_stride(x: float, lo: int, hi: int) -> int:
     return int(min(max(round(x / STRIDE) * STRIDE, lo), hi))
-
-
-def to_bgr8(img: np.ndarray) -> np.ndarray:
-    """Convert gray, RGBA, 16-bit or float images to 3-channel 8-bit BGR."""
-    if img is None or img.size == 0:
-        raise ImageError("empty image")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype in (np.float32, np.float64):
-        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        img = np.nan_to_num((img - lo) * scale).clip(0, 255).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(f"unsupported pixel type {img.dtype}")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    if img.ndim == 3 and img.shape[2] == 3:
-        return img
-    raise ImageError(f"unsupported image shape {img.shape}")
-
-
-def image_size(img: np.ndarray) -> str:
-    """"WxH" of an image, the way camera formats are named."""
-    return f"{img.shape[1]}x{img.shape[0]}"
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as 8-bit BGR; raises ImageError with the reason."""
-    p = Path(path)
-    if not p.is_file():
-        raise ImageError(f"{p}: no such file")
-    if p.stat().st_size == 0:
-        raise ImageError(f"{p}: file is empty")
-    try:
-        data = np.fromfile(p, dtype=np.uint8)
-    except OSError as e:
-        raise ImageError(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        img = None  # OpenCV raises for images above OPENCV_IO_MAX_IMAGE_PIXELS
-    if img is None:
-        raise ImageError(f"{p}: not a readable image (corrupt, truncated, too large or unknown format)")
-    try:
-        return to_bgr8(img)
-    except ImageError as e:
-        raise ImageError(f"{p}: {e}") from None
 
 
 def prepare(img_bgr: np.ndarray, pre: Preprocess) -> np.ndarray:

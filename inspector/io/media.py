@@ -8,13 +8,14 @@ then rename).
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from inspector.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,12 @@ def save_media(media_dir: Path, paths: MediaPaths, image: bytes | np.ndarray, ov
     try:
         if isinstance(image, np.ndarray):
             image = _encode(image, Path(paths.image).suffix, quality=95)
-        written.append(_atomic_write(media_dir / paths.image, image))
-        written.append(_atomic_write(media_dir / paths.overlay, _encode(overlay, ".jpg", quality=90)))
+        written.append(atomic_write(media_dir / paths.image, image))
+        written.append(atomic_write(media_dir / paths.overlay, _encode(overlay, ".jpg", quality=90)))
         if paths.map is not None and amap is not None:
             buf = io.BytesIO()
             np.save(buf, amap.astype(np.float16))
-            written.append(_atomic_write(media_dir / paths.map, buf.getvalue()))
+            written.append(atomic_write(media_dir / paths.map, buf.getvalue()))
     except OSError:
         for f in written:
             _unlink_quietly(f)
@@ -56,19 +57,6 @@ def _encode(img: np.ndarray, ext: str, quality: int) -> bytes:
     if not ok:
         raise OSError(f"cannot encode image as {ext}")
     return buf.tobytes()
-
-
-def _atomic_write(target: Path, data: bytes) -> Path:
-    """Write to a temp name, then rename; a failed write leaves no temp file behind."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except OSError:
-        _unlink_quietly(tmp)
-        raise
-    return target
 
 
 def _unlink_quietly(path: Path) -> None:

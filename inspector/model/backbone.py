@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+from inspector.config.network import DEFAULT_BACKBONE
 
 
 def default_weights_path() -> Path:

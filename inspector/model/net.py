@@ -1,13 +1,12 @@
 """The inspection model: frozen CNN patch features -> autoencoder latent space -> anomaly map + score.
 
-Pure nn.Modules and their config; training glue lives in `inspector.pipeline.fit`. All reference statistics
+Pure nn.Modules; their settings are `inspector.config.network.NetworkSettings`, training glue lives in `inspector.pipeline.fit`. All reference statistics
 (feature normalization, latent memory bank, global embeddings, score scales) are buffers, so the
 state dict is the whole model and ONNX export bakes them in as graph constants.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,49 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspector.model.backbone import DEFAULT_BACKBONE, Backbone
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild the network; stored inside every checkpoint."""
-
-    backbone: str = DEFAULT_BACKBONE
-    layers: tuple[int, ...] = (2, 3)  # timm feature indices: stride 8 and stride 16
-    pool: int = 1  # local average pooling of patch features (neighbourhood context)
-    feature_dim: int = 0  # filled in from the backbone
-    hidden: int = 128
-    latent: int = 64
-    bank_size: int = 4096  # latent patch vectors kept as the memory bank of "good"
-    global_bank: int = 0  # image-level latent embeddings kept (0 = off)
-    pos_weight: float = 0.0  # weight of patch position (fraction of image) appended to the latent
-    grid: tuple[int, int] = (32, 32)  # patch grid (H/8, W/8) of the fixed input size
-    # kNN to a coreset bank: at latent 64 it added 0.001 (bsdata) / 0.013 (magnetic tile) image AUROC to the
-    # Gaussian for 3 ms a frame at 256x256 (3x the rest of the head). Latent 64, not 128 (measured, 2x2 blocks):
-    # image AUROC 0.889 / 0.917 against 0.899 / 0.928, batch-1 latency 1.16-1.18x the backbone against 1.34-1.37x
-    w_latent: float = 0.0
-    w_recon: float = 0.0  # measured on magnetic tile: adding it lowered image AUROC 0.853 -> 0.799
-    w_gauss: float = 1.0  # per-position Gaussian (Mahalanobis) distance in the latent space
-    # c x c blocks of positions share one covariance (means stay per position); 1 (one per position) for
-    # configs written before the setting existed; fits default to 2 (FitSettings)
-    gauss_cell: int = 1
-    w_global: float = 0.0
-    smooth: int = 1  # Gaussian kernel on the patch grid (stride 8), odd, 1 = off (measured: 5 blurs small defects away)
-    # Where a feature map's cells sit on the image. "response" (new fits): cell i of a stride-s map at pixel
-    # s*i - (s-1)/2, where its response to a point in the image is centred (measured on EfficientNet-Lite0's
-    # ImageNet weights: an impulse moves stride-8 cells centred ~3.3 px and stride-16 cells ~6.3 px past s*i).
-    # "centers": at s*i, the geometric centre of the symmetric padding (fits of cf2c35b until bb84430: heat maps land
-    # ~3.5 px down-right). "half_pixel": at s*i + (s-1)/2, as F.interpolate(align_corners=False) assumes
-    # (configs from before: ~7 px down-right).
-    resample: str = "half_pixel"
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(**{**d, "layers": tuple(d["layers"]), "grid": tuple(d["grid"])})
+from inspector.config.network import NetworkSettings
+from inspector.model.backbone import Backbone
 
 
 class Output(NamedTuple):
@@ -104,7 +62,7 @@ def to_cells(d: torch.Tensor, cell: int, dims: tuple[int, int, int] | None = Non
         d = F.pad(d, (0, pw, 0, ph))
     gh, gw = (h + ph) // cell, (w + pw) // cell
     # Channels last first, then cells to the front moving whole rows of c*L values: in ORT, at batch 8 and
-    # 2x2 cells, 2.5 ms against 10.2 ms for one six-axis permute of single floats.
+    # 2x2 cells, four times faster than one six-axis permute of single floats (docs/model.md).
     d = d.permute(0, 2, 3, 1).reshape(-1, gh, cell, gw, cell * l).permute(1, 3, 0, 2, 4)  # (gh, gw, B, c, c*L)
     return d.reshape(gh * gw, -1, l)
 
@@ -116,31 +74,25 @@ def from_cells(m: torch.Tensor, h: int, w: int, cell: int) -> torch.Tensor:
     return m if (h % cell, w % cell) == (0, 0) else m[:, :h, :w]
 
 
-RESAMPLE_MODES = ("half_pixel", "centers", "response")
+def interp_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) weights of bilinear resampling along one axis, each cell where the backbone responds.
 
-
-def interp_matrix(n_out: int, n_in: int, mode: str = "half_pixel") -> torch.Tensor:
-    """(n_out, n_in) weights of bilinear resampling along one axis.
-
-    half_pixel: as F.interpolate(align_corners=False) (output i reads input (i + 0.5) * n_in / n_out - 0.5).
-    centers: output i reads input i * n_in / n_out: input cell j sits at output j * n_out / n_in, where a
-    stride-(n_out / n_in) convolution with symmetric padding centres it. Beyond the last cell: its value.
-    response: with r = n_out / n_in, output i reads input (i + (r - 1) / 2) / r: a cell of stride s sits at
-    s*j - (s-1)/2 on either grid, where the backbone's measured response puts it (ModelConfig.resample).
+    A cell of stride s sits at pixel s*j - (s-1)/2 on either grid (docs/model.md: measured on the ImageNet
+    weights, an impulse moves stride-8 cells ~3.3 px and stride-16 cells ~6.3 px past s*j), so with
+    r = n_out / n_in output i reads input (i + (r - 1) / 2) / r. Beyond the last cell: its value.
     """
     # numpy, not torch: built while a graph is being traced, the matrix must be a constant, not traced ops
     pos = np.arange(n_out, dtype=np.float64)
-    r = n_out / n_in  # the three conventions differ by a shift of (r - 1) / 2 output cells
-    shift = {"half_pixel": -1, "centers": 0, "response": 1}[mode]
-    src = np.clip((pos + shift * (r - 1) / 2) / r, 0.0, n_in - 1)
+    r = n_out / n_in
+    src = np.clip((pos + (r - 1) / 2) / r, 0.0, n_in - 1)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = src - i0
-    r = np.zeros((n_out, n_in))
+    m = np.zeros((n_out, n_in))
     rows = np.arange(n_out)
-    np.add.at(r, (rows, i0), 1 - lam)
-    np.add.at(r, (rows, i1), lam)
-    return torch.from_numpy(r.astype(np.float32))
+    np.add.at(m, (rows, i0), 1 - lam)
+    np.add.at(m, (rows, i1), lam)
+    return torch.from_numpy(m.astype(np.float32))
 
 
 def gaussian_kernel(size: int) -> torch.Tensor:
@@ -164,13 +116,16 @@ def nearest_distance(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor)
 
 
 class InspectorNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, weights: Path | None = None):
+    """The network for one input size: `grid` is its patch grid (input H/8, W/8); per-position statistics
+    live on it."""
+
+    def __init__(self, cfg: NetworkSettings, grid: tuple[int, int], weights: Path | None = None):
         super().__init__()
         self.backbone = Backbone(cfg.backbone, cfg.layers, weights)
-        cfg.feature_dim = sum(self.backbone.channels)
-        self.cfg = cfg
-        self.ae = PatchAutoencoder(cfg.feature_dim, cfg.hidden, cfg.latent)
-        c, l = cfg.feature_dim, cfg.latent
+        self.cfg, self.grid = cfg, (int(grid[0]), int(grid[1]))
+        self.feature_dim = sum(self.backbone.channels)
+        self.ae = PatchAutoencoder(self.feature_dim, cfg.hidden, cfg.latent)
+        c, l = self.feature_dim, cfg.latent
         self.register_buffer("feat_mean", torch.zeros(1, c, 1, 1))
         self.register_buffer("feat_std", torch.ones(1, c, 1, 1))
         bank = cfg.bank_size if cfg.w_latent > 0 else 1  # no kNN term: no memory bank in the graph
@@ -181,29 +136,23 @@ class InspectorNet(nn.Module):
         self.register_buffer("global_bank", torch.zeros(max(cfg.global_bank, 1), l))
         self.register_buffer("global_sq", torch.zeros(max(cfg.global_bank, 1)))
         # Per-position Gaussian of good latents on the patch grid: mean and precision matrices.
-        gh, gw = cfg.grid
+        gh, gw = self.grid
         self.register_buffer("gauss_mean", torch.zeros(1, l, gh, gw))
-        cells = cell_count(cfg.grid, cfg.gauss_cell)
+        cells = cell_count(self.grid, cfg.gauss_cell)
         self.register_buffer("gauss_prec", torch.eye(l).repeat(cells, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1))
         # Typical size of each score component on held-out good images (set at fit).
         self.register_buffer("scales", torch.ones(4))
         self.register_buffer("kernel", gaussian_kernel(cfg.smooth))
-        if cfg.resample not in RESAMPLE_MODES:
-            raise ValueError(f"unknown resample mode {cfg.resample!r} (known: {', '.join(RESAMPLE_MODES)})")
         # Bilinear resampling (stride 16 -> 8, patch grid -> input) as two small constant matmuls, built once per
-        # size: exact, and 2.4-6x faster in ORT than its Resize op. Traced, they are graph constants.
+        # size: exact, and faster in ORT than its Resize op (docs/model.md). Traced, they are graph constants.
         self._matrices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._whitening: tuple | None = None
 
     def resize(self, x: torch.Tensor, size) -> torch.Tensor:
-        """Bilinear resampling of (B, C, h, w) to `size` in the model's `resample` convention."""
-        if self.cfg.resample == "half_pixel" and self.cfg.w_gauss <= 0:
-            # a model from before fixed input sizes may be exported for any size: ONNX Resize follows the input
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        """Bilinear resampling of (B, C, h, w) to `size`, cells placed where the backbone responds (`interp_matrix`)."""
         key = (int(x.shape[-2]), int(x.shape[-1]), int(size[0]), int(size[1]))
         if key not in self._matrices:
-            mode = self.cfg.resample
-            self._matrices[key] = (interp_matrix(key[2], key[0], mode), interp_matrix(key[3], key[1], mode).T.contiguous())
+            self._matrices[key] = (interp_matrix(key[2], key[0]), interp_matrix(key[3], key[1]).T.contiguous())
         rh, rwt = (t.to(x.device) for t in self._matrices[key])
         return torch.matmul(rh, torch.matmul(x, rwt))
 
@@ -283,7 +232,7 @@ class InspectorNet(nn.Module):
     def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
         """Distance (B, h, w) of each patch's latent to the good Gaussian of its position; x is the hidden layer
         or the latent map, as `gauss_reads_hidden` says."""
-        c, (h, w) = self.cfg.gauss_cell, self.cfg.grid  # plain ints (the Gaussian's grid is the model's)
+        c, (h, w) = self.cfg.gauss_cell, self.grid  # plain ints (the Gaussian's grid is the model's)
         if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != (h, w):  # else the batch axis would absorb it
             raise ValueError(f"patch grid {tuple(x.shape[-2:])} is not the model's {(h, w)}: score at the fitted input size")
         k, offset = self.whitening()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, read_json, staging, write_json_atomic
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, read_json, staging
+from inspector.files import atomic_write_json
 from inspector.config.fit import CalibrateSettings
 from inspector.errors import InspectorError
 from inspector.scoring.metrics import f1_optimal, fpr_estimate, fpr_threshold, pr_at, pr_curve
@@ -70,7 +71,7 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
     cal.update(threshold=threshold, expected_fpr=fpr.expected_fpr, fpr_interval_90=list(fpr.interval_90))
     cal["meaning"] = meaning(cal, fpr)
     cal["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(staging(model_dir) / CALIBRATION_FILE, cal)
+    atomic_write_json(staging(model_dir) / CALIBRATION_FILE, cal)
     return cal
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from inspector.errors import InspectorError, refuse_older
 
-from inspector.errors import InspectorError
-
-FORMAT_VERSION = 1
+# 2: the network's settings (`NetworkSettings`) and patch grid; 1 (older fits) had a config of its own
+FORMAT_VERSION = 2
 MODEL_FILE = "model.pt"
 FIT_FILE = "fit.json"
 CALIBRATION_FILE = "calibration.json"
@@ -24,17 +22,6 @@ STAGING = "staging"
 
 def staging(model_dir: Path) -> Path:
     return Path(model_dir) / STAGING
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, path)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -71,7 +58,8 @@ def save_model(path: Path, net, preprocess, extra: dict) -> None:
 
     blob = {
         "format": FORMAT_VERSION,
-        "config": net.cfg.to_dict(),
+        "network": net.cfg.model_dump(mode="json"),
+        "grid": list(net.grid),
         "preprocess": preprocess.to_dict(),
         "state_dict": net.state_dict(),
         **extra,
@@ -83,8 +71,9 @@ def load_model(model_dir: Path):
     """Rebuild the network from its own checkpoint: returns (net, Preprocess, blob)."""
     import torch
 
-    from inspector.model.net import InspectorNet, ModelConfig
+    from inspector.config.network import NetworkSettings
     from inspector.data.preprocess import Preprocess
+    from inspector.model.net import InspectorNet
 
     check_model_dir(model_dir)
     try:
@@ -92,16 +81,17 @@ def load_model(model_dir: Path):
     except Exception as e:  # torch raises many types for a bad pickle/zip
         raise InspectorError(f"{staging(model_dir) / MODEL_FILE} is unreadable ({e.__class__.__name__}); refit the model") from None
     fmt = blob.get("format") if isinstance(blob, dict) else None
+    refuse_older(fmt, FORMAT_VERSION, model_dir, "model", "with `inspector fit`")
     if fmt != FORMAT_VERSION:
         raise InspectorError(
             f"{model_dir} was written by another inspector version (model format {fmt}, this one reads "
             f"{FORMAT_VERSION}); refit it with `inspector fit`"
         )
     try:
-        net = InspectorNet(ModelConfig.from_dict(blob["config"]), weights=None)
+        net = InspectorNet(NetworkSettings(**blob["network"]), tuple(blob["grid"]), weights=None)
         net.load_state_dict(blob["state_dict"])
         pre = Preprocess.from_dict(blob["preprocess"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # pydantic's ValidationError is a ValueError
         raise InspectorError(
             f"{staging(model_dir) / MODEL_FILE} does not match this inspector version "
             f"({e.__class__.__name__}: {str(e).splitlines()[0][:120]}); refit it with `inspector fit`"

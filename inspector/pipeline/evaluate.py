@@ -14,11 +14,13 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging
+from inspector.files import atomic_write_json
 from inspector.data.datasets import MAX_FORMATS, LoadReport, discover, load_mask, name_order
 from inspector.errors import InspectorError
 from inspector.pipeline.infer import score_paths
-from inspector.data.preprocess import image_size, overlay
+from inspector.data.preprocess import overlay
+from inspector.data.images import image_size
 from inspector.scoring.metrics import fpr_by_order, late_alarm_p, pr_at
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True)
     out.mkdir(exist_ok=True)
     save_examples(items, out)
     save_histogram(items, out / "histogram.png")
-    write_json_atomic(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 

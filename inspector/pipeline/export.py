@@ -1,7 +1,7 @@
 """`inspector export`: the fitted, calibrated torch model -> a new version folder `v<N>/`.
 
-One ONNX graph maps a normalized image batch (dynamic batch; height and width are the model's fixed
-input size, or dynamic for a model fitted without one) to the raw anomaly map and image score; backbone, autoencoder, latent kNN distance, reconstruction term and smoothing are all
+One ONNX graph maps a normalized image batch (dynamic batch at the model's one input size) to the raw
+anomaly map and image score; backbone, autoencoder, the score terms in use and smoothing are all
 inside, the reference statistics as graph constants. The threshold stays out of the graph, in
 `manifest.json`, so sensitivity can change without re-exporting. Before the version is published, a
 parity check runs the same frames through torch and ONNX Runtime and refuses the export if any score
@@ -25,10 +25,12 @@ import onnxruntime as ort
 import torch
 
 from inspector.runtime import registry
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging, write_json_atomic
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging
+from inspector.files import atomic_write_json
 from inspector.errors import ImageError, InspectorError
 from inspector.model.net import InspectorNet
-from inspector.data.preprocess import Preprocess, load_image, prepare
+from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.images import load_image
 from inspector.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, check_threshold, load_verified
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,10 @@ def export_model(model_dir: Path, opset: int = OPSET) -> Path:
     net, pre, _ = load_model(model_dir)
     tmp = registry.new_temp_dir(model_dir)
     try:
-        to_onnx(net, tmp / MODEL_FILE, input_hw(pre), dynamic_hw=not fixed_size(pre), opset=opset)
+        to_onnx(net, tmp / MODEL_FILE, input_hw(pre), opset=opset)
         parity = check_parity(net, pre, tmp / MODEL_FILE, parity_frames(fit_info), threshold)
         shutil.copy2(staging(model_dir) / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
-        write_json_atomic(tmp / MANIFEST_FILE, build_manifest(net, pre, tmp / MODEL_FILE, cal, fit_info, parity, opset))
+        atomic_write_json(tmp / MANIFEST_FILE, build_manifest(net, pre, tmp / MODEL_FILE, cal, fit_info, parity, opset))
         load_verified(tmp)  # what the runtime will check, checked before anyone can see it
         final = registry.publish(tmp, model_dir)
     except BaseException:
@@ -65,27 +67,19 @@ def export_model(model_dir: Path, opset: int = OPSET) -> Path:
     return final
 
 
-def fixed_size(pre: Preprocess) -> bool:
-    """Models fitted with one network input size (per-position statistics) get a graph of that size."""
-    return bool(getattr(pre, "height", 0) and getattr(pre, "width", 0))
-
-
 def input_hw(pre: Preprocess) -> tuple[int, int]:
-    """The network input size the graph is traced at: the model's own, else its square default."""
-    return pre.input_size(pre.short_side, pre.short_side)
+    """The model's one network input size (per-position statistics hold only there)."""
+    return pre.height, pre.width
 
 
 def to_onnx(
-    net: InspectorNet | torch.nn.Module, path: Path, hw: tuple[int, int], dynamic_hw: bool = False,
-    opset: int = OPSET, names: tuple[str, ...] = (MAP, SCORE),
+    net: InspectorNet | torch.nn.Module, path: Path, hw: tuple[int, int], opset: int = OPSET,
+    names: tuple[str, ...] = (MAP, SCORE),
 ) -> None:
-    """Trace the network once: dynamic batch (and height/width if asked); unused backbone stages pruned."""
+    """Trace the network once at its input size, dynamic batch; unused backbone stages pruned."""
     net.eval()
     x = torch.zeros(2, 3, *hw)  # batch 2: nothing may be specialized to one frame
-    spatial = {2: "height", 3: "width"} if dynamic_hw else {}
-    axes = {INPUT: {0: "batch", **spatial}, **{n: {0: "batch"} for n in names}}
-    if MAP in names:
-        axes[MAP] = {0: "batch", **spatial}
+    axes = {INPUT: {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
         torch.onnx.export(
@@ -96,8 +90,8 @@ def to_onnx(
 
 
 def parity_frames(fit_info: dict, n: int = PARITY_FRAMES) -> list[np.ndarray]:
-    """Held-out good images (never fitted on) plus a wide and a tall crop (other aspect ratios, and other
-    input sizes when the graph takes any), several frames per batch. Seeded noise if the images are gone."""
+    """Held-out good images (never fitted on) plus a wide and a tall crop (other aspect ratios, resized to
+    the input size like any frame), several frames per batch. Seeded noise if the images are gone."""
     frames = []
     for item in fit_info.get("holdout", []):
         try:
@@ -162,14 +156,9 @@ def _policy(pre: Preprocess) -> str:
     interp = "INTER_AREA when shrinking, else INTER_LINEAR"
     if not pre.keep_aspect:
         return f"every frame is squashed to {h}x{w} (H x W, aspect not kept); {interp}"
-    if fixed_size(pre):
-        return (
-            f"every frame is resized to {h}x{w} (H x W), the training images' median aspect with short side "
-            f"{pre.short_side} px; {interp}"
-        )
     return (
-        f"keep aspect: short side scaled to {pre.short_side} px, long side to the nearest multiple of 32 "
-        f"(at most {pre.max_long_side}); {interp}"
+        f"every frame is resized to {h}x{w} (H x W), the training images' median aspect with short side "
+        f"{pre.short_side} px; {interp}"
     )
 
 
@@ -182,8 +171,7 @@ def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dic
         "model": {"file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob), "opset": opset},
         "input": {
             "name": INPUT, "layout": "NCHW", "dtype": "float32", "channels": "RGB",
-            "dynamic_axes": ["batch"] if fixed_size(pre) else ["batch", "height", "width"],
-            "size": list(input_hw(pre)) if fixed_size(pre) else None, "multiple_of": 32,
+            "dynamic_axes": ["batch"], "size": list(input_hw(pre)), "multiple_of": 32,
         },
         "outputs": {
             "anomaly_map": {"name": MAP, "shape": "(B, 1, H, W)", "units": "raw, at the input size"},
@@ -192,10 +180,11 @@ def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dic
         "preprocess": pre.to_dict(),
         "resize_policy": _policy(pre),
         "normalization": {"scale": 1 / 255, "mean": list(pre.mean), "std": list(pre.std), "order": "RGB", "from": "BGR uint8"},
-        "backbone": {"name": cfg.backbone, "layers": list(cfg.layers), "feature_dim": cfg.feature_dim},
+        "backbone": {"name": cfg.backbone, "layers": list(cfg.layers), "feature_dim": net.feature_dim},
         "latent_size": cfg.latent,
         "reference": _reference(net),
-        "model_config": cfg.to_dict(),
+        "network": cfg.model_dump(mode="json"),
+        "grid": list(net.grid),
         "threshold": float(cal["threshold"]),
         "calibration": _calibration_summary(cal),
         "training": {k: fit_info.get(k) for k in ("fingerprint", "fit_images", "holdout_images", "image_sizes", "data", "created")},

@@ -24,14 +24,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging, write_json_atomic
+from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging
+from inspector.files import atomic_write_json
 from inspector.config.fit import FitSettings
+from inspector.config.network import DEFAULT_BACKBONE
 from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.errors import InspectorError
 from inspector.pipeline.infer import score_paths
 from inspector.model.backbone import default_weights_path
-from inspector.model.net import InspectorNet, ModelConfig, to_cells
-from inspector.data.preprocess import Preprocess, image_size, prepare
+from inspector.model.net import InspectorNet, to_cells
+from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.images import image_size
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
@@ -114,9 +117,8 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     With cell > 1 the positions of each cell x cell block pool their (own-mean-centred) samples into one
     covariance: cell^2 times the samples per estimate and cell^2 times less reference data per frame.
 
-    A ridge of `shrink` x the mean variance keeps the inverse well conditioned. (Ledoit-Wolf shrinkage
-    was measured too: magnetic tile, latent 128, 533 images: image AUROC 0.847 against 0.854 with the
-    ridge; the latent is capped by the image count instead, see `latent_for`.)
+    A ridge of `shrink` x the mean variance keeps the inverse well conditioned (it beat Ledoit-Wolf
+    shrinkage: docs/model.md); the latent is capped by the image count instead, see `latent_for`.
     """
     n, l, h, w = z.shape
     mean = z.mean(0, keepdim=True)
@@ -131,11 +133,12 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
 
 def latent_for(s: FitSettings, n_fit: int) -> int:
     """The latent size: as asked, but at most a third of the fit images when the per-position Gaussian is
-    used (it estimates an L x L covariance per position from one sample per image; with 96 images and
-    latent 128 it was singular enough to drop magnetic tile AUROC from 0.854 to 0.64)."""
-    if s.w_gauss <= 0:
-        return s.latent
-    return max(min(s.latent, n_fit // IMAGES_PER_LATENT_DIM), min(s.latent, MIN_LATENT))
+    used: it estimates an L x L covariance per block of positions from one sample per image, and a nearly
+    singular one ruins the score (docs/model.md)."""
+    n = s.network
+    if n.w_gauss <= 0:
+        return n.latent
+    return max(min(n.latent, n_fit // IMAGES_PER_LATENT_DIM), min(n.latent, MIN_LATENT))
 
 
 def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: torch.Generator, show: bool) -> float:
@@ -191,30 +194,23 @@ def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
     getattr(net, f"{name}_sq" if name == "bank" else "global_sq").copy_(filled.pow(2).sum(1))
 
 
-def model_config(s: FitSettings, grid: tuple[int, int], latent: int | None = None) -> ModelConfig:
-    return ModelConfig(
-        backbone=s.backbone, layers=tuple(s.layers), pool=s.pool, hidden=s.hidden, latent=latent or s.latent, bank_size=s.bank_size,
-        global_bank=s.global_bank, pos_weight=s.pos_weight, grid=grid, w_latent=s.w_latent, w_recon=s.w_recon,
-        w_gauss=s.w_gauss, gauss_cell=s.gauss_cell, w_global=s.w_global, smooth=s.smooth, resample="response",
-    )
-
-
 def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preprocess]:
     """The untrained network and the preprocessing fixed to the training images' shape."""
-    weights = s.weights if s.weights is not None else (default_weights_path() if s.backbone == "efficientnet_lite0" else None)
+    n = s.network
+    weights = s.weights if s.weights is not None else (default_weights_path() if n.backbone == DEFAULT_BACKBONE else None)
     if weights is None or not Path(weights).is_file():
-        raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {s.backbone}")
+        raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {n.backbone}")
     sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
     size = {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}  # else Preprocess's default short side, capped
     pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=s.exposure, **size).fixed_for(sizes)
     latent = latent_for(s, len(fit_paths))
-    if latent < s.latent:
+    if latent < n.latent:
         log.warning("latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "
-                    "%d dimensions (more good images allow more)", latent, s.latent, len(fit_paths), latent)
+                    "%d dimensions (more good images allow more)", latent, n.latent, len(fit_paths), latent)
     try:
-        net = InspectorNet(model_config(s, (pre.height // 8, pre.width // 8), latent), Path(weights))
+        net = InspectorNet(n.model_copy(update={"latent": latent}), (pre.height // 8, pre.width // 8), Path(weights))
     except (RuntimeError, ValueError) as e:
-        raise InspectorError(f"cannot build backbone {s.backbone} from {weights}: {e}") from None
+        raise InspectorError(f"cannot build backbone {n.backbone} from {weights}: {e}") from None
     return net, pre
 
 
@@ -242,17 +238,17 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
 
     z = encode(net, x)  # (N*h*w, L)
     del x, maps
-    if s.w_latent > 0:  # the k-center coreset is the slowest step of a fit: only when the kNN term is used
-        net.pos_scale.fill_(s.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
+    if net.cfg.w_latent > 0:  # the k-center coreset is the slowest step of a fit: only when the kNN term is used
+        net.pos_scale.fill_(net.cfg.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
         pos = patch_positions(h, w).repeat(n, 1).to(z.device)
-        _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), s.bank_size, gen))
+        _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), net.cfg.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
-    if s.w_gauss > 0:
-        g_mean, g_prec = fit_gaussian(zmaps, cell=s.gauss_cell)
+    if net.cfg.w_gauss > 0:
+        g_mean, g_prec = fit_gaussian(zmaps, cell=net.cfg.gauss_cell)
         net.gauss_mean.copy_(g_mean)
         net.gauss_prec.copy_(g_prec)
-    if s.global_bank > 0:
-        _set_bank(net, "global_bank", zmaps.mean((2, 3))[: s.global_bank])
+    if net.cfg.global_bank > 0:
+        _set_bank(net, "global_bank", zmaps.mean((2, 3))[: net.cfg.global_bank])
     del z, zmaps
     net.to("cpu")  # the hold-out is scored and the model saved as the CPU and ONNX export will see it
 
@@ -272,10 +268,10 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, flo
     if comps:
         med = lambda vals: max(float(np.median(vals)), 1e-6)  # noqa: E731
         net.scales.copy_(torch.tensor([
-            med([c[0].max().item() for c in comps]) if s.w_latent > 0 else 1.0,
-            med([c[1].max().item() for c in comps]) if s.w_recon > 0 else 1.0,
-            med([c[2].max().item() for c in comps]) if s.w_gauss > 0 else 1.0,
-            med([c[3].item() for c in comps]) if s.global_bank > 0 else 1.0,
+            med([c[0].max().item() for c in comps]) if net.cfg.w_latent > 0 else 1.0,
+            med([c[1].max().item() for c in comps]) if net.cfg.w_recon > 0 else 1.0,
+            med([c[2].max().item() for c in comps]) if net.cfg.w_gauss > 0 else 1.0,
+            med([c[3].item() for c in comps]) if net.cfg.global_bank > 0 else 1.0,
         ]))
     with torch.inference_mode():
         scores = [float(net.combine(*c, c[0].shape[-2:]).score[0]) for c in comps]
@@ -288,7 +284,7 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
     tmp.chmod(0o755)  # mkdtemp makes it private; a watcher may run as another user
     save_model(tmp / MODEL_FILE, net, pre, {"settings": s.model_dump(mode="json")})
-    write_json_atomic(tmp / FIT_FILE, {
+    atomic_write_json(tmp / FIT_FILE, {
         "data": str(Path(data).resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "fit_images": len(fit_paths),

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inspector.errors import InspectorError
+from inspector.errors import InspectorError, refuse_older
 from inspector.data.preprocess import Preprocess
 
-FORMAT_VERSION = 1
+# 2: `network` + `grid` (the network's settings) replace `model_config`; every graph has one input size
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 REQUIRED = ("model", "input", "outputs", "preprocess", "threshold")
@@ -80,6 +81,7 @@ def read_manifest(version_dir: Path) -> Manifest:
     if not isinstance(data, dict):
         raise InspectorError(f"{path} is corrupt (not a JSON object); re-export the model")
     fmt = data.get("format_version")
+    refuse_older(fmt, FORMAT_VERSION, version_dir, "manifest", "with `inspector fit`, then calibrate and export")
     if fmt != FORMAT_VERSION:
         raise InspectorError(
             f"{path} has manifest format {fmt!r}; this inspector reads format {FORMAT_VERSION}: "

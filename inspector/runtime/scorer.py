@@ -12,7 +12,8 @@ import numpy as np
 
 from inspector.runtime import registry
 from inspector.errors import InspectorError
-from inspector.data.preprocess import image_size, prepare
+from inspector.data.preprocess import prepare
+from inspector.data.images import image_size
 from inspector.runtime.manifest import check_threshold
 from inspector.runtime.providers import GpuOptions, choose
 from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, run_batches, stamp_of, to_result

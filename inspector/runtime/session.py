@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 from inspector.errors import InspectorError
-from inspector.data.preprocess import Preprocess, load_image, overlay, to_bgr8
+from inspector.data.preprocess import Preprocess, overlay
+from inspector.data.images import load_image, to_bgr8
 from inspector.runtime.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, load_verified
 from inspector.runtime.providers import CPU, TENSORRT, GpuOptions, provider_options
 from inspector.types import FrameResult

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from inspector.errors import InspectorError
-from inspector.config.line import ModelConfig, load_config
+from inspector.config.line import LineModel, load_config
 
 log = logging.getLogger("inspector.watch")
 
 
-def load_scorer(cfg: ModelConfig) -> Any:
+def load_scorer(cfg: LineModel) -> Any:
     """The ONNX runtime's Scorer for `cfg.path`, or a custom/test scorer named 'module:factory'."""
     if cfg.scorer:
         module, _, attr = cfg.scorer.partition(":")

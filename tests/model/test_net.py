@@ -1,0 +1,100 @@
+"""The network on its own: resampling placement measured against the pretrained backbone, the Gaussian term."""
+
+import pytest
+import torch
+
+
+def test_fixed_grid_resizes_place_cells_where_the_backbone_responds():
+    """The constant-matmul resizes are bilinear with cell j of a stride-s map at pixel s*j - (s-1)/2, on the
+    image and on a finer grid; beyond the last cell its value repeats; each size gets its own matrices."""
+    from inspector.config.network import NetworkSettings
+    from inspector.model.backbone import default_weights_path
+    from inspector.model.net import InspectorNet, interp_matrix
+
+    torch.testing.assert_close(interp_matrix(48, 6) @ torch.arange(6.0), ((torch.arange(48.0) + 3.5) / 8).clamp(0, 5))
+    torch.testing.assert_close(interp_matrix(12, 6) @ torch.arange(6.0), ((torch.arange(12.0) + 0.5) / 2).clamp(0, 5))
+    net = InspectorNet(NetworkSettings(gauss_cell=4), (6, 10), default_weights_path())
+    impulse = torch.zeros(1, 1, 6, 10)
+    impulse[0, 0, 2, 3] = 1.0
+    def centre(m: torch.Tensor) -> tuple[float, float]:
+        ys, xs = torch.meshgrid(torch.arange(m.shape[0]), torch.arange(m.shape[1]), indexing="ij")
+        return float((m * ys).sum() / m.sum()), float((m * xs).sum() / m.sum())
+
+    up = net.resize(impulse, (48, 80))[0, 0]
+    assert centre(up) == pytest.approx((8 * 2 - 3.5, 8 * 3 - 3.5))  # cell (2, 3) at pixel s*j - (s-1)/2
+    tent = torch.tensor([0.5625, 0.6875, 0.8125, 0.9375, 0.9375, 0.8125, 0.6875, 0.5625])  # 1 - |i + 3.5 - 8j| / 8
+    torch.testing.assert_close(up[12, 17:25], tent * 0.9375)
+    assert net.resize(torch.ones(1, 1, 6, 10), (48, 80)).eq(1.0).all()  # the right/bottom edge repeats the last cell
+    odd = net.resize(impulse, (18, 30))[0, 0]  # another size (stride 3): its own matrices, same convention
+    assert centre(odd) == pytest.approx((3 * 2 - 1, 3 * 3 - 1))
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 48, 80))
+    assert out.anomaly_map.shape == (2, 1, 48, 80) and torch.isfinite(out.score).all()
+
+
+def test_feature_cells_sit_where_the_backbone_responds():
+    """The "response" placement is measured, not assumed: a point added to the image moves the stride-8 and
+    stride-16 cells of the pretrained backbone whose placed positions (s*i - (s-1)/2) centre on it, within
+    s/8 px; at s*i (the "centers" placement) they centre 2.5-8 px down-right of it."""
+    import numpy as np
+
+    from inspector.model.backbone import DEFAULT_BACKBONE, Backbone, default_weights_path
+
+    bb = Backbone(DEFAULT_BACKBONE, (2, 3), default_weights_path()).eval()
+    base = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 0.1
+    off = {8: [], 16: []}
+    with torch.no_grad():
+        before = bb(base)
+        for y0, x0 in [(100, 100), (101, 97), (130, 150), (64, 64), (77, 181)]:
+            x = base.clone()
+            x[:, :, y0, x0] += 5
+            for a, b in zip(bb(x), before):
+                d = (a - b).abs().sum(1)[0].numpy()
+                s = 256 // d.shape[0]
+                w = d / d.sum()
+                ys, xs = np.mgrid[: d.shape[0], : d.shape[1]]
+                off[s].append(((w * ys).sum() * s - y0, (w * xs).sum() * s - x0))  # at s*i, minus the point
+    for s, o in off.items():
+        mean = np.mean(o, 0)
+        assert np.all(np.abs(mean - (s - 1) / 2) < s / 8), (s, mean)  # placed at s*i - (s-1)/2: centred
+        assert np.all(mean > 2.5), (s, mean)  # placed at s*i: down-right of the point
+
+
+def test_gaussian_term_equals_the_mahalanobis_distance():
+    """Whitened per block (the encoder's last layer folded in where the hidden layer is no wider than the
+    latent), the term is (z - mean)^T P (z - mean), exactly, for whole and partial blocks, and follows the
+    statistics when they change (a refit)."""
+    from inspector.model.backbone import default_weights_path
+    from inspector.config.network import NetworkSettings
+    from inspector.model.net import InspectorNet
+
+    for hidden in (16, 4):  # wider than the latent: the term reads the latent map; narrower: the hidden layer
+        cfg = NetworkSettings(gauss_cell=4, latent=8, hidden=hidden)
+        _check_gaussian_term(InspectorNet(cfg, (6, 10), default_weights_path()))
+
+
+def _check_gaussian_term(net):
+    gen = torch.Generator().manual_seed(3)
+    net.eval()
+
+    def refit():
+        a = torch.randn(net.gauss_prec.shape, generator=gen)
+        net.gauss_prec.copy_(a @ a.transpose(1, 2) / 8 + 0.5 * torch.eye(8))
+        net.gauss_mean.copy_(torch.randn(net.gauss_mean.shape, generator=gen))
+
+    g = torch.randn(3, net.cfg.hidden, 6, 10, generator=gen)
+    assert net.gauss_reads_hidden == (net.cfg.hidden <= net.cfg.latent)
+    for _ in range(2):
+        refit()
+        with torch.no_grad():
+            z = net.ae.encoder[2](g)
+            got = net.mahalanobis(g if net.gauss_reads_hidden else z)
+            d = z - net.gauss_mean  # (B, L, h, w)
+        want = torch.empty(3, 6, 10)
+        for y in range(6):
+            for x in range(10):
+                p = net.gauss_prec[(y // 4) * 3 + x // 4]  # 4x4 blocks: 2 x 3 of them, the last row/column partial
+                want[:, y, x] = torch.einsum("bl,lm,bm->b", d[:, :, y, x], p, d[:, :, y, x]).sqrt()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="not the model's"):  # another grid size is an error, not a silent reshape
+        net.mahalanobis(torch.zeros(1, g.shape[1], 12, 20))
