@@ -134,7 +134,7 @@ def main() -> None:
         frames, labels = test_frames(data)
         runs = {name: measure(work / "m", name, frames, work / "trt") for name in PROVIDERS}
     ref = np.array(runs["cpu"]["scores"])
-    for name, r in runs.items():
+    for r in runs.values():
         if "scores" in r:
             got = np.array(r.pop("scores"))
             r["parity_max_rel"] = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)))

@@ -9,7 +9,8 @@
    95% of its target with commit p99 under 1 s.
 2. Dashboard at 10 million flagged rows: a second throw-away database is migrated by `Store.open`, filled
    with INSERT ... SELECT over generate_series (the 4 sources of benchmarks/dashboard.py over a year, review
-   outcomes mixed in) in 1M-row statements, analysed, and the real `inspector dashboard` is timed on the scenarios of benchmarks/dashboard.py
+   outcomes mixed in) in 1M-row statements, analysed, and the real `inspector dashboard` is timed on the
+   scenarios of benchmarks/dashboard.py
    (list page and JSON API, first page, filtered, deep in the keyset pagination). The database is dropped.
 
 Writes benchmarks/results/store_load.json. Mind the disk: the 10M rows take about 5 GB while they exist.

@@ -52,7 +52,8 @@ class BackfillSettings(Settings):
         "dask", description="dask: batches on a Dask cluster; in_process: one batch after another in the flow's "
         "process.")
     scheduler: str | None = Field(None, pattern=SCHEDULER, description="Dask scheduler address (e.g. "
-                                  "tcp://10.0.0.5:8786) of a cluster to spread the archive over; default: a local cluster on this machine.")
+                                  "tcp://10.0.0.5:8786) of a cluster to spread the archive over; default: a local "
+                                  "cluster on this machine.")
     workers: int = Field(0, ge=0, le=256, description="Workers of the local cluster (0: one per core).")
     processes: bool = Field(True, description="Local cluster workers as processes (each starts Python and loads the "
                             "model: seconds) or as threads of this process (no start-up; ONNX Runtime and decoding "

@@ -98,7 +98,7 @@ def fit_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        build = f"torch {torch.__version__} built without CUDA" if torch.version.cuda is None else "no GPU visible to torch"
+        build = "no GPU visible to torch" if torch.version.cuda else f"torch {torch.__version__} built without CUDA"
         raise InspectorError(f"--device cuda: {build}; use --device cpu (or auto)")
     if device == "cuda":
         log.info("fitting on cuda (%s)", torch.cuda.get_device_name(0))
