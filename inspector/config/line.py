@@ -114,6 +114,11 @@ class FolderSourceConfig(Settings):
         1.0, ge=0, le=3600,
         description="A file counts as completely written when unchanged this long (files renamed into the folder or closed after writing count at once).",
     )
+    incomplete_wait_s: float = Field(
+        30.0, ge=0, le=86400,
+        description="A file that is unreadable (e.g. truncated) but was never closed after writing is offered again when "
+                    "it changes or is closed, and quarantined only when still unreadable after being unchanged this long.",
+    )
     rescan_s: float = Field(
         5.0, ge=0.1, le=3600,
         description="Periodic full rescan, in case a filesystem event was missed (network shares).",
@@ -220,6 +225,17 @@ class StoreConfig(Settings):
         description="Recent-score samples (histograms, drift) older than this are pruned.",
     )
     max_score_rows: int = Field(1_000_000, ge=1000, description="At most this many recent-score samples are kept.")
+    spool_dir: Path | None = Field(
+        None,
+        description="Camera frames scored while the store is unreachable are kept here, one small file each, and "
+                    "committed from it in order once the store answers, also after a crash or restart (default: "
+                    "spool/<line>/ beside the media folder). Give each line its own.",
+    )
+    spool_max_frames: int = Field(
+        100_000, ge=100, le=10_000_000,
+        description="At most this many frames in the spool (a file is 0.4-2 KB, one 4 KB block on ext4: 100000 "
+                    "take ~400 MB); when it is full, newer frames are not kept and one error says so.",
+    )
     min_free_mb: int = Field(
         1024, ge=0,
         description="Below this much free space on the media folder's disk, /health says not ok and one error is "
@@ -315,7 +331,8 @@ def _resolve_store(store: StoreConfig, base: Path) -> StoreConfig:
     url = store.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and not url.endswith(":memory:"):
         url = "sqlite:///" + str(base / url[len("sqlite:///"):])
-    return store.model_copy(update={"url": url, "media_dir": _under(base, store.media_dir)})
+    return store.model_copy(update={"url": url, "media_dir": _under(base, store.media_dir),
+                                    "spool_dir": _under(base, store.spool_dir)})
 
 
 def _resolve(cfg: WatchConfig, base: Path) -> WatchConfig:

@@ -3,13 +3,15 @@
 A reader thread keeps only the newest sampled frame. When scoring is slower than the camera, the loop
 always gets the latest frame and the frames it never saw are counted as dropped, instead of a queue
 growing and the verdicts falling further and further behind the line. A stream that drops or never
-answers is reopened with exponential backoff; the watcher keeps running meanwhile.
+answers is reopened with exponential backoff; the watcher keeps running meanwhile, with one warning when a
+camera goes away and one line when it is back (FFmpeg's and OpenCV's own lines on each retry are silenced).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +48,15 @@ def camera_key(source: str, session: str, index: int) -> str:
     return hashlib.sha256(f"cam|{source}|{session}|{index}".encode()).hexdigest()[:40]
 
 
+def quiet_capture_logs() -> None:
+    """FFmpeg and OpenCV print a raw line of their own on every failed open ("[tcp @ 0x...] Connection refused"):
+    the camera's one line per outage says it instead. FFmpeg's level is read when the first capture opens (and set
+    in `inspector/__init__` already); variables set by the user win."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")  # AV_LOG_FATAL
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def open_capture(uri: int | str, timeout_s: float) -> cv2.VideoCapture | None:
     """Open a capture or return None; open/read timeouts keep a dead RTSP host from hanging us."""
     if isinstance(uri, int):
@@ -70,6 +81,8 @@ class CameraSource:
         self.is_file = isinstance(cfg.uri, str) and "://" not in cfg.uri
         self.finished = False  # a video file reached its end (loop: false)
         self.connected = False
+        self._down_since: float | None = None  # monotonic start of the current outage (None: reading, or not yet)
+        self._retries = 0
         self._session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
         self._slot: FrameItem | None = None
         self._dropped = 0
@@ -83,6 +96,7 @@ class CameraSource:
 
     def start(self, wake: threading.Event) -> None:
         self._wake = wake
+        quiet_capture_logs()
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self._thread.start()
 
@@ -115,13 +129,13 @@ class CameraSource:
         while not self._stop.is_set():
             cap = open_capture(self.cfg.uri, self.cfg.open_timeout_s)
             if cap is None:
-                log.warning("camera %s: cannot open %s; retrying in %.1f s", self.name, self._describe(), delay)
+                self._down(f"cannot open {self._describe()}", delay)
             else:
-                log.info("camera %s: reading %s", self.name, self._describe())
-                self.connected, delay = True, self.cfg.reconnect_min_s
                 got_any = self._read(cap)
                 cap.release()
                 self.connected = False
+                if got_any:
+                    delay = self.cfg.reconnect_min_s
                 if self.is_file and not self.cfg.loop and got_any:
                     log.info("camera %s: end of video file %s", self.name, self._describe())
                     self.finished = True
@@ -130,9 +144,30 @@ class CameraSource:
                     return
                 if self.is_file and self.cfg.loop and got_any:
                     continue
-                log.warning("camera %s: stream %s dropped; reconnecting in %.1f s", self.name, self._describe(), delay)
+                self._down(f"stream {self._describe()} dropped" if got_any else f"no frames from {self._describe()}",
+                           delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    def _down(self, what: str, delay: float) -> None:
+        """One warning per outage; the retries after it are debug lines."""
+        if self._down_since is None:
+            self._down_since, self._retries = time.monotonic(), 0
+            log.warning("camera %s: %s; retrying with backoff up to %g s (one line when it is back)", self.name, what,
+                        self.cfg.reconnect_max_s)
+        else:
+            self._retries += 1
+            log.debug("camera %s: %s; next try in %.1f s", self.name, what, delay)
+
+    def _up(self) -> None:
+        """The first frame after a start or an outage."""
+        self.connected = True
+        if self._down_since is None:
+            log.info("camera %s: reading %s", self.name, self._describe())
+        else:
+            log.info("camera %s: reading %s again after %.0f s (%d retries)", self.name, self._describe(),
+                     time.monotonic() - self._down_since, self._retries)
+        self._down_since = None
 
     def _read(self, cap: cv2.VideoCapture) -> bool:
         """Read until the stream ends or fails; True when at least one frame was read."""
@@ -143,6 +178,8 @@ class CameraSource:
             if not ok or frame is None:
                 return n > 0
             n += 1
+            if n == 1:
+                self._up()
             if fps and fps > 0:  # a video file played like a camera
                 self._stop.wait(max(0.0, t0 + n / fps - time.monotonic()))
             elif self.is_file:  # as fast as scoring allows: wait for the slot instead of dropping

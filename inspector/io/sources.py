@@ -4,7 +4,10 @@ A source hands the loop one item at a time through `poll()`, never blocks it, an
 `wake` event when something new may be ready. The folder source processes the backlog first (oldest
 first), then new files from filesystem events (watchdog), with a periodic rescan for missed events.
 A file is taken once it is completely written: renamed into the folder or closed after writing
-(events), or unchanged for `stable_s`. Files are moved (or left, with the store's ledger) only after
+(events), or unchanged for `stable_s`. A file that is unreadable when taken but was never closed after
+writing (a slow writer pausing longer than `stable_s`) is deferred, not quarantined: it is offered again
+when it changes or is closed, and quarantined only once it has been closed, or unchanged for
+`incomplete_wait_s`, and is still unreadable. Files are moved (or left, with the store's ledger) only after
 their result is committed, so a crash in between re-finds the file and the ledger says it is done.
 """
 
@@ -41,6 +44,7 @@ class FileItem:
     size: int
     mtime_ns: int
     maybe_done: bool = False  # found by a scan (e.g. the backlog after a crash): check the ledger first
+    complete: bool = True  # closed or renamed in (event), or unchanged for incomplete_wait_s: unreadable = broken
 
 
 def is_candidate_name(name: str) -> bool:
@@ -96,6 +100,7 @@ class FolderSource:
         self._kept: dict[Path, tuple[int, int]] = {}  # after="keep": finished files and their (size, mtime)
         self._inflight: set[Path] = set()  # handed to the loop, not finished yet: never offered twice
         self._scanned: set[Path] = set()  # found by a scan, not an event: may be in the ledger already
+        self._deferred: dict[Path, tuple[int, int]] = {}  # unreadable, maybe still written: (size, mtime) then
         self._lock = threading.Lock()
         self._wake: threading.Event | None = None
         self._observer: Observer | None = None
@@ -180,22 +185,45 @@ class FolderSource:
             if st is not None and (self._kept.get(path) == (st.st_size, st.st_mtime_ns)):
                 self._forget(path)
                 continue
+            if st is not None and not hinted and self._still_waiting(path, st, now):
+                continue
             if st is None or is_complete(st.st_mtime, now, self.cfg.stable_s, hinted):
-                with self._lock:
-                    self._pending.pop(path, None)
-                    self._inflight.add(path)
-                    scanned = path in self._scanned
-                    self._scanned.discard(path)
-                rel = path.relative_to(self.root).as_posix()
-                size, mtime_ns = (st.st_size, st.st_mtime_ns) if st else (0, 0)
-                key = file_key(self.name, rel, size, mtime_ns)
-                return FileItem(self.name, path, rel, key, size, mtime_ns, maybe_done=scanned)
+                return self._take(path, st, hinted or st is None or now - st.st_mtime >= self.cfg.incomplete_wait_s)
         return None
+
+    def _still_waiting(self, path: Path, st: os.stat_result, now: float) -> bool:
+        """A deferred file, unchanged since it was found unreadable, within its incomplete_wait_s."""
+        unchanged = self._deferred.get(path) == (st.st_size, st.st_mtime_ns)
+        return unchanged and now - st.st_mtime < self.cfg.incomplete_wait_s
+
+    def _take(self, path: Path, st: os.stat_result | None, complete: bool) -> FileItem:
+        with self._lock:
+            self._pending.pop(path, None)
+            self._inflight.add(path)
+            scanned = path in self._scanned
+            self._scanned.discard(path)
+        rel = path.relative_to(self.root).as_posix()
+        size, mtime_ns = (st.st_size, st.st_mtime_ns) if st else (0, 0)
+        key = file_key(self.name, rel, size, mtime_ns)
+        return FileItem(self.name, path, rel, key, size, mtime_ns, maybe_done=scanned, complete=complete)
 
     def _forget(self, path: Path) -> None:
         with self._lock:
             self._pending.pop(path, None)
             self._scanned.discard(path)
+            self._deferred.pop(path, None)
+
+    def defer(self, item: FileItem) -> bool:
+        """Unreadable but not known to be complete: wait for it to change or be closed (see the module docstring).
+        True the first time for this file (the caller says so once)."""
+        with self._lock:
+            first = item.path not in self._deferred
+            self._deferred[item.path] = (item.size, item.mtime_ns)
+            self._inflight.discard(item.path)
+            self._pending.setdefault(item.path, False)
+        if self._wake is not None:
+            self._wake.set()
+        return first
 
     def release(self, item: FileItem) -> None:
         """Not finished (e.g. the store was down): leave the file for a later rescan."""
@@ -209,6 +237,7 @@ class FolderSource:
                 self._kept[item.path] = (item.size, item.mtime_ns)
         else:
             _move(item.path, self.processed_dir / item.relpath)
+        self._deferred.pop(item.path, None)
         self.release(item)
 
     def quarantine(self, item: FileItem, reason: str) -> None:
@@ -216,6 +245,7 @@ class FolderSource:
         target = _move(item.path, self.quarantine_dir / item.relpath)
         if target is not None:
             target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+        self._deferred.pop(item.path, None)
         self.release(item)
 
 

@@ -24,7 +24,7 @@ for _name in ("alembic.runtime.plugins", "alembic.runtime.migration"):  # one li
 from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 from alembic.runtime.migration import MigrationContext  # noqa: E402
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError  # noqa: E402
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from inspector.errors import InspectorError  # noqa: E402
@@ -32,6 +32,23 @@ from inspector.io.schema import Flagged, Outbox, Processed, ScoreSample, SourceC
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("inspector.store")
+
+
+class StoreUnavailable(InspectorError):
+    """The store did not answer (refused, unreachable, starting up): an outage that passes, not a mistake to fix."""
+
+
+# a PostgreSQL server that answers with one of these is down for a moment; any other FATAL (no such role or
+# database, wrong password) is a configuration mistake, reported at once
+_PASSING_FATAL = ("starting up", "shutting down", "in recovery", "too many", "not yet accepting")
+
+
+def is_outage(e: BaseException, url: str) -> bool:
+    """A server store that cannot be reached now (SQLite is a file: its errors are never waited for)."""
+    if url.startswith("sqlite") or not isinstance(e, OperationalError):
+        return False
+    msg = str(e)
+    return "FATAL:" not in msg or any(p in msg for p in _PASSING_FATAL)
 
 
 class DuplicateFrame(Exception):
@@ -133,12 +150,16 @@ class Store:
             media_dir = Path(db).parent / "media"
         if url.startswith("sqlite:///") and not url.endswith(":memory:"):
             Path(sa.engine.make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
+        engine: sa.Engine | None = None
         try:
             engine = _engine(url)
             with engine.begin() as conn:
                 _migrate(conn, url)
         except (SQLAlchemyError, OSError, ImportError) as e:
-            raise InspectorError(f"store {_safe(url)}: cannot open ({str(e).splitlines()[0]})") from None
+            if engine is not None:
+                engine.dispose()
+            err = StoreUnavailable if is_outage(e, url) else InspectorError
+            raise err(f"store {_safe(url)}: cannot open ({str(e).splitlines()[0]})") from None
         media_dir.mkdir(parents=True, exist_ok=True)
         return cls(engine, media_dir)
 
@@ -160,26 +181,46 @@ class Store:
         """Several frames in ONE transaction (all or none); flagged ids in order.
 
         Prepared Core statements rather than ORM objects, and one commit per batch: this runs next to the
-        scorer. A frame whose key is already recorded raises DuplicateFrame and records nothing.
+        scorer. A frame whose key is already recorded raises DuplicateFrame and records nothing; a key the
+        ledger holds as quarantined is not a duplicate: that file came back and is recorded as scored now.
         """
         try:
             with self.engine.begin() as c:
-                ids = [self._add_flagged(c, f, fl) if fl is not None else None for f, fl in items]
-                ledger = [dict(frame_key=f.frame_key, source=f.source, path=f.path, status="scored", reason=None,
-                               flagged_id=fid, created_at=f.created_at) for (f, _), fid in zip(items, ids) if f.path]
-                if ledger:
-                    c.execute(_INSERT["processed"], ledger)
-                c.execute(_INSERT["scores"], [dict(source=f.source, created_at=f.created_at, score=f.score,
-                                                   is_anomaly=f.is_anomaly) for f, _ in items])
-                for source in dict.fromkeys(f.source for f, _ in items):
-                    mine = [(f, fl) for f, fl in items if f.source == source]
-                    last = mine[-1][0]
-                    _count(c, source, last.created_at, scored=len(mine), flagged=sum(fl is not None for _, fl in mine),
-                           last_score=last.score)
+                return self._record(c, items)
         except IntegrityError as e:
-            if "frame_key" in str(e) or any(self.ledger_status(f.frame_key) for f, _ in items):
+            keys = [f.frame_key for f, _ in items if f.path]
+            back = self._quarantined(keys)
+            if not back:
+                if "frame_key" in str(e) or any(self.ledger_status(f.frame_key) for f, _ in items):
+                    raise DuplicateFrame(", ".join(f.frame_key for f, _ in items)) from None
+                raise
+        with self.engine.begin() as c:  # only after a conflict: the common path pays nothing for it
+            c.execute(sa.delete(Processed).where(Processed.frame_key.in_(back), Processed.status == "quarantined"))
+            try:
+                return self._record(c, items)
+            except IntegrityError:
                 raise DuplicateFrame(", ".join(f.frame_key for f, _ in items)) from None
-            raise
+
+    def _quarantined(self, keys: list[str]) -> list[str]:
+        if not keys:
+            return []
+        with self.engine.connect() as c:
+            return list(c.scalars(sa.select(Processed.frame_key).where(Processed.frame_key.in_(keys),
+                                                                       Processed.status == "quarantined")))
+
+    def _record(self, c: sa.Connection, items: Sequence[tuple[ScoredFrame, FlagRecord | None]]) -> list[int | None]:
+        ids = [self._add_flagged(c, f, fl) if fl is not None else None for f, fl in items]
+        ledger = [dict(frame_key=f.frame_key, source=f.source, path=f.path, status="scored", reason=None,
+                       flagged_id=fid, created_at=f.created_at) for (f, _), fid in zip(items, ids) if f.path]
+        if ledger:
+            c.execute(_INSERT["processed"], ledger)
+        c.execute(_INSERT["scores"], [dict(source=f.source, created_at=f.created_at, score=f.score,
+                                           is_anomaly=f.is_anomaly) for f, _ in items])
+        for source in dict.fromkeys(f.source for f, _ in items):
+            mine = [(f, fl) for f, fl in items if f.source == source]
+            last = mine[-1][0]
+            _count(c, source, last.created_at, scored=len(mine), flagged=sum(fl is not None for _, fl in mine),
+                   last_score=last.score)
         return ids
 
     @staticmethod
@@ -201,7 +242,8 @@ class Store:
 
     def record_error(self, source: str, when: datetime, frame_key: str | None = None, path: str | None = None,
                      reason: str = "") -> None:
-        """Count an unreadable input; with a key, put it in the ledger as quarantined (never retried)."""
+        """Count an unreadable input; with a key, put it in the ledger as quarantined. The same key found again
+        (dropped back from quarantine) is read again; when unreadable once more it is not counted twice."""
         with self.engine.begin() as c:
             if frame_key is not None:
                 if c.execute(sa.select(Processed.id).where(Processed.frame_key == frame_key)).first():

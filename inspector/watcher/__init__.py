@@ -12,13 +12,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from inspector.errors import InspectorError
 from inspector.config.line import LineModel, load_config
+from inspector.errors import InspectorError
+from inspector.watcher.protocols import Scorer
 
 log = logging.getLogger("inspector.watch")
+STORE_RETRY_S = 2.0  # a store that is down at start is tried again this often
 
 
-def load_scorer(cfg: LineModel) -> Any:
+def load_scorer(cfg: LineModel) -> Scorer:
     """The ONNX runtime's Scorer for `cfg.path`, or a custom/test scorer named 'module:factory'."""
     if cfg.scorer:
         module, _, attr = cfg.scorer.partition(":")
@@ -28,7 +30,7 @@ def load_scorer(cfg: LineModel) -> Any:
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
             raise InspectorError(f"model.scorer {cfg.scorer}: cannot import ({e})") from None
-        return obj(cfg.path)
+        return obj(cfg.path)  # trusted to have the Scorer interface (a test double, a custom model)
     if not cfg.path.exists():
         raise InspectorError(f"model.path {cfg.path}: no such model folder")
     try:
@@ -40,10 +42,30 @@ def load_scorer(cfg: LineModel) -> Any:
     return Scorer.load(cfg.path, providers=cfg.providers, threads=cfg.threads, gpu=gpu)
 
 
+def open_store(url: str, media_dir: Path | None, stop: threading.Event, retry_s: float = STORE_RETRY_S) -> Any:
+    """The store, once it answers: a server that is down at start is waited for (one line each way), as when it
+    goes down later; a mistake in the URL is one InspectorError line at once. None when stopped meanwhile."""
+    from inspector.io.store import Store, StoreUnavailable
+
+    waiting = False
+    while True:
+        try:
+            store = Store.open(url, media_dir)
+        except StoreUnavailable as e:
+            if not waiting:
+                log.error("store unavailable at start (%s); waiting for it, trying again every %.0f s", e, retry_s)
+            waiting = True
+            if stop.wait(retry_s):
+                return None
+            continue
+        if waiting:
+            log.info("store available again")
+        return store
+
+
 def run(config: Path) -> int:
     """Watch the line described by `config` until stopped; returns the exit code."""
     from inspector.io.sinks import build_sink
-    from inspector.io.store import Store
     from inspector.watcher.loop import Watcher
     from inspector.watcher.ops import Metrics, OpsServer, install_stop_handlers, setup_logging
 
@@ -51,9 +73,11 @@ def run(config: Path) -> int:
     setup_logging(cfg.ops.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
-    store = Store.open(cfg.store.url, cfg.store.media_dir)
+    scorer = load_scorer(cfg.model)  # a wrong model path stops here, before the store is created or migrated
+    store = open_store(cfg.store.url, cfg.store.media_dir, stop)
+    if store is None:
+        return 0  # stopped while waiting for the store
     try:
-        scorer = load_scorer(cfg.model)
         sinks = {c.name: build_sink(c, cfg.line) for c in cfg.sinks}
         metrics = Metrics()
         watcher = Watcher(cfg, scorer, store, sinks, metrics)

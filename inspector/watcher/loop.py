@@ -1,15 +1,17 @@
-"""The thin watch loop: source -> scorer -> decision -> writer (store + outbox) -> sinks.
+"""The thin watch loop: sources -> scorer -> decision -> writer (store + outbox) -> sinks.
 
-Everything that decides is a pure function in `decisions`; everything that touches the outside world
-is in `inspector.io`. The loop thread reads and scores one frame at a time and decides; the writer
-thread commits results in order while the next frame is scored; the outbox sender delivers alerts.
-A stop request is honoured between frames, and the writer commits every frame already scored.
+Everything that decides is a pure function (`decisions`, `health`, `disk.is_low`, `outage.replayable_wait`);
+everything that touches the outside world is in `inspector.io`, reached through `FrameSource` and `Scorer`
+(`protocols`). Each round takes the inputs that are waiting, up to `BATCH` across the sources (round robin,
+each source's in order), reads them, scores them in one graph run and decides per source in order; the
+writer thread saves, commits and moves them while the next round is scored; the outbox sender delivers
+alerts. A round never waits for a batch to fill, so a lone frame is scored at once. A stop request is
+honoured between rounds, and the writer commits every frame already scored.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,26 +21,43 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from inspector.config.line import Rules, WatchConfig, source_rules
 from inspector.errors import ImageError
-from inspector.io.camera import CameraSource, FrameItem
-from inspector.data.images import read_image
 from inspector.io.outbox import Sender
 from inspector.io.sinks import Sink
-from inspector.io.sources import FileItem, FolderSource
+from inspector.io.spool import open_spool
 from inspector.io.store import ScoredFrame, Store
-from inspector.config.line import CameraSourceConfig, Rules, WatchConfig, source_rules
+from inspector.types import FrameResult
+from inspector.watcher import health
 from inspector.watcher.decisions import AlertState, effective_threshold, is_anomalous, should_alert
+from inspector.watcher.disk import DiskWatch
 from inspector.watcher.ops import Metrics
+from inspector.watcher.outage import StoreOutage
+from inspector.watcher.protocols import FrameSource, Input, Scorer
+from inspector.watcher.sources import open_source
 from inspector.watcher.writer import Job, Writer
 
 log = logging.getLogger("inspector.watch")
+# Inputs scored in one graph run at most. Measured on 256 px parts (docs/watcher.md): 4-8 frames per run
+# give most of the gain over one at a time; more only adds latency to the first frame of a round.
+BATCH = 8
 
 
 @dataclass
 class _Source:
-    src: FolderSource | CameraSource
+    src: FrameSource
     rules: Rules
     state: AlertState = field(default_factory=AlertState)
+
+
+@dataclass
+class _Ready:
+    """An input read and waiting for its score."""
+
+    s: _Source
+    inp: Input
+    img: np.ndarray
+    original: bytes | np.ndarray
 
 
 class _ScoringFailed(Exception):
@@ -50,37 +69,34 @@ def _utc(t: float) -> datetime:
 
 
 class Watcher:
-    """Runs a line: `run(stop)` until `stop` is set. `scorer` has the `inspector.runtime.Scorer` interface."""
+    """Runs a line: `run(stop)` until `stop` is set."""
 
     DISK_CHECK_S = 5.0  # how often the media disk's free space is measured
-    STORE_RETRY_S = 2.0  # folder inputs released by a store failure are offered again after this
+    STORE_RETRY_S = 2.0  # files released by a store failure are offered again after this
 
-    def __init__(self, cfg: WatchConfig, scorer: Any, store: Store, sinks: dict[str, Sink], metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: WatchConfig, scorer: Scorer, store: Store, sinks: dict[str, Sink],
+                 metrics: Metrics | None = None) -> None:
         self.cfg, self.scorer, self.store, self.sinks = cfg, scorer, store, sinks
         self.metrics = metrics or Metrics()
-        self.sources = [
-            _Source(CameraSource(c) if isinstance(c, CameraSourceConfig) else FolderSource(c), source_rules(cfg, c))
-            for c in cfg.sources
-        ]
+        self.sources = [_Source(open_source(c), source_rules(cfg, c)) for c in cfg.sources]
         self.own = [c.name for c in cfg.sources]  # a shared store may hold other lines' rows
+        self.outage = StoreOutage(self.STORE_RETRY_S)
+        self.disk = DiskWatch(store.media_dir, cfg.store.min_free_mb, self.metrics.media_free, self.DISK_CHECK_S)
         self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert, self.own)
         self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
-                             self._store_down)
+                             self.outage.failed, spool=open_spool(cfg, store.media_dir))
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
         self._due = {"reload": 0.0, "prune": 0.0, "gauges": 0.0}
-        self._store_ok = True  # False from a failed store call until the next one that works (one line each way)
-        self._folders_wait_until = 0.0  # folder inputs released by a store failure are offered again after this
-        self.media_free_mb: float | None = None  # free space where flagged images go; None until measured
-        self._disk_unknown = False  # the last measurement failed (warned once)
+        self._turn = 0  # the source the next round polls first
+        self._dropped: dict[str, int] = {}  # camera frames dropped, not yet added to the store's counters
 
     def run(self, stop: threading.Event) -> None:
         """Score until `stop` is set, then commit what was scored and stop; pending alerts stay in the outbox."""
         self.metrics.set_model(self.scorer.version)
         self.sender.start()
         self.writer.start()
-        # its own thread: statvfs on a hung network mount blocks, and must not stop the scoring
-        threading.Thread(target=self._watch_disk, args=(stop,), name="disk-watch", daemon=True).start()
+        self.disk.start(stop)
         for s in self.sources:
             s.src.start(self.wake)
         log.info("watching line %s: %s with model %s", self.cfg.line,
@@ -99,100 +115,144 @@ class Watcher:
             self.writer.stop()
             self.sender.stop()
             try:
+                self._record_dropped()
                 pending = str(sum(self.store.pending_count(self.own).values()))
             except SQLAlchemyError:
                 pending = "an unknown number of (store unavailable)"
             log.info("stopped line %s; %s alerts still pending", self.cfg.line, pending)
 
     def step(self, stop: threading.Event | None = None) -> bool:
-        """One round over the sources, at most one item each; True when something was processed."""
-        busy = False
-        folders_wait = time.monotonic() < self._folders_wait_until  # cameras go on: the writer holds their frames
+        """One round: the waiting inputs (up to BATCH) read, scored together, decided, handed to the writer.
+        True when something was taken."""
+        taken = self._take(stop)
+        ready = [r for r in (self._read(s, inp) for s, inp in taken) if r is not None]
+        if ready:
+            self._score(ready)
+        return bool(taken)
+
+    def _take(self, stop: threading.Event | None) -> list[tuple[_Source, Input]]:
+        """Round robin over the sources, each source's inputs in their order, starting where the last round stopped
+        (with more cameras than BATCH, each is polled in turn); files wait while the store is down (camera frames go
+        on: the writer holds them)."""
+        wait = self.outage.replayable_wait()
+        n = len(self.sources)
+        active = [i % n for i in range(self._turn, self._turn + n) if not (wait and self.sources[i % n].src.replayable)]
+        taken: list[tuple[_Source, Input]] = []
+        while active and len(taken) < BATCH and not (stop is not None and stop.is_set()):
+            more = []
+            for i in active:
+                if len(taken) == BATCH:
+                    break
+                self._turn = (i + 1) % n
+                if (inp := self.sources[i].src.poll()) is not None:
+                    taken.append((self.sources[i], inp))
+                    more.append(i)
+            active = more
         for s in self.sources:
-            if stop is not None and stop.is_set():
-                break
-            if folders_wait and isinstance(s.src, FolderSource):
-                continue
-            item = s.src.poll()
-            if isinstance(s.src, CameraSource):
-                self._count_dropped(s)
-            if item is None:
-                continue
-            busy = True
+            self._count_dropped(s)
+        return taken
+
+    def _read(self, s: _Source, inp: Input) -> _Ready | None:
+        """The decoded input, or None when it is done already, unreadable (quarantined) or must wait (store down)."""
+        try:
+            if inp.maybe_done and (done := self.store.ledger_status(inp.key)) is not None:
+                again = s.src.recorded(inp, *done)
+                if again is None:
+                    return None
+                inp = again
             try:
-                if isinstance(item, FileItem):
-                    self._process_file(s, item)
+                img, original = s.src.read(inp)
+            except ImageError as e:
+                if not s.src.defer(inp, e):
+                    self._reject(s, inp, e)
+                return None
+        except SQLAlchemyError as e:
+            self.outage.failed(e)
+            s.src.release(inp)
+            return None
+        return _Ready(s, inp, img, original)
+
+    def _score(self, ready: list[_Ready]) -> None:
+        """Score the round's inputs (one graph run per threshold in use), then decide each in order."""
+        groups: dict[float | None, list[int]] = {}
+        for i, r in enumerate(ready):
+            groups.setdefault(self._override(r.s), []).append(i)
+        results: list[FrameResult | _ScoringFailed] = [_ScoringFailed("not scored")] * len(ready)
+        for thr, idx in groups.items():
+            t0 = time.perf_counter()
+            for i, res in zip(idx, self._score_group([ready[i].img for i in idx], thr), strict=True):
+                results[i] = res
+            seconds = time.perf_counter() - t0
+            for i in idx:
+                self.metrics.latency.labels(ready[i].s.src.name).observe(seconds)
+        for r, res in zip(ready, results, strict=True):
+            try:
+                if isinstance(res, _ScoringFailed):
+                    self._reject(r.s, r.inp, res)
                 else:
-                    self._process_frame(s, item)
+                    self._decide(r, res)
             except SQLAlchemyError as e:
-                self._store_down(e)
-                if isinstance(item, FileItem):
-                    s.src.release(item)  # type: ignore[union-attr]
-        return busy
+                self.outage.failed(e)
+                r.s.src.release(r.inp)
 
-    def _process_file(self, s: _Source, item: FileItem) -> None:
-        src: FolderSource = s.src  # type: ignore[assignment]
-        if item.maybe_done and (done := self.store.ledger_status(item.key)) is not None:
-            log.info("folder %s: %s was already recorded (%s); finishing it", src.name, item.relpath, done[0])
-            src.quarantine(item, done[1] or "") if done[0] == "quarantined" else src.finish(item)
-            return
-        try:
-            img, data = read_image(item.path, src.cfg.max_pixels, int(src.cfg.max_file_mb * 2**20))
-            self._score(s, img, item, data, item.path.suffix.lower() or ".png", item.relpath)
-        except (ImageError, _ScoringFailed) as e:
-            self.store.record_error(src.name, _utc(time.time()), item.key, str(item.path), str(e))
-            self.metrics.errors.labels(src.name).inc()
-            log.warning("folder %s: quarantined %s: %s", src.name, item.relpath, e, extra={"source": src.name})
-            src.quarantine(item, str(e))
+    def _override(self, s: _Source) -> float | None:
+        """The raw threshold a source sets for itself, or None for the manifest's."""
+        if s.rules.threshold is None and s.rules.threshold_scale == 1.0:
+            return None
+        return effective_threshold(self.scorer.threshold, s.rules)
 
-    def _process_frame(self, s: _Source, item: FrameItem) -> None:
-        try:
-            self._score(s, item.frame, item, item.frame, "." + s.src.cfg.image_format, str(s.src.cfg.uri))
-        except _ScoringFailed as e:
-            log.error("camera %s: frame %d: %s", s.src.name, item.index, e)
-            self.metrics.errors.labels(s.src.name).inc()
-            self.store.record_error(s.src.name, _utc(time.time()))
+    def _score_group(self, imgs: list[np.ndarray], thr: float | None) -> list[FrameResult | _ScoringFailed]:
+        """Together when there are several; one by one when that fails, so one bad frame fails alone."""
+        if len(imgs) > 1:
+            try:
+                return list(self.scorer.score_batch(imgs, overlay=False, threshold=thr))
+            except Exception:  # noqa: BLE001 - find the frame that fails below
+                pass
+        out: list[FrameResult | _ScoringFailed] = []
+        for img in imgs:
+            try:
+                out.append(self.scorer.score(img, overlay=False, threshold=thr))
+            except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
+                out.append(_ScoringFailed(f"scoring failed ({type(e).__name__}: {e})"))
+        return out
 
-    def _score(self, s: _Source, img: np.ndarray, item: FileItem | FrameItem, original: bytes | np.ndarray,
-               ext: str, origin: str) -> None:
-        """Score and decide here; the writer saves, commits and moves the file."""
+    def _decide(self, r: _Ready, res: FrameResult) -> None:
+        """Decide here; the writer saves, commits and moves the file."""
+        s, inp = r.s, r.inp
         thr = effective_threshold(self.scorer.threshold, s.rules)
-        overridden = s.rules.threshold is not None or s.rules.threshold_scale != 1.0
-        t0 = time.perf_counter()
-        try:
-            res = self.scorer.score(img, overlay=False, threshold=thr if overridden else None)
-        except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
-            raise _ScoringFailed(f"scoring failed ({type(e).__name__}: {e})") from None
-        self.metrics.latency.labels(s.src.name).observe(time.perf_counter() - t0)
         now = time.time()
         anomalous = is_anomalous(res.raw_score, thr)
         decision, s.state = should_alert(s.state, anomalous, now, s.rules)
-        is_file = isinstance(item, FileItem)
-        frame = ScoredFrame(s.src.name, item.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous,
-                            str(item.path) if is_file else None)
-        job = Job(s.src, item if is_file else None, frame, decision.flag, decision.alert, model_version=self.scorer.version,
-                  origin=origin)
+        frame = ScoredFrame(s.src.name, inp.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous,
+                            inp.path)
+        job = Job(s.src, inp if s.src.replayable else None, frame, decision.flag, decision.alert,
+                  model_version=self.scorer.version, origin=inp.origin)
         if decision.flag:
-            job.img, job.amap, job.original, job.ext = img, res.anomaly_map, original, ext
+            job.img, job.amap, job.original, job.ext = r.img, res.anomaly_map, r.original, inp.ext
         self.writer.submit(job)
 
+    def _reject(self, s: _Source, inp: Input, e: Exception) -> None:
+        """An input that cannot be scored: counted, in the ledger when replayable (never retried), set aside."""
+        self.store.record_error(s.src.name, _utc(time.time()), inp.key if s.src.replayable else None, inp.path, str(e))
+        self.metrics.errors.labels(s.src.name).inc()
+        s.src.quarantine(inp, str(e))
+
     def _count_dropped(self, s: _Source) -> None:
-        n = s.src.take_dropped()  # type: ignore[union-attr]
+        """Counted at once in the metrics, in the store once a second (`_periodic`): a store transaction per round
+        on this thread, competing with the writer's, made a camera line that began to drop drop more."""
+        n = s.src.take_dropped()
         if n:
             self.metrics.dropped.labels(s.src.name).inc(n)
-            try:
-                self.store.add_dropped(s.src.name, n, _utc(time.time()))
-            except SQLAlchemyError as e:
-                self._store_down(e)
+            self._dropped[s.src.name] = self._dropped.get(s.src.name, 0) + n
 
-    def _store_down(self, e: Exception) -> None:
-        """Inputs wait until the store answers again: files in their folder (offered again every STORE_RETRY_S),
-        camera frames, still scored, in the writer's memory."""
-        if self._store_ok:
-            log.error("store unavailable (%s); folder inputs wait in their folder and camera frames in memory until "
-                      "it is back", str(e).splitlines()[0])
-        self._store_ok = False
-        self._folders_wait_until = time.monotonic() + self.STORE_RETRY_S
+    def _record_dropped(self) -> None:
+        while self._dropped:
+            name, n = self._dropped.popitem()
+            try:
+                self.store.add_dropped(name, n, _utc(time.time()))
+            except SQLAlchemyError:
+                self._dropped[name] = self._dropped.get(name, 0) + n  # counted when the store answers
+                raise
 
     def _periodic(self) -> None:
         mono = time.monotonic()
@@ -205,6 +265,7 @@ class Watcher:
         for s in self.sources:
             self.metrics.queue.labels(s.src.name).set(s.src.depth())
         try:
+            self._record_dropped()
             for sink, n in {**{k: 0 for k in self.sinks}, **self.store.pending_count(self.own)}.items():
                 self.metrics.outbox.labels(sink).set(n)
             if mono >= self._due["prune"]:
@@ -212,44 +273,12 @@ class Watcher:
                 self.store.prune(_utc(time.time()), self.cfg.store.keep_scores_days, self.cfg.store.max_score_rows,
                                  sources=self.own)
         except SQLAlchemyError as e:
-            self._store_down(e)
+            self.outage.failed(e)
             return
-        if not self._store_ok:  # the gauges read the store once a second: it answers again
-            log.info("store available again")
-            self._store_ok = True
-
-    @property
-    def disk_low(self) -> bool:
-        low = self.cfg.store.min_free_mb
-        return bool(low) and self.media_free_mb is not None and self.media_free_mb < low
-
-    def _watch_disk(self, stop: threading.Event) -> None:
-        self._check_disk()
-        while not stop.wait(self.DISK_CHECK_S):
-            self._check_disk()
-
-    def _check_disk(self) -> None:
-        """Free space on the media folder's disk: a gauge, and one error when it falls below `min_free_mb`."""
-        was_low = self.disk_low
-        try:
-            free = shutil.disk_usage(self.store.media_dir).free
-        except OSError as e:  # e.g. a network mount gone: saving media fails too, and is retried
-            if not self._disk_unknown:
-                log.warning("cannot measure free space of %s (%s)", self.store.media_dir, e)
-                self._disk_unknown = True
-            return
-        self._disk_unknown = False
-        self.metrics.media_free.set(free)
-        self.media_free_mb = free / 2**20
-        if self.disk_low and not was_low:
-            log.error("only %.0f MB free on the disk of %s (store.min_free_mb %d): flagged images can soon not be "
-                      "saved; free space or move store.media_dir", self.media_free_mb, self.store.media_dir,
-                      self.cfg.store.min_free_mb)
-        elif was_low and not self.disk_low:
-            log.info("%.0f MB free on the disk of %s again", self.media_free_mb, self.store.media_dir)
+        self.outage.answered()  # the gauges read the store once a second: it answers again
 
     def _reload(self) -> None:
-        """Hot reload between frames when `current` moved; a broken new version keeps the old one."""
+        """Hot reload between rounds when `current` moved; a broken new version keeps the old one."""
         old = self.scorer.version
         try:
             changed = self.scorer.reload_if_changed()
@@ -264,18 +293,12 @@ class Watcher:
         self.metrics.alerts.labels(sink, "delivered" if delivered else "failed").inc()
 
     def health(self) -> dict:
-        """For /health: ok while the loop turns and the store answers."""
-        age = time.monotonic() - self.heartbeat
+        """For /health: ok while the loop turns, the store answers and the media disk has room."""
         try:
-            pending, store_ok = self.store.pending_count(self.own), True
+            pending: dict[str, int] | None = self.store.pending_count(self.own)
         except SQLAlchemyError:
-            pending, store_ok = {}, False
-        sources = {s.src.name: {"kind": s.src.kind, "waiting": s.src.depth(),
-                                **({"connected": s.src.connected, "finished": s.src.finished}
-                                   if isinstance(s.src, CameraSource) else {})} for s in self.sources}
-        free = None if self.media_free_mb is None else round(self.media_free_mb)
-        return {"ok": store_ok and age < 60 and not self.disk_low, "line": self.cfg.line,
-                "model_version": self.scorer.version, "loop_age_s": round(age, 2), "store_ok": store_ok,
-                "media_free_mb": free, "disk_low": self.disk_low, "writer_queue": self.writer.depth(),
-                "camera_frames_held": self.writer.held(),
-                "outbox_pending": pending, "sources": sources}
+            pending = None
+        return health.report(line=self.cfg.line, model_version=self.scorer.version,
+                             loop_age_s=time.monotonic() - self.heartbeat, pending=pending,
+                             media_free_mb=self.disk.free_mb, disk_low=self.disk.low, writer_queue=self.writer.depth(),
+                             held=self.writer.held(), sources={s.src.name: s.src.health() for s in self.sources})

@@ -5,8 +5,8 @@ counters, flagged row, outbox rows) in one transaction, then move the input file
 commit leaves the file where it was (scored again after a restart); a kill after it leaves a ledger entry
 (the file is only moved). The queue is short, so the loop cannot run far ahead of the store. A camera frame exists
 nowhere else: when its images cannot be saved (disk full) it is recorded and alerted without them, and while the
-store is unreachable it is held in memory and committed in order once the store answers; a folder input in
-either case waits in its folder and is scored again.
+store is unreachable it is held (`held`: in the line's spool on disk, so a kill loses none) and committed in
+order once the store answers; a folder input in either case waits in its folder and is scored again.
 """
 
 from __future__ import annotations
@@ -15,23 +15,23 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from inspector.io.camera import CameraSource
+from inspector.io.spool import Spool
 from inspector.io.media import MediaPaths, media_paths, save_media
-from inspector.io.sources import FileItem, FolderSource
 from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 from inspector.data.preprocess import overlay
 from inspector.watcher.decisions import alert_payload
+from inspector.watcher.held import HeldFrames
 from inspector.watcher.ops import Metrics
+from inspector.watcher.protocols import FrameSource, Input
 
 log = logging.getLogger("inspector.watch")
-MAX_HELD = 10_000  # camera frames kept in memory while the store is down (flagged ones' images are already saved)
 RETRY_HELD_S = 2.0
 
 
@@ -42,8 +42,8 @@ def _store_unreachable(e: Exception) -> bool:
 
 @dataclass
 class Job:
-    src: FolderSource | CameraSource
-    item: FileItem | None  # the input file to move after the commit (None for camera frames)
+    src: FrameSource
+    item: Input | None  # a replayable input (a file) to finish or release after the commit; None: a camera frame
     frame: ScoredFrame
     flag: bool = False
     alert: bool = False
@@ -54,6 +54,8 @@ class Job:
     origin: str = ""
     model_version: str = ""
     record: FlagRecord | None = None  # the flagged item, once its images are saved (a held camera frame keeps it)
+    held: bool = False  # a camera frame held through a store outage (see `held`), until its commit
+    spooled: Path | None = None  # its spool file, when held on disk
 
 
 class Writer:
@@ -61,14 +63,13 @@ class Writer:
 
     def __init__(self, store: Store, line: str, sinks: list[str], save_map: bool, metrics: Metrics,
                  on_alerts: Callable[[], None], on_store_error: Callable[[Exception], None], depth: int = 16,
-                 max_batch: int = 16) -> None:
+                 max_batch: int = 16, spool: Spool | None = None) -> None:
         self.store, self.line, self.sinks, self.save_map = store, line, sinks, save_map
         self.metrics, self.on_alerts, self.on_store_error = metrics, on_alerts, on_store_error
         self._q: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
         self.max_batch = max_batch
         self._media_down = False  # the last flagged camera frame's images could not be saved (logged once)
-        self._held: deque[Job] = deque()  # camera frames scored while the store was unreachable, oldest first
-        self._held_dropped = 0
+        self._held = HeldFrames(spool)  # camera frames scored while the store was unreachable, oldest first
         self._held_failed = False  # the last commit failed and held camera frames
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
@@ -96,7 +97,7 @@ class Writer:
             if self._held_failed and self._take_while_down(time.monotonic() + RETRY_HELD_S):
                 break  # stopping
             # camera frames held through a store outage go first, in order, then whatever is queued
-            batch: list[Job | None] = [self._held.popleft() for _ in range(min(len(self._held), self.max_batch))]
+            batch: list[Job | None] = list(self._held.take(self.max_batch))
             if not batch:
                 batch.append(self._q.get())
             while batch[-1] is not None and len(batch) < self.max_batch and not self._q.empty():
@@ -106,14 +107,22 @@ class Writer:
                 stopping = True
             if batch:
                 self._write(batch)  # type: ignore[arg-type]
-        if self._held:  # one last try at stop
-            rest = list(self._held)
-            self._held.clear()
-            self._write(rest)
-        if self._held or self._held_dropped:
-            log.error("%d camera frames scored while the store was unreachable were not recorded (%d not kept in "
-                      "memory, %d still unrecorded at stop)", len(self._held) + self._held_dropped,
-                      self._held_dropped, len(self._held))
+        self._last_try()
+
+    def _last_try(self) -> None:
+        """At stop: commit what is held while the store answers; what is spooled waits for the next start."""
+        while len(self._held):
+            before = len(self._held)
+            self._write(self._held.take(self.max_batch))
+            if len(self._held) >= before:
+                break  # still unreachable
+        lost, spooled = self._held.in_memory(), len(self._held) - self._held.in_memory()
+        if spooled:
+            log.info("%d camera frames wait in the spool %s; they are recorded when the watcher starts again and the "
+                     "store answers", spooled, self._held.spool.dir)  # type: ignore[union-attr]
+        if lost or self._held.dropped:
+            log.error("%d camera frames scored while the store was unreachable were not recorded (%d not kept, %d "
+                      "held in memory at stop)", lost + self._held.dropped, self._held.dropped, lost)
 
     def _write(self, batch: list[Job]) -> None:
         """Media, then one transaction for the batch, then the file moves; a failed batch is retried one by one."""
@@ -157,14 +166,13 @@ class Writer:
             except Exception:  # noqa: BLE001 - the writer must outlive any single frame
                 log.exception("%s: could not keep frame %s", job.src.name, job.frame.frame_key)
                 continue
-            self._set_aside([job], hold=True, front=False)
+            self._set_aside([job], hold=True)
         return False
 
-    def _set_aside(self, batch: list[Job], hold: bool, front: bool = True) -> None:
+    def _set_aside(self, batch: list[Job], hold: bool) -> None:
         """Frames not recorded: folder inputs stay in their folder (scored again later); camera frames, which exist
-        nowhere else, are held in memory and committed first, in order, when the store answers again (`front`: a
-        failed batch from the head of the held frames goes back there). A row the store refuses (not an outage) is
-        not held: it would block every later frame."""
+        nowhere else, are held and committed first, in order, when the store answers again (those already held stay
+        where they are). A row the store refuses (not an outage) is not held: it would block every later frame."""
         cams = [job for job in batch if job.item is None]
         for job in batch:
             if job.item is not None:
@@ -173,17 +181,12 @@ class Writer:
             return
         if not hold:
             log.error("%s: %d camera frames not recorded (the store refused them)", cams[0].src.name, len(cams))
+            for job in cams:
+                if job.held:
+                    self._held.done(job)
             return
         self._held_failed = True
-        if front:
-            self._held.extendleft(reversed(cams))
-        else:
-            self._held.extend(cams)
-        while len(self._held) > MAX_HELD:  # the newest go first: the oldest were scored first
-            self._held.pop()
-            self._held_dropped += 1
-            if self._held_dropped == 1:
-                log.error("%d camera frames held while the store is unreachable: newer ones are not kept", MAX_HELD)
+        self._held.add([job for job in cams if not job.held])
 
     def _done(self, job: Job, flag: FlagRecord | None, flagged_id: int | None) -> None:
         self.metrics.scored.labels(job.src.name).inc()
@@ -241,12 +244,13 @@ class Writer:
             log.info("saving the images of flagged frames in %s works again", self.store.media_dir)
         self._media_down = False
 
-    @staticmethod
-    def _finish(job: Job) -> None:
+    def _finish(self, job: Job) -> None:
+        if job.held:
+            self._held.done(job)
         if job.item is not None:
-            job.src.finish(job.item)  # type: ignore[union-attr]
+            job.src.finish(job.item)
 
     @staticmethod
     def _release(job: Job) -> None:
         if job.item is not None:
-            job.src.release(job.item)  # type: ignore[union-attr]
+            job.src.release(job.item)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -185,10 +186,13 @@ def test_slow_consumer_gets_latest_frame_and_counts_drops(tmp_path):
 def test_camera_that_does_not_answer_keeps_retrying(tmp_path, caplog):
     from tests.support import free_port
 
+    caplog.set_level(logging.DEBUG, logger="inspector.watch.camera")
     cam = camera(f"rtsp://127.0.0.1:{free_port()}/stream", open_timeout_s=1, reconnect_max_s=0.2)
     try:
-        wait_for(lambda: sum("cannot open" in r.getMessage() for r in caplog.records) >= 2, 15, what="retries")
+        wait_for(lambda: sum("cannot open" in r.getMessage() for r in caplog.records) >= 3, 15, what="retries")
         assert not cam.connected and cam.poll() is None and not cam.finished
+        warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warned) == 1 and "cannot open" in warned[0].getMessage()  # one line per outage, retries at debug
     finally:
         t = time.monotonic()
         cam.stop()

@@ -7,6 +7,8 @@ import subprocess
 from tests.support import PYTHON, ROOT, watcher_env
 
 MODULES = ["inspector.watcher", "inspector.watcher.loop", "inspector.watcher.ops", "inspector.watcher.decisions",
+           "inspector.watcher.protocols", "inspector.watcher.sources", "inspector.watcher.writer",
+           "inspector.watcher.disk", "inspector.watcher.outage", "inspector.watcher.health",
            "inspector.io.store", "inspector.io.sources", "inspector.io.camera", "inspector.io.sinks",
            "inspector.io.outbox", "inspector.data.images", "inspector.io.media", "inspector.config.line",
            "inspector.runtime", "inspector.cli.main"]

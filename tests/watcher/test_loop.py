@@ -98,7 +98,7 @@ def test_per_source_threshold_and_ledger_keep_mode(tmp_path):
         assert [(r.source, r.threshold) for r in rows] == [("strict", 1.0)]
     assert (tmp_path / "a/bright.png").exists()  # kept in place ...
     with running(cfg) as w:  # ... and not scored again after a restart (ledger)
-        wait_for(lambda: tmp_path / "a/bright.png" in w.sources[0].src._kept, 10, what="ledger lookup")
+        wait_for(lambda: tmp_path / "a/bright.png" in w.sources[0].src.folder._kept, 10, what="ledger lookup")
         drop(tmp_path / "a", "new.png", part_image(2, False))
         wait_for(lambda: w.store.counters()["strict"]["scored"] == 2, 10, what="the new file")
         assert len(flagged(w.store)) == 1
@@ -282,3 +282,37 @@ def test_full_media_disk_records_camera_frames_without_images_and_folder_files_w
         assert "works again" in caplog.text
     finally:
         col.close()
+
+
+def test_a_backlog_is_scored_in_batches_across_sources_in_order_and_a_bad_frame_fails_alone(tmp_path):
+    """Two folders with a backlog: rounds score several files in one call, each folder's files are decided in
+    their order (flagged ids follow the file order), and a file the scorer refuses is quarantined while the
+    others of its batch are recorded."""
+    doc = line_config(tmp_path, write_double(tmp_path / "model"),
+                      [{"kind": "folder", "name": s, "path": str(tmp_path / s)} for s in ("a", "b")])
+    for s in ("a", "b"):
+        for i in range(10):
+            drop(tmp_path / s, f"p{i:02d}.png", part_image(i, i % 3 == 0))
+    drop(tmp_path / "a", "p10x.png", np.zeros((1, 1, 3), np.uint8))  # the scorer refuses a 1x1 image
+    cfg = WatchConfig(**doc)
+    scorer = load_scorer(cfg.model)
+    sizes: list[int] = []
+    real_batch, real_one = scorer.score_batch, scorer.score
+
+    def score_batch(frames, **kw):
+        sizes.append(len(frames))
+        if any(f.shape[0] == 1 for f in frames):
+            raise ValueError("frame too small")
+        return real_batch(frames, **kw)
+
+    scorer.score_batch = score_batch
+    scorer.score = lambda img, **kw: real_one(img, **kw) if img.shape[0] > 1 else 1 / 0
+    with running(cfg, scorer) as w:
+        wait_for(lambda: all(w.store.counters().get(s, {}).get("scored") == 10 for s in ("a", "b")), 30,
+                 what="both backlogs")
+        wait_for(lambda: (tmp_path / "a/quarantine/p10x.png.reason.txt").exists(), 10, what="the bad file")
+        rows = flagged(w.store)
+    assert max(sizes) > 2  # scored together
+    for s in ("a", "b"):
+        assert [r.origin for r in rows if r.source == s] == ["p00.png", "p03.png", "p06.png", "p09.png"]
+    assert "ZeroDivisionError" in (tmp_path / "a/quarantine/p10x.png.reason.txt").read_text()
