@@ -38,6 +38,8 @@ class FitSettings(Settings):
                          "threshold is set on images taken after those fitted).")
     max_bad_fraction: float = Field(0.1, ge=0, le=1, description="Abort when more images than this are unreadable.")
     seed: int = Field(0, description="Random seed (split, sampling, init).")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Where to fit: cuda (an NVIDIA GPU), cpu, or "
+                        "auto (cuda when torch sees a GPU, else cpu). The fitted model is the same file either way.")
 
     @model_validator(mode="before")
     @classmethod

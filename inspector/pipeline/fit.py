@@ -85,14 +85,27 @@ def extract_features(
     """Raw patch-feature maps of every readable image: (N, C, h, w) float16 (half the memory), and the image
     formats seen (`image_formats`)."""
     maps, sizes = [], []
+    dev = net.feat_mean.device
     with torch.inference_mode(), _bar(len(paths), "features", show) as bar:
         for _, img in iter_images(paths, report, max_bad):
-            maps.append(net.features(torch.from_numpy(prepare(img, pre))[None]).half())
+            maps.append(net.features(torch.from_numpy(prepare(img, pre))[None].to(dev)).half())
             sizes.append(image_size(img))
             bar.update()
     if not maps:
         raise InspectorError("no readable images to fit on")
     return torch.cat(maps), image_formats(sizes)
+
+
+def fit_device(device: str) -> torch.device:
+    """The torch device of `FitSettings.device`; asking for cuda where torch sees no GPU is the user's to fix."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "no GPU visible to torch" if torch.version.cuda else f"torch {torch.__version__} built without CUDA"
+        raise InspectorError(f"--device cuda: {build}; use --device cpu (or auto)")
+    if device == "cuda":
+        log.info("fitting on cuda (%s)", torch.cuda.get_device_name(0))
+    return torch.device(device)
 
 
 def patch_positions(h: int, w: int) -> torch.Tensor:
@@ -113,11 +126,11 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     n, l, h, w = z.shape
     mean = z.mean(0, keepdim=True)
     d = to_cells(z - mean, cell)  # (cells, N*cell*cell, L); padding adds zero rows
-    positions = to_cells(torch.ones(1, 1, h, w), cell).sum((1, 2))  # (cells,) real positions per cell
+    positions = to_cells(torch.ones(1, 1, h, w, device=z.device), cell).sum((1, 2))  # (cells,) real positions per cell
     dof = (positions * (n - 1)).clamp_min(1)  # each position's own mean costs one sample
     cov = d.transpose(1, 2) @ d / dof[:, None, None]  # (cells, L, L)
     ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
-    cov = cov + ridge[:, None, None] * torch.eye(l)
+    cov = cov + ridge[:, None, None] * torch.eye(l, device=z.device)
     return mean, torch.linalg.inv(cov)
 
 
@@ -233,8 +246,10 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True,
 def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):
     """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net."""
     torch.manual_seed(s.seed)
-    gen = torch.Generator().manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)  # on the CPU on every device: the same sampling of patches
+    dev = fit_device(s.device)
     net, pre = build(s, fit_paths)
+    net.to(dev)
     report = LoadReport()
 
     maps, formats = extract_features(net, pre, fit_paths, report, s.max_bad_fraction, show)  # (N, C, h, w)
@@ -250,7 +265,7 @@ def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):
     del x, maps
     if net.cfg.w_latent > 0:  # the k-center coreset is the slowest step of a fit: only when the kNN term is used
         net.pos_scale.fill_(net.cfg.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
-        pos = patch_positions(h, w).repeat(n, 1)
+        pos = patch_positions(h, w).repeat(n, 1).to(z.device)
         _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), net.cfg.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
     if net.cfg.w_gauss > 0:
@@ -259,6 +274,8 @@ def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):
         net.gauss_prec.copy_(g_prec)
     if net.cfg.global_bank > 0:
         _set_bank(net, "global_bank", zmaps.mean((2, 3))[: net.cfg.global_bank])
+    del z, zmaps
+    net.to("cpu")  # the hold-out is scored and the model saved as the CPU and ONNX export will see it
     return net, pre, loss, formats, report
 
 
