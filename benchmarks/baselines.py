@@ -64,20 +64,23 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def list_test_set(root: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask) pairs of test/*; mask is None for test/good (an all-zero mask).
+def list_test_set(root: Path) -> list[tuple[Path, int, Path | None]]:
+    """(image, label, mask) of test/*: label 0 for test/good, 1 for test/<defect>; mask None where there is none.
 
-    A missing mask for a defect image is an error: silently treating it as empty would bias the
-    pixel metrics.
+    A set may come with image-level labels only: then `pixel_metrics_known` is False and the pixel metrics
+    are not computed (reported as missing) rather than treating a missing mask as an empty one.
     """
-    pairs: list[tuple[Path, Path | None]] = [(p, None) for p in list_images(root / "test" / "good")]
+    triples: list[tuple[Path, int, Path | None]] = [(p, 0, None) for p in list_images(root / "test" / "good")]
     for defect_dir in sorted(d for d in (root / "test").iterdir() if d.is_dir() and d.name != "good"):
         for img in list_images(defect_dir):
             mask = root / "ground_truth" / defect_dir.name / f"{img.stem}_mask.png"
-            if not mask.is_file():
-                raise FileNotFoundError(f"no mask for defect image {img}: expected {mask}")
-            pairs.append((img, mask))
-    return pairs
+            triples.append((img, 1, mask if mask.is_file() else None))
+    return triples
+
+
+def pixel_metrics_known(triples: list[tuple[Path, int, Path | None]]) -> bool:
+    """Whether every defect image has a mask (else pixel metrics would count unmarked defects as good pixels)."""
+    return any(label for _, label, _ in triples) and all(m is not None for _, label, m in triples if label)
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -309,21 +312,22 @@ def _run(
     holdout_scores, _, _ = score_images(model, holdout, image_size, FIT_BATCH, keep_maps=False)
     threshold, k = holdout_threshold(holdout_scores, target_fpr)
 
-    pairs = list_test_set(root)
-    test_paths = [p for p, _ in pairs]
-    scores, maps, ms_per_image = score_images(model, test_paths, image_size, 1, keep_maps=True)
-    labels = torch.tensor([int(m is not None) for _, m in pairs])
-    masks = torch.stack([load_mask(m) for _, m in pairs])
-    assert maps is not None
-
-    pixel_auroc, aupro = pixel_metrics(maps, masks)
+    triples = list_test_set(root)
+    test_paths = [p for p, _, _ in triples]
+    with_masks = pixel_metrics_known(triples)
+    scores, maps, ms_per_image = score_images(model, test_paths, image_size, 1, keep_maps=with_masks)
+    labels = torch.tensor([label for _, label, _ in triples])
+    pixel_auroc = aupro = None
+    if with_masks:
+        assert maps is not None
+        pixel_auroc, aupro = pixel_metrics(maps, torch.stack([load_mask(m) for _, _, m in triples]))
     good = labels == 0
     flagged = [bool(f) for f in (scores[good] >= threshold).tolist()]
     good_paths = [p for p, g in zip(test_paths, good.tolist()) if g]
     by_size = fpr_by_format(good_paths, flagged, fit)
     by_order = fpr_by_name_order(good_paths, (scores[good] / threshold).tolist())
     return {
-        "image_auroc": auroc(scores, labels),
+        "image_auroc": auroc(scores, labels) if 0 < int(labels.sum()) < len(labels) else None,
         "pixel_auroc": pixel_auroc,
         "aupro": aupro,
         "fpr_at_threshold": float((scores[good] >= threshold).float().mean()),

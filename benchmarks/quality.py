@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -27,6 +29,7 @@ from inspector.pipeline.calibrate import calibrate_model  # noqa: E402
 from inspector.config.fit import CalibrateSettings, FitSettings, fit_overrides  # noqa: E402
 from inspector.data.datasets import discover  # noqa: E402
 from inspector.pipeline.evaluate import evaluate_model  # noqa: E402
+from inspector.scoring.gate import fpr_check  # noqa: E402
 from inspector.scoring.metrics import late_alarm_p  # noqa: E402
 from inspector.pipeline.fit import fit, split_holdout  # noqa: E402
 
@@ -40,16 +43,47 @@ def find_sets(root: Path) -> dict[str, Path]:
     return {f"{p.parents[2].name}/{p.parents[1].name}": p.parents[1] for p in sorted(root.glob("*/*/train/good"))}
 
 
+def candidate_probe(data: Path, sink: dict):
+    """A fit probe scoring the test images under every candidate the selection tries (its own choice never sees
+    them): each candidate's test image AUROC, for the leave-one-set-out comparison with a fixed default."""
+    from inspector.data.datasets import LoadReport
+    from inspector.pipeline import select
+
+    def probe(net, pre, candidates) -> None:
+        label = {x.path: x.label for x in discover(data).test}
+        comps, labels = [], []
+        for path, img in select.iter_images(list(label), LoadReport(), 1.0):
+            comps.append(select.components(net, pre, img))
+            labels.append(label[path])
+        for c in candidates:
+            score = select.with_weights(net, c.overrides)
+            sc = [score(x) for x in comps]
+            sink[c.name] = select.auroc([v for v, lab in zip(sc, labels) if not lab], [v for v, lab in zip(sc, labels) if lab])
+
+    return probe
+
+
 def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict:
+    """Fit (choosing its settings on synthetic defects; test labels never choose), calibrate, evaluate."""
+    probed: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         t0 = time.time()
-        r = fit(data, model, FitSettings(**(overrides or {})), show=False)
+        r = fit(data, model, FitSettings(**{"select_labelled": False, **(overrides or {})}), show=False,
+                probe=candidate_probe(data, probed))
         fit_s = time.time() - t0
-        calibrate_model(model, CalibrateSettings(fpr=fpr))
+        cal = calibrate_model(model, CalibrateSettings(fpr=fpr))
         m = evaluate_model(model, show=False)
-    extra = {k: m[k] for k in ("fpr_by_image_size", "fpr_by_name_order") if k in m}
-    return {k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit} | extra
+    extra = {k: m[k] for k in ("fpr_by_image_size", "fpr_by_name_order", "late_alarm_p") if k in m}
+    good = m["images"] - m["defects"]
+    flagged = round((m.get("fpr_at_threshold") or 0.0) * good)
+    kept = fpr_check(flagged, good, cal["expected_fpr"], 0.95)
+    promise = {"holdout_images": cal["holdout_images"], "threshold_rule": cal.get("threshold_rule"),
+               "promised_fpr": cal["expected_fpr"], "test_good": good, "flagged": flagged,
+               "promise_kept": kept.ok, "promise_check": kept.detail}
+    sel = r.selection or {}
+    return ({k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit} | extra | promise
+            | {"chosen": sel.get("chosen"), "selection": sel, "candidates_test_auroc": probed})
 
 
 def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int, overrides: dict) -> dict:
@@ -68,21 +102,29 @@ def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_tra
     return out
 
 
+def _fmt(v, f: str) -> str:
+    return "-" if v is None else format(v, f)
+
+
 def table(results: dict) -> str:
-    head = "| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | fit s | ms/img |"
-    lines = [head, "|" + "---|" * 9]
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    head = ("| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | promised (held out) "
+            "| fit s | ms/img | chosen |")
+    lines = [head, "|" + "---|" * 11]
     for name, methods in results["sets"].items():
         for method, m in methods.items():
+            promised = (f"{m['promised_fpr']:.3f} ({m['holdout_images']}){'' if m.get('promise_kept', True) else ' missed'}"
+                        if "promised_fpr" in m else "-")
             lines.append(
-                f"| {name} | {method} | {m.get('train_images', '-')} | {fmt(m.get('image_auroc'), '.3f')} | "
-                f"{fmt(m.get('pixel_auroc'), '.3f')} | {fmt(m.get('aupro'), '.3f')} | {fmt(m.get('fpr_at_threshold'), '.3f')} | "
-                f"{fmt(m.get('fit_s'), '.0f')} | {fmt(m.get('ms_per_image'), '.0f')} |"
+                f"| {name} | {method} | {m.get('train_images', '-')} | {_fmt(m.get('image_auroc'), '.3f')} | "
+                f"{_fmt(m.get('pixel_auroc'), '.3f')} | {_fmt(m.get('aupro'), '.3f')} | {_fmt(m.get('fpr_at_threshold'), '.3f')} | "
+                f"{promised} | {_fmt(m.get('fit_s'), '.0f')} | {_fmt(m.get('ms_per_image'), '.0f')} | {m.get('chosen') or '-'} |"
             )
-    for method in ("inspector", "padim", "patchcore"):
-        vals = [m[method]["image_auroc"] for m in results["sets"].values() if method in m and m[method].get("image_auroc")]
+    for method in ("inspector", "padim", "patchcore"):  # over the sets where every method has a value
+        common = [m for m in results["sets"].values() if all(x.get("image_auroc") is not None for x in m.values())]
+        vals = [m[method]["image_auroc"] for m in common if method in m]
         if vals:
-            lines.append(f"| mean | {method} | | {sum(vals) / len(vals):.3f} | | | | | |")
+            lines.append(f"| mean ({len(vals)} sets) | {method} | | {sum(vals) / len(vals):.3f} | | | | | | | |")
+    lines += loso_lines(results)
     for name, methods in results["sets"].items():  # where test/good mixes camera formats, FPR per format
         for method, m in methods.items():
             parts = [f"{size}{'' if g.get('fitted', True) else ' (never fitted)'} {round(g['fpr'] * g['images'])}/{g['images']}"
@@ -98,6 +140,41 @@ def table(results: dict) -> str:
                 lines.append(f"{name} {method}: false alarms by name-order quarter, first to last: " + ", ".join(runs)
                              + f"; last vs the rest, one-sided Fisher p = {p:.1g}")
     return "\n".join(lines)
+
+
+def loso(results: dict) -> dict | None:
+    """Leave-one-set-out: per left-out set, the candidate with the best mean test AUROC on the other sets (the best a
+    fixed default chosen on labelled sets could be), against what per-product selection chose from the set's own good
+    images (no labels), and the best candidate in hindsight (an oracle, not achievable)."""
+    probed = {n: m["inspector"]["candidates_test_auroc"] for n, m in results["sets"].items()
+              if m.get("inspector", {}).get("candidates_test_auroc")}
+    names = sorted({c for v in probed.values() for c in v})
+    if len(probed) < 2 or any(set(v) != set(names) for v in probed.values()):
+        return None
+    rows = {}
+    for left, cand in probed.items():
+        others = [v for n, v in probed.items() if n != left]
+        default = max(names, key=lambda c: np.mean([v[c] for v in others]))
+        rows[left] = {"default_from_other_sets": default, "default_auroc": cand[default],
+                      "selected": results["sets"][left]["inspector"]["chosen"],
+                      "selected_auroc": results["sets"][left]["inspector"]["image_auroc"],
+                      "oracle_auroc": max(cand.values())}
+    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("default_auroc", "selected_auroc", "oracle_auroc")}
+    return {"sets": rows, "mean": mean}
+
+
+def loso_lines(results: dict) -> list[str]:
+    lo = results.get("loso")
+    if not lo:
+        return []
+    out = ["", "| left-out set | default chosen on the other sets | its AUROC | per-product choice | its AUROC | best in hindsight |",
+           "|---|---|---|---|---|---|"]
+    for n, r in lo["sets"].items():
+        out.append(f"| {n} | {r['default_from_other_sets']} | {r['default_auroc']:.3f} | {r['selected']} | "
+                   f"{r['selected_auroc']:.3f} | {r['oracle_auroc']:.3f} |")
+    m = lo["mean"]
+    out.append(f"| mean | | {m['default_auroc']:.3f} | | {m['selected_auroc']:.3f} | {m['oracle_auroc']:.3f} |")
+    return out
 
 
 def main() -> None:
@@ -122,6 +199,7 @@ def main() -> None:
         results["sets"].setdefault(name, {}).update(run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train, overrides))
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(results, indent=2) + "\n")
+    results["loso"] = loso(results)
     results["note"] = (f"PaDiM and PatchCore at 256x256, inspector at its own input size (aspect kept, at most "
                        f"320x256 pixels); PatchCore fitted on {a.patchcore_train} random fit images; "
                        "FPR measured on test/good at the threshold calibrated on held-out train/good")

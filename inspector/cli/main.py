@@ -26,11 +26,13 @@ def _fit(a: argparse.Namespace) -> int:
     overrides = {**extra, **{k: v for k, v in {
         "max_pixels": a.max_pixels, "short_side": a.short_side, "backbone": a.backbone, "weights": a.weights, "steps": a.steps,
         "keep_aspect": False if a.square else None, "seed": a.seed, "holdout": a.holdout,
-        "exposure": a.exposure,
+        "exposure": a.exposure, "device": a.device,
     }.items() if v is not None}}
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
     print(f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}) in {r.seconds:.0f} s")
+    if r.selection:
+        print(f"settings: {r.selection['reason']}; see fit.json 'selection' (--set w_latent=/w_global= fixes them)")
     return 0
 
 
@@ -103,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", choices=["last", "random"], help="good images held out for calibration: the last 20%% "
                    "in name order, the newest with timestamped names (default), or a seeded random 20%%")
     s.add_argument("--seed", type=int)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to fit: cuda (NVIDIA GPU), cpu, or auto "
+                   "(default: cuda when torch sees a GPU)")
     s.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
                    help="any other fit setting (inspector.config.FitSettings), e.g. --set gauss_cell=1 hidden=256")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

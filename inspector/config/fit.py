@@ -24,6 +24,11 @@ class FitSettings(Settings):
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     network: NetworkSettings = Field(default_factory=NetworkSettings, description="The network (its keys may be "
                                      "given flat too: `latent=128` is `network.latent=128`).")
+    select: bool = Field(True, description="Try the candidate score terms (latent kNN, whole-image latent distance) "
+                         "on held-out good images against synthetic defects and keep the best (inspector.pipeline.select); "
+                         "a term set by hand is not searched.")
+    select_labelled: bool = Field(True, description="Judge the candidates on DATA/test/<defect> images too, when there are "
+                                  "some (benchmarks turn it off: their test labels must not choose the setting).")
     steps: int = Field(1500, ge=1, le=1_000_000, description="Autoencoder training steps.")
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")
@@ -33,6 +38,8 @@ class FitSettings(Settings):
                          "threshold is set on images taken after those fitted).")
     max_bad_fraction: float = Field(0.1, ge=0, le=1, description="Abort when more images than this are unreadable.")
     seed: int = Field(0, description="Random seed (split, sampling, init).")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Where to fit: cuda (an NVIDIA GPU), cpu, or "
+                        "auto (cuda when torch sees a GPU, else cpu). The fitted model is the same file either way.")
 
     @model_validator(mode="before")
     @classmethod

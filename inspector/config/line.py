@@ -19,12 +19,31 @@ from inspector.errors import InspectorError
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MQTT topics, file names and URLs
 
 
+class GpuConfig(Settings):
+    """Options of the CUDA and TensorRT providers (used only when one of them runs)."""
+
+    device_id: int = Field(0, ge=0, le=63, description="Which GPU (CUDA device index).")
+    mem_limit_mb: int = Field(0, ge=0, le=2**20, description="Cap on ONNX Runtime's CUDA memory arena, MiB (0: none).")
+    cudnn_conv_algo_search: str = Field("EXHAUSTIVE", pattern="^(EXHAUSTIVE|HEURISTIC|DEFAULT)$", description="How "
+                                        "cuDNN picks convolution kernels (EXHAUSTIVE: the best, once per input size).")
+    trt_cache_dir: Path | None = Field(None, description="TensorRT engine and timing cache folder (default "
+                                       "$INSPECTOR_TRT_CACHE or ~/.cache/inspector/trt): engines take minutes to "
+                                       "build.")
+    trt_fp16: bool = Field(False, description="Let TensorRT run in half precision where its scores match the CPU's "
+                           "within 1% on this model (checked at each load; fp32 otherwise, with one warning).")
+    trt_workspace_mb: int = Field(0, ge=0, le=2**20, description="TensorRT builder workspace, MiB (0: ONNX Runtime's "
+                                  "default).")
+    trt_builder_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level (higher: faster "
+                                   "engines, longer builds).")
+
+
 class LineModel(Settings):
     """Which model scores the frames."""
 
     path: Path = Field(..., description="Model folder (models/<name>, uses its `current` version) or a version folder.")
     providers: list[str] | None = Field(None, description="ONNX Runtime providers in order of preference (default: best available).")
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime CPU threads per frame (0: one per core; 1 leaves cores to the rest of a busy box).")
+    gpu: GpuConfig = Field(default_factory=GpuConfig, description="CUDA and TensorRT provider options.")
     reload_check_s: float = Field(
         5.0, ge=0.1, le=3600,
         description="How often to check whether `current` moved to a new version (hot reload).",

@@ -107,8 +107,9 @@ def _items(rows) -> list[Item]:
 def list_items(engine: sa.Engine, f: Filters, cursor: Cursor | None = None, limit: int = 48) -> Page:
     """One page, newest first, strictly after `cursor`."""
     q = sa.select(*_COLUMNS).where(*f.where())
-    if cursor is not None:
-        q = q.where(sa.or_(Flagged.created_at < cursor.created_at,
+    if cursor is not None:  # the plain bound lets an index range-scan from the cursor; the OR alone reads from the top
+        q = q.where(Flagged.created_at <= cursor.created_at,
+                    sa.or_(Flagged.created_at < cursor.created_at,
                            sa.and_(Flagged.created_at == cursor.created_at, Flagged.id < cursor.id)))
     q = q.order_by(Flagged.created_at.desc(), Flagged.id.desc()).limit(limit + 1)
     with engine.connect() as c:
@@ -155,10 +156,10 @@ def get_item(engine: sa.Engine, item_id: int) -> Item | None:
 def neighbours(engine: sa.Engine, item: Item, n: int = 4) -> tuple[list[Item], list[Item]]:
     """(older, newer) flagged items of the same source, nearest first."""
     same = Flagged.source == item.source
-    older = sa.or_(Flagged.created_at < item.created_at,
-                   sa.and_(Flagged.created_at == item.created_at, Flagged.id < item.id))
-    newer = sa.or_(Flagged.created_at > item.created_at,
-                   sa.and_(Flagged.created_at == item.created_at, Flagged.id > item.id))
+    older = sa.and_(Flagged.created_at <= item.created_at, sa.or_(  # the plain bounds: see list_items
+        Flagged.created_at < item.created_at, sa.and_(Flagged.created_at == item.created_at, Flagged.id < item.id)))
+    newer = sa.and_(Flagged.created_at >= item.created_at, sa.or_(
+        Flagged.created_at > item.created_at, sa.and_(Flagged.created_at == item.created_at, Flagged.id > item.id)))
     q_old = sa.select(*_COLUMNS).where(same, older).order_by(Flagged.created_at.desc(), Flagged.id.desc()).limit(n)
     q_new = sa.select(*_COLUMNS).where(same, newer).order_by(Flagged.created_at.asc(), Flagged.id.asc()).limit(n)
     with engine.connect() as c:

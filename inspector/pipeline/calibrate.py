@@ -8,6 +8,7 @@ threshold and precision/recall are reported too, and `strategy=f1` uses it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
             fpr = fpr_estimate(good, threshold, s.fpr)
     elif s.strategy == "f1":
         raise InspectorError("strategy f1 needs labelled defect images (DATA/test/<defect>/); none found")
-    cal.update(threshold=threshold, expected_fpr=fpr.expected_fpr, fpr_interval_90=list(fpr.interval_90))
+    cal.update(threshold=threshold, expected_fpr=fpr.expected_fpr, fpr_interval_90=list(fpr.interval_90),
+               threshold_rule=fpr.rule)
     cal["meaning"] = meaning(cal, fpr)
     cal["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(staging(model_dir) / CALIBRATION_FILE, cal)
@@ -93,7 +95,12 @@ def meaning(cal: dict, fpr) -> str:
         f"many images)."
     )
     if not fpr.attainable:
-        text += f" {fpr.holdout} images are too few to resolve a {fpr.target_fpr:.1%} rate; add good images."
+        need = math.ceil(1 / fpr.target_fpr - 1)
+        text += (f" {fpr.holdout} held-out images cannot promise {fpr.target_fpr:.1%} without assumptions: the threshold "
+                 f"is above every one of them, which promises at most {fpr.expected_fpr:.1%}")
+        if fpr.rule == "max+lognormal":
+            text += f", and {fpr.target_fpr:.1%} if good scores are log-normal (a t prediction bound on their logs)"
+        text += f"; {need} held-out good images (about {math.ceil(need / 0.2)} good images) promise it outright."
     if "labelled" in cal:
         at = cal["labelled"]["at_fpr_threshold"]
         text += (

@@ -17,6 +17,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from inspector.config.fit import FitSettings
 from inspector.config.network import DEFAULT_BACKBONE
 from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.errors import InspectorError
+from inspector.pipeline import select
 from inspector.pipeline.infer import score_paths
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, to_cells
@@ -49,6 +51,7 @@ class FitResult:
     n_holdout: int
     seconds: float
     skipped: int
+    selection: dict | None = None  # what was tried and why (select.Selection.to_dict), None when nothing was searched
 
 
 def split_holdout(paths: list[Path], fraction: float, seed: int, how: str = "last") -> tuple[list[Path], list[Path]]:
@@ -82,14 +85,27 @@ def extract_features(
     """Raw patch-feature maps of every readable image: (N, C, h, w) float16 (half the memory), and the image
     formats seen (`image_formats`)."""
     maps, sizes = [], []
+    dev = net.feat_mean.device
     with torch.inference_mode(), _bar(len(paths), "features", show) as bar:
         for _, img in iter_images(paths, report, max_bad):
-            maps.append(net.features(torch.from_numpy(prepare(img, pre))[None]).half())
+            maps.append(net.features(torch.from_numpy(prepare(img, pre))[None].to(dev)).half())
             sizes.append(image_size(img))
             bar.update()
     if not maps:
         raise InspectorError("no readable images to fit on")
     return torch.cat(maps), image_formats(sizes)
+
+
+def fit_device(device: str) -> torch.device:
+    """The torch device of `FitSettings.device`; asking for cuda where torch sees no GPU is the user's to fix."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        build = "no GPU visible to torch" if torch.version.cuda else f"torch {torch.__version__} built without CUDA"
+        raise InspectorError(f"--device cuda: {build}; use --device cpu (or auto)")
+    if device == "cuda":
+        log.info("fitting on cuda (%s)", torch.cuda.get_device_name(0))
+    return torch.device(device)
 
 
 def patch_positions(h: int, w: int) -> torch.Tensor:
@@ -110,11 +126,11 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     n, l, h, w = z.shape
     mean = z.mean(0, keepdim=True)
     d = to_cells(z - mean, cell)  # (cells, N*cell*cell, L); padding adds zero rows
-    positions = to_cells(torch.ones(1, 1, h, w), cell).sum((1, 2))  # (cells,) real positions per cell
+    positions = to_cells(torch.ones(1, 1, h, w, device=z.device), cell).sum((1, 2))  # (cells,) real positions per cell
     dof = (positions * (n - 1)).clamp_min(1)  # each position's own mean costs one sample
     cov = d.transpose(1, 2) @ d / dof[:, None, None]  # (cells, L, L)
     ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
-    cov = cov + ridge[:, None, None] * torch.eye(l)
+    cov = cov + ridge[:, None, None] * torch.eye(l, device=z.device)
     return mean, torch.linalg.inv(cov)
 
 
@@ -201,15 +217,39 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     return net, pre
 
 
-def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
+def fit(data: Path, out: Path, s: FitSettings, show: bool = True,
+        probe: Callable[[InspectorNet, Preprocess, list[select.Candidate]], None] | None = None) -> FitResult:
+    """Fit a model on the good images of `data` into `out`. `probe` (benchmarks) sees the net with every
+    candidate term before the selection prunes it, to score each candidate on its own labels."""
     t0 = time.time()
     ds = discover(data)
     fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise InspectorError(f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out")
+    search, candidates = select.plan(s, len(fit_paths))
+    net, pre, loss, formats, report = _fit_net(search, fit_paths, show)
+    holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, search, show)
+    chosen, selection = search, None
+    if len(candidates) > 1 and comps:
+        if probe is not None:
+            probe(net, pre, candidates)
+        labelled = [x.path for x in ds.test if x.label] if s.select_labelled else []
+        sel = select.choose(net, pre, candidates, comps, holdout, labelled, s.seed)
+        chosen = search.model_copy(update={"network": search.network.model_copy(update=sel.chosen.overrides)})
+        net, selection = select.prune(net, net.cfg.model_copy(update=sel.chosen.overrides)), sel.to_dict()
+        holdout_scores = [(name, select.with_weights(net, {})(c)) for (name, _), c in zip(holdout_scores, comps)]
+    result_dir = _write(out, net, pre, chosen, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats,
+                        selection)
+    return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad), selection)
+
+
+def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):
+    """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net."""
     torch.manual_seed(s.seed)
-    gen = torch.Generator().manual_seed(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)  # on the CPU on every device: the same sampling of patches
+    dev = fit_device(s.device)
     net, pre = build(s, fit_paths)
+    net.to(dev)
     report = LoadReport()
 
     maps, formats = extract_features(net, pre, fit_paths, report, s.max_bad_fraction, show)  # (N, C, h, w)
@@ -225,7 +265,7 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
     del x, maps
     if net.cfg.w_latent > 0:  # the k-center coreset is the slowest step of a fit: only when the kNN term is used
         net.pos_scale.fill_(net.cfg.pos_weight * float(z.std(0).pow(2).sum().sqrt()))
-        pos = patch_positions(h, w).repeat(n, 1)
+        pos = patch_positions(h, w).repeat(n, 1).to(z.device)
         _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), net.cfg.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
     if net.cfg.w_gauss > 0:
@@ -235,14 +275,13 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True) -> FitResult:
     if net.cfg.global_bank > 0:
         _set_bank(net, "global_bank", zmaps.mean((2, 3))[: net.cfg.global_bank])
     del z, zmaps
-
-    holdout_scores = _calibrate_scales(net, pre, holdout, report, s, show)
-    result_dir = _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats)
-    return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad))
+    net.to("cpu")  # the hold-out is scored and the model saved as the CPU and ONNX export will see it
+    return net, pre, loss, formats, report
 
 
-def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, float]]:
-    """Set each component's scale to its median image-level value on the hold-out; return raw scores."""
+def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[str, float]], list[tuple]]:
+    """Set each component's scale to its median image-level value on the hold-out; return raw scores and the
+    components they came from."""
     comps, names = [], []
     with _bar(len(holdout), "hold-out", show) as bar:
         for r in score_paths(net, pre, holdout, report, s.max_bad_fraction, keep_components=True):
@@ -259,10 +298,10 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> list[tuple[str, flo
         ]))
     with torch.inference_mode():
         scores = [float(net.combine(*c, c[0].shape[-2:]).score[0]) for c in comps]
-    return list(zip(names, scores))
+    return list(zip(names, scores)), comps
 
 
-def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats) -> Path:
+def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection) -> Path:
     final = staging(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
@@ -279,6 +318,7 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
         "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
         "autoencoder_loss": loss,
         "fit_seconds": round(time.time() - t0, 2),
+        "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
         "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
     })
     replace_dir(tmp, final)

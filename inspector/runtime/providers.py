@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +27,8 @@ TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPU
 DEFAULT_PROVIDERS = (TENSORRT, CUDA, CPU)
 ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "cpu": CPU}
 ENV_VAR = "INSPECTOR_PROVIDERS"  # e.g. "cuda,cpu": overrides the default order
+TRT_CACHE_VAR = "INSPECTOR_TRT_CACHE"  # the engine cache folder when the line config names none
+CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 _WINDOWS = sys.platform == "win32"
 
 
@@ -110,3 +113,46 @@ def _say_once(message: str) -> None:
     if message not in _said:
         _said.add(message)
         log.info(message)
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """What the CUDA and TensorRT providers are given (the line config's `model.gpu`).
+
+    fp16 is off by default: the session turns it on only after its scores matched the CPU's on this
+    model (see `session.fp16_parity`), since an anomaly score is compared with a threshold at 1.0 and
+    a half-precision kNN or Mahalanobis sum can move it across.
+    """
+
+    device_id: int = 0
+    mem_limit_mb: int = 0  # CUDA arena cap; 0: no cap
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # ORT's default: best kernels once per input shape
+    trt_cache_dir: str | None = None  # engines are built for minutes: cached here across restarts
+    trt_fp16: bool = False
+    trt_workspace_mb: int = 0  # TensorRT builder workspace; 0: ORT's default
+    trt_builder_level: int = 3  # TensorRT builder optimization level 0-5 (higher: longer builds)
+
+    def trt_cache(self) -> Path:
+        """fp16 and fp32 engines in separate folders: a cached fp16 engine never answers an fp32 request."""
+        root = Path(self.trt_cache_dir or os.environ.get(TRT_CACHE_VAR) or Path.home() / ".cache" / "inspector" / "trt")
+        return root / ("fp16" if self.trt_fp16 else "fp32")
+
+
+def provider_options(providers: list[str], gpu: GpuOptions | None = None) -> list[str | tuple[str, dict]]:
+    """ONNX Runtime's `providers=` argument: each GPU provider with its options (names as in the ORT docs
+    for the CUDA and TensorRT execution providers), others by name. Creates the TensorRT cache folder."""
+    gpu = gpu or GpuOptions()
+    if gpu.cudnn_conv_algo_search not in CONV_SEARCH:
+        raise ValueError(f"cudnn_conv_algo_search must be one of {CONV_SEARCH}")
+    cuda: dict = {"device_id": gpu.device_id, "cudnn_conv_algo_search": gpu.cudnn_conv_algo_search}
+    if gpu.mem_limit_mb:
+        cuda["gpu_mem_limit"] = gpu.mem_limit_mb * 2**20
+    cache = gpu.trt_cache()
+    trt: dict = {"device_id": gpu.device_id, "trt_fp16_enable": gpu.trt_fp16, "trt_engine_cache_enable": True,
+                 "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                 "trt_timing_cache_path": str(cache), "trt_builder_optimization_level": gpu.trt_builder_level}
+    if gpu.trt_workspace_mb:
+        trt["trt_max_workspace_size"] = gpu.trt_workspace_mb * 2**20
+    if TENSORRT in providers:
+        cache.mkdir(parents=True, exist_ok=True)
+    return [(p, trt) if p == TENSORRT else (p, cuda) if p == CUDA else p for p in providers]

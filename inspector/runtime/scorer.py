@@ -15,7 +15,7 @@ from inspector.errors import InspectorError
 from inspector.data.preprocess import prepare
 from inspector.data.images import image_size
 from inspector.runtime.manifest import check_threshold
-from inspector.runtime.providers import choose
+from inspector.runtime.providers import GpuOptions, choose
 from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, run_batches, stamp_of, to_result
 from inspector.types import FrameResult
 
@@ -29,25 +29,29 @@ class Scorer:
     `threshold` (the watcher's per-source setting) in the same units as `manifest["threshold"]`.
     """
 
-    def __init__(self, model: LoadedModel, model_dir: Path | None, providers: list[str], threads: int, max_batch: int):
+    def __init__(self, model: LoadedModel, model_dir: Path | None, providers: list[str], threads: int, max_batch: int,
+                 gpu: GpuOptions | None = None):
         self._model = model
         self._model_dir = model_dir
         self._providers = providers
         self._threads = threads
+        self._gpu = gpu
         self.max_batch = max_batch
         self._reload_lock = threading.Lock()
         self._failed: tuple | None = None  # the stamp that failed to load: not retried each frame
         self._unfitted_sizes: set[str] = set()  # frame sizes already warned about
 
     @classmethod
-    def load(cls, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, max_batch: int = 8) -> "Scorer":
+    def load(cls, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, max_batch: int = 8,
+             gpu: GpuOptions | None = None) -> "Scorer":
         """Load a version folder, or a model folder's `current` version (then `reload_if_changed` works).
 
         providers: e.g. ["cuda", "cpu"]; default TensorRT -> CUDA -> CPU (or $INSPECTOR_PROVIDERS).
+        gpu: the CUDA and TensorRT providers' options (device, engine cache, fp16).
         """
         version_dir, model_dir = registry.resolve(Path(path))
         wanted = choose(list(providers) if providers is not None else None)
-        return cls(load_version(version_dir, wanted, threads), model_dir, wanted, threads, max(1, max_batch))
+        return cls(load_version(version_dir, wanted, threads, gpu), model_dir, wanted, threads, max(1, max_batch), gpu)
 
     @property
     def version(self) -> str:
@@ -121,7 +125,7 @@ class Scorer:
             if stamp == self._model.stamp or stamp == self._failed:
                 return False
             try:
-                new = load_version(version_dir, self._providers, self._threads)
+                new = load_version(version_dir, self._providers, self._threads, self._gpu)
             except InspectorError as e:
                 return self._keep(stamp, e)
             old, self._model, self._failed = self._model.stamp[0], new, None

@@ -20,11 +20,12 @@ from inspector.errors import InspectorError
 from inspector.data.preprocess import Preprocess, overlay
 from inspector.data.images import load_image, to_bgr8
 from inspector.runtime.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, load_verified
-from inspector.runtime.providers import TENSORRT
+from inspector.runtime.providers import CPU, TENSORRT, GpuOptions, provider_options
 from inspector.types import FrameResult
 
 log = logging.getLogger(__name__)
 KNN_BUDGET_BYTES = 64 << 20  # per graph run, for the kNN distance matrix (see images_per_run)
+FP16_TOLERANCE = 0.01  # relative score difference to the CPU's allowed for TensorRT fp16 (1% at the threshold)
 
 Frame = np.ndarray | str | os.PathLike
 
@@ -50,14 +51,8 @@ def stamp_of(version_dir: Path) -> tuple[str, int, int]:
     return version_dir.name, times[0], times[1]
 
 
-def _provider_options(providers: list[str]) -> list[str | tuple[str, dict]]:
-    """TensorRT builds engines for minutes: cache them across restarts."""
-    cache = Path(os.environ.get("INSPECTOR_TRT_CACHE", Path.home() / ".cache" / "inspector" / "trt"))
-    trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache)}
-    return [(p, trt) if p == TENSORRT else p for p in providers]
-
-
-def open_session(blob: bytes, m: Manifest, providers: list[str], threads: int = 0) -> ort.InferenceSession:
+def open_session(blob: bytes, m: Manifest, providers: list[str], threads: int = 0,
+                 gpu: GpuOptions | None = None) -> ort.InferenceSession:
     """An ORT session on checked graph bytes; an unloadable or mismatched graph is one clear error."""
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT's warnings (e.g. shape ops placed on CPU) are not the user's business
@@ -65,7 +60,7 @@ def open_session(blob: bytes, m: Manifest, providers: list[str], threads: int = 
     if threads > 0:
         so.intra_op_num_threads = threads
     try:
-        sess = ort.InferenceSession(blob, sess_options=so, providers=_provider_options(providers))
+        sess = ort.InferenceSession(blob, sess_options=so, providers=provider_options(providers, gpu))
     except Exception as e:  # ORT raises several pybind types (InvalidProtobuf, Fail, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise InspectorError(f"{m.model_path} cannot be loaded by ONNX Runtime ({first[:200]}); re-export") from None
@@ -85,10 +80,43 @@ def _warm_up(model: LoadedModel) -> None:
     model.session.run(None, {model.manifest.input_name: np.zeros((1, 3, h, w), np.float32)})
 
 
-def load_version(version_dir: Path, providers: list[str], threads: int = 0) -> LoadedModel:
+def _probe(model: LoadedModel, seed: int = 0) -> np.ndarray:
+    """Scores of a fixed seeded batch of two noise frames: the same input for every provider."""
+    s = model.preprocess.short_side
+    h, w = model.preprocess.input_size(s, s)
+    x = np.random.default_rng(seed).normal(0, 1, (2, 3, h, w)).astype(np.float32)
+    score = model.session.run([model.manifest.output_names[1]], {model.manifest.input_name: x})[0]
+    return np.asarray(score, np.float64)
+
+
+def fp16_parity(fast: np.ndarray, reference: np.ndarray, tolerance: float = FP16_TOLERANCE) -> float | None:
+    """None when the fp16 scores are within `tolerance` (relative) of the reference ones, else the worst difference."""
+    worst = float(np.max(np.abs(fast - reference) / np.maximum(np.abs(reference), 1e-6)))
+    return None if worst <= tolerance else worst
+
+
+def load_version(version_dir: Path, providers: list[str], threads: int = 0,
+                 gpu: GpuOptions | None = None) -> LoadedModel:
     stamp = stamp_of(version_dir)  # taken first: an edit during loading triggers another reload
     m, blob = load_verified(version_dir)
-    model = LoadedModel(m, open_session(blob, m, providers, threads), m.preprocess, stamp)
+    model = LoadedModel(m, open_session(blob, m, providers, threads, gpu), m.preprocess, stamp)
+    _warm_up(model)
+    if gpu is not None and gpu.trt_fp16 and model.session.get_providers()[0] == TENSORRT:
+        model = _fp16_or_fp32(model, blob, providers, threads, gpu)
+    return model
+
+
+def _fp16_or_fp32(model: LoadedModel, blob: bytes, providers: list[str], threads: int, gpu: GpuOptions) -> LoadedModel:
+    """Keep the TensorRT fp16 session only where its scores match the CPU's on this model; else rebuild in fp32."""
+    cpu = LoadedModel(model.manifest, open_session(blob, model.manifest, [CPU], threads), model.preprocess, model.stamp)
+    worst = fp16_parity(_probe(model), _probe(cpu))
+    if worst is None:
+        return model
+    log.warning("TensorRT fp16 scores differ from the CPU's by %.1f%% (over %.0f%%) on %s: running TensorRT in fp32",
+                100 * worst, 100 * FP16_TOLERANCE, model.manifest.version_dir.name)
+    fp32 = GpuOptions(**{**gpu.__dict__, "trt_fp16": False})
+    model = LoadedModel(model.manifest, open_session(blob, model.manifest, providers, threads, fp32), model.preprocess,
+                        model.stamp)
     _warm_up(model)
     return model
 

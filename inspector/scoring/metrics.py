@@ -14,34 +14,53 @@ class FprThreshold:
     holdout: int  # good images it was chosen from
     above: int  # held-out good images at or above it
     target_fpr: float
-    expected_fpr: float  # mean false-alarm rate on new good images
+    expected_fpr: float  # the mean false-alarm rate on new good images the rule promises without assumptions
     interval_90: tuple[float, float]
-    attainable: bool  # False when too few images to resolve the target
+    attainable: bool  # False when too few images to promise the target without assumptions
+    rule: str = "rank"  # "rank": k-th largest score; "max+lognormal": see fpr_threshold; "max+margin"
+    model_fpr: float | None = None  # the rate if good scores are log-normal ("max+lognormal" only)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def fpr_threshold(good_scores: np.ndarray, target_fpr: float) -> FprThreshold:
-    """Threshold at the k-th largest held-out good score.
+MIN_LOGNORMAL = 3  # fewest held-out scores a log-normal prediction bound is fitted to
 
-    With n held-out scores and the threshold at the k-th largest, a new good image scores at or above
-    it with probability k/(n+1); that rate is Beta(k, n+1-k) distributed over draws of the hold-out
-    set, which gives the interval. k is the largest with k/(n+1) <= target.
+
+def fpr_threshold(good_scores: np.ndarray, target_fpr: float) -> FprThreshold:
+    """Threshold for a target false-alarm rate from n held-out good scores, and what it can promise.
+
+    n >= 1/target - 1 ("rank"): the k-th largest score, k = floor(target (n+1)). A new good image scores at
+    or above it with probability k/(n+1) <= target, whatever the score distribution (exchangeability only);
+    over draws of the hold-out that rate is Beta(k, n+1-k) distributed, which gives the interval.
+
+    Fewer images ("max+lognormal"): no rank can promise the target, and the highest score already promises
+    only 1/(n+1) (e.g. 12.5% for 7 images): that is stated as `expected_fpr`. The threshold is the larger of
+    that maximum and the one-sided Student-t prediction bound for the target on the log scores, which flags a
+    new good part with probability exactly `target` if good scores are log-normal (`model_fpr`); taking the
+    larger keeps the assumption-free 1/(n+1) bound. Anomaly scores are positive and right-skewed, so the log
+    is the scale their spread is closest to normal on.
     """
     from scipy.stats import beta
+    from scipy.stats import t as student_t
 
     s = np.sort(np.asarray(good_scores, np.float64))[::-1]
     n = len(s)
     k = math.floor(target_fpr * (n + 1) + 1e-9)
-    attainable = k >= 1
-    k = max(k, 1)
-    thr = float(s[k - 1])
-    if not attainable:  # above every held-out score: a margin of the score spread
-        thr = float(s[0] + 0.05 * (s[0] - np.median(s)))
-        k = 1
-    lo, hi = beta.ppf([0.05, 0.95], k, n + 1 - k)
-    return FprThreshold(thr, n, int((s >= thr).sum()), target_fpr, k / (n + 1), (float(lo), float(hi)), attainable)
+    if k >= 1:
+        lo, hi = beta.ppf([0.05, 0.95], k, n + 1 - k)
+        return FprThreshold(float(s[k - 1]), n, int((s >= s[k - 1]).sum()), target_fpr, k / (n + 1),
+                            (float(lo), float(hi)), True)
+    lo, hi = beta.ppf([0.05, 0.95], 1, n)
+    if n >= MIN_LOGNORMAL and s[-1] > 0 and np.ptp(s) > 0:
+        logs = np.log(s)
+        bound = logs.mean() + student_t.ppf(1 - target_fpr, n - 1) * logs.std(ddof=1) * math.sqrt(1 + 1 / n)
+        thr, rule, model = max(float(s[0]), float(np.exp(bound))), "max+lognormal", target_fpr
+    else:  # above every held-out score: a margin of the score spread
+        thr, rule, model = float(s[0] + 0.05 * (s[0] - np.median(s))), "max+margin", None
+    if thr <= s[0]:
+        thr = float(np.nextafter(s[0], np.inf))
+    return FprThreshold(thr, n, 0, target_fpr, 1 / (n + 1), (float(lo), float(hi)), False, rule, model)
 
 
 def pr_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:

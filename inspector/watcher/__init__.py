@@ -35,9 +35,11 @@ def load_scorer(cfg: LineModel) -> Scorer:
         raise InspectorError(f"model.path {cfg.path}: no such model folder")
     try:
         from inspector.runtime import Scorer
+        from inspector.runtime.providers import GpuOptions
     except ImportError as e:
         raise InspectorError(f"the ONNX runtime is not available ({e}); install inspector[runtime]") from None
-    return Scorer.load(cfg.path, providers=cfg.providers, threads=cfg.threads)
+    gpu = GpuOptions(**{**cfg.gpu.model_dump(), "trt_cache_dir": str(cfg.gpu.trt_cache_dir) if cfg.gpu.trt_cache_dir else None})
+    return Scorer.load(cfg.path, providers=cfg.providers, threads=cfg.threads, gpu=gpu)
 
 
 def open_store(url: str, media_dir: Path | None, stop: threading.Event, retry_s: float = STORE_RETRY_S) -> Any:

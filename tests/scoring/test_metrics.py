@@ -50,3 +50,20 @@ def test_fpr_by_order_splits_in_consecutive_runs():
     assert runs[2] == {"first": "p12", "last": "p16", "images": 5, "flagged": 0, "fpr": 0.0, "median_score": 0.4}
     assert runs[3]["median_score"] == pytest.approx(1.3)
     assert fpr_by_order(names[:19], scores[:19]) is None  # a run of fewer than 5 images says nothing
+
+
+@pytest.mark.parametrize("n", [7, 14, 40])
+def test_few_held_out_images_keep_the_promise_they_state(n):
+    """Below 1/target - 1 images no rank promises 1%: the rule promises 1/(n+1) whatever the scores' shape and
+    the target itself when they are log-normal; both promises hold on fresh good scores, averaged over hold-outs."""
+    rng = np.random.default_rng(1)
+    for draw, promise_holds_at in ((lambda size: rng.lognormal(0.0, 0.3, size), "target"),
+                                   (lambda size: rng.gamma(0.5, 1.0, size) + 1e-3, "bound")):
+        fresh = draw(200_000)
+        realized = []
+        for _ in range(300):
+            t = fpr_threshold(draw(n), 0.01)
+            assert not t.attainable and t.rule == "max+lognormal" and t.above == 0
+            assert t.expected_fpr == pytest.approx(1 / (n + 1)) and t.model_fpr == 0.01
+            realized.append((fresh >= t.threshold).mean())
+        assert np.mean(realized) <= (0.015 if promise_holds_at == "target" else 1 / (n + 1))
