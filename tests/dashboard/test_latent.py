@@ -69,8 +69,12 @@ def test_similar_items_of_a_scratch_are_mostly_scratches(kinds_embedded):
 @pytest.mark.slow
 def test_clusters_separate_the_defect_kinds(kinds_embedded):
     emb, labels, _ = kinds_embedded
-    nmi = normalized_mutual_info_score(labels, cluster(emb, n_groups=3))
-    assert nmi >= 0.4  # random groups: ~0.05
+    groups = cluster(emb, n_groups=3)
+    nmi = normalized_mutual_info_score(labels, groups)
+    rng = np.random.default_rng(0)  # chance: the same group sizes, shuffled
+    chance = np.mean([normalized_mutual_info_score(labels, rng.permutation(groups)) for _ in range(50)])
+    print(f"NMI {nmi:.3f}, chance {chance:.3f}")
+    assert nmi >= max(0.25, 3 * chance)
 
 
 def test_suggested_verdict_is_the_reviewed_majority():
