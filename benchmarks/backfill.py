@@ -53,20 +53,31 @@ def run_once(work: Path, model: Path, folder: Path, n: int, engine: str, batch: 
     from tests.support import temp_database
 
     with temp_database() as url:
-        doc = {"line": "bench", "model": {"path": str(model), "providers": ["cpu"]},
-               "sources": [{"kind": "folder", "name": "scan", "path": str(work / "in")}],
-               "store": {"url": url, "media_dir": str(work / f"media-{engine}")}}
+        doc = {
+            "line": "bench",
+            "model": {"path": str(model), "providers": ["cpu"]},
+            "sources": [{"kind": "folder", "name": "scan", "path": str(work / "in")}],
+            "store": {"url": url, "media_dir": str(work / f"media-{engine}")},
+        }
         config = work / f"{engine}.yaml"
         config.write_text(yaml.safe_dump(doc))
         t = time.perf_counter()
-        s = BackfillSettings(folder=folder, engine="in_process" if engine == "in_process" else "dask",
-                             processes=engine != "dask_threads", batch_size=batch)
+        s = BackfillSettings(
+            folder=folder,
+            engine="in_process" if engine == "in_process" else "dask",
+            processes=engine != "dask_threads",
+            batch_size=batch,
+        )
         r = backfill(config, s)
         seconds = time.perf_counter() - t
         if r.scored != n:
             raise SystemExit(f"{engine}: scored {r.scored} of {n}")
-        return {"seconds": round(seconds, 2), "per_s": round(n / seconds, 1), "flagged": r.flagged,
-                **exactly_once(url, n)}
+        return {
+            "seconds": round(seconds, 2),
+            "per_s": round(n / seconds, 1),
+            "flagged": r.flagged,
+            **exactly_once(url, n),
+        }
 
 
 def main() -> None:
@@ -85,8 +96,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp:
         work = Path(tmp)
         model = work / "models" / "part"
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "watch.py"), "--build-model", str(model),
-                        "--size", str(a.size)], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "watch.py"), "--build-model", str(model), "--size", str(a.size)],
+            check=True,
+        )
         make_images(work / "archive", a.n, a.size, defect_every=50)
         with prefect_test_harness(server_startup_timeout=180):
             for k in range(a.rounds):
@@ -94,11 +107,20 @@ def main() -> None:
                     runs[engine].append(run_once(work, model, work / "archive", a.n, engine, a.batch))
                     print(f"round {k + 1} {engine}: {runs[engine][-1]}", flush=True)
     best = {e: max(rs, key=lambda r: r["per_s"]) for e, rs in runs.items()}
-    result = {"images": a.n, "in_process_per_s": best["in_process"]["per_s"], "dask_per_s": best["dask"]["per_s"],
-              "ratio": round(best["dask"]["per_s"] / best["in_process"]["per_s"], 3), "target_ratio": 0.9,
-              **({"dask_threads_per_s": best["dask_threads"]["per_s"]} if "dask_threads" in best else {}),
-              "image_size": a.size, "batch_size": a.batch, "cpu_count": os.cpu_count(), "dask_workers": os.cpu_count(),
-              "rounds": runs, "exactly_once": True}
+    result = {
+        "images": a.n,
+        "in_process_per_s": best["in_process"]["per_s"],
+        "dask_per_s": best["dask"]["per_s"],
+        "ratio": round(best["dask"]["per_s"] / best["in_process"]["per_s"], 3),
+        "target_ratio": 0.9,
+        **({"dask_threads_per_s": best["dask_threads"]["per_s"]} if "dask_threads" in best else {}),
+        "image_size": a.size,
+        "batch_size": a.batch,
+        "cpu_count": os.cpu_count(),
+        "dask_workers": os.cpu_count(),
+        "rounds": runs,
+        "exactly_once": True,
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n| engine | images/s (best of {a.rounds}) | seconds |\n|---|---|---|")

@@ -35,8 +35,8 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import binary_auroc
 
 from inspector.data.datasets import image_formats
-from inspector.pipeline.evaluate import fpr_by_name_order
 from inspector.model.backbone import default_weights_path, load_weights
+from inspector.pipeline.evaluate import fpr_by_name_order
 
 BACKBONE = "efficientnet_lite0"
 LAYERS = ["blocks.2", "blocks.4"]
@@ -359,8 +359,10 @@ def fpr_by_format(good: list[Path], flagged: list[bool], fit: list[Path]) -> dic
     test_formats, fit_formats = image_formats(sizes), image_formats([file_size(p) for p in fit])
     if not test_formats or fit_formats is None:
         return None
-    out = {k: {"images": n, "fpr": sum(f for s, f in zip(sizes, flagged) if s == k) / n, "fitted": k in fit_formats}
-           for k, n in test_formats.items()}
+    out = {
+        k: {"images": n, "fpr": sum(f for s, f in zip(sizes, flagged) if s == k) / n, "fitted": k in fit_formats}
+        for k, n in test_formats.items()
+    }
     return out if len(out) > 1 or not all(g["fitted"] for g in out.values()) else None
 
 
@@ -396,7 +398,14 @@ def main() -> None:
     fit, holdout = _split_train(args.root, args.holdout_fraction, args.seed)
     torch.set_num_threads(TORCH_THREADS)
     result = _run(
-        args.method, args.root, holdout, fit, args.image_size, args.target_fpr, args.max_train, args.seed,
+        args.method,
+        args.root,
+        holdout,
+        fit,
+        args.image_size,
+        args.target_fpr,
+        args.max_train,
+        args.seed,
         args.coreset_ratio,
     )
     print(json.dumps(result, indent=2))

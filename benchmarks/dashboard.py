@@ -55,17 +55,45 @@ def fill(store: Store, rows: int, seed: int = 0) -> list[tuple[datetime, int]]:
             score = 1.0 + rng.expovariate(1.2)
             status = rng.choice(statuses)
             key = f"b{i:07d}"
-            batch.append(dict(source=src, created_at=t, score=score, raw_score=score * 3.0, threshold=3.0,
-                              model_version="v12", image_path=f"{src}/{t:%Y-%m-%d}/{key}.png",
-                              overlay_path=f"{src}/{t:%Y-%m-%d}/{key}.overlay.jpg", map_path=None, width=2048,
-                              height=1024, origin=f"{key}.png", review_status=status,
-                              reviewed_by=None if status == "pending" else "qa", reviewed_at=None if status == "pending" else t,
-                              review_note=None, frame_key=key))
+            batch.append(
+                dict(
+                    source=src,
+                    created_at=t,
+                    score=score,
+                    raw_score=score * 3.0,
+                    threshold=3.0,
+                    model_version="v12",
+                    image_path=f"{src}/{t:%Y-%m-%d}/{key}.png",
+                    overlay_path=f"{src}/{t:%Y-%m-%d}/{key}.overlay.jpg",
+                    map_path=None,
+                    width=2048,
+                    height=1024,
+                    origin=f"{key}.png",
+                    review_status=status,
+                    reviewed_by=None if status == "pending" else "qa",
+                    reviewed_at=None if status == "pending" else t,
+                    review_note=None,
+                    frame_key=key,
+                )
+            )
             if len(batch) == 10_000:
                 _flush(c, batch)
         _flush(c, batch)
-        c.execute(sa.insert(SourceCounters.__table__), [dict(source=s, scored=rows * 40 // len(SOURCES), flagged=rows // len(SOURCES),
-                                                             dropped=0, errors=0, last_score=0.4, last_seen=now) for s in SOURCES])
+        c.execute(
+            sa.insert(SourceCounters.__table__),
+            [
+                dict(
+                    source=s,
+                    scored=rows * 40 // len(SOURCES),
+                    flagged=rows // len(SOURCES),
+                    dropped=0,
+                    errors=0,
+                    last_score=0.4,
+                    last_seen=now,
+                )
+                for s in SOURCES
+            ],
+        )
         for row in c.execute(sa.select(Flagged.created_at, Flagged.id).order_by(sa.func.random()).limit(500)):
             sample.append((row[0], row[1]))
     return sample
@@ -74,8 +102,10 @@ def fill(store: Store, rows: int, seed: int = 0) -> list[tuple[datetime, int]]:
 def _flush(c: sa.Connection, batch: list[dict]) -> None:
     if batch:
         c.execute(sa.insert(Flagged.__table__), batch)
-        c.execute(sa.insert(ScoreSample.__table__), [dict(source=b["source"], created_at=b["created_at"], score=b["score"],
-                                                          is_anomaly=True) for b in batch])
+        c.execute(
+            sa.insert(ScoreSample.__table__),
+            [dict(source=b["source"], created_at=b["created_at"], score=b["score"], is_anomaly=True) for b in batch],
+        )
         batch.clear()
 
 
@@ -89,7 +119,11 @@ def scenarios(sample: list[tuple[datetime, int]]) -> dict[str, list[str]]:
         "list_deep": [f"/?cursor={c}" for c in deep],
         "list_deep_filtered": [f"/?{filt}&cursor={c}" for c in deep],
         "api_first": ["/api/items"],
-        "api_filtered": [f"/api/items?{filt}", "/api/items?status=false_alarm&count=true", "/api/items?source=scan1&min_score=3"],
+        "api_filtered": [
+            f"/api/items?{filt}",
+            "/api/items?status=false_alarm&count=true",
+            "/api/items?source=scan1&min_score=3",
+        ],
         "api_deep": [f"/api/items?cursor={c}" for c in deep],
         "api_deep_filtered": [f"/api/items?{filt}&cursor={c}" for c in deep],
     }
@@ -100,8 +134,13 @@ def serve(url: str, port: int, media: Path) -> subprocess.Popen:
     cfg = media.parent / "line.yaml"
     cfg.write_text(f"store:\n  url: {url}\n  media_dir: {media}\n")
     env = {**os.environ, "INSPECTOR_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli.main", "dashboard", "--config", str(cfg), "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli.main", "dashboard", "--config", str(cfg), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_up(client: httpx.Client, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -164,11 +203,19 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     lst = [x for k, v in times.items() if k.startswith("list") for x in v]
     api = [x for k, v in times.items() if k.startswith("api") for x in v]
-    result = {"rows": a.rows, "list_p50_ms": pct(lst, 50), "list_p99_ms": pct(lst, 99),
-              "api_p50_ms": pct(api, 50), "api_p99_ms": pct(api, 99),
-              "backend": sa.engine.make_url(url).get_backend_name(), "requests_per_scenario": a.rounds,
-              "by_scenario": {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": round(max(v), 1)} for k, v in times.items()},
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)"}
+    result = {
+        "rows": a.rows,
+        "list_p50_ms": pct(lst, 50),
+        "list_p99_ms": pct(lst, 99),
+        "api_p50_ms": pct(api, 50),
+        "api_p99_ms": pct(api, 99),
+        "backend": sa.engine.make_url(url).get_backend_name(),
+        "requests_per_scenario": a.rounds,
+        "by_scenario": {
+            k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": round(max(v), 1)} for k, v in times.items()
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+    }
     print(json.dumps(result, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

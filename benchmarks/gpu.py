@@ -29,8 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROVIDERS = {"cpu": (["cpu"], False), "cuda": (["cuda", "cpu"], False),
-             "tensorrt": (["tensorrt", "cuda", "cpu"], False), "tensorrt_fp16": (["tensorrt", "cuda", "cpu"], True)}
+PROVIDERS = {
+    "cpu": (["cpu"], False),
+    "cuda": (["cuda", "cpu"], False),
+    "tensorrt": (["tensorrt", "cuda", "cpu"], False),
+    "tensorrt_fp16": (["tensorrt", "cuda", "cpu"], True),
+}
 
 
 def no_gpu() -> str | None:
@@ -86,7 +90,8 @@ def measure(model: Path, name: str, frames: list[np.ndarray], cache: Path) -> di
     load_s = time.perf_counter() - t
     logging.getLogger("inspector").removeHandler(warned)
     if s.providers[0] != {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}.get(
-            name, "TensorrtExecutionProvider"):
+        name, "TensorrtExecutionProvider"
+    ):
         return {"unavailable": f"running on {s.providers[0]}"}
     one = frames[0]
     for _ in range(10):
@@ -103,9 +108,14 @@ def measure(model: Path, name: str, frames: list[np.ndarray], cache: Path) -> di
         s.score_batch(batch)
     per_s = 32 * reps / (time.perf_counter() - t)
     scores = [r.score for r in s.score_batch(frames)]
-    return {"load_s": round(load_s, 1), "batch1_p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "batch1_p99_ms": round(float(np.percentile(lat, 99)), 2), "batch32_per_s": round(per_s, 1),
-            "fp16_fell_back": any("fp32" in w for w in warned.lines) if fp16 else None, "scores": scores}
+    return {
+        "load_s": round(load_s, 1),
+        "batch1_p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "batch1_p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "batch32_per_s": round(per_s, 1),
+        "fp16_fell_back": any("fp32" in w for w in warned.lines) if fp16 else None,
+        "scores": scores,
+    }
 
 
 def main() -> None:
@@ -125,8 +135,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         work = Path(tmp)
-        data = write_dataset(work / "data", n_train=a.images, n_test_good=40, n_test_defect=20,
-                             size=(a.size, a.size), seed=5)
+        data = write_dataset(
+            work / "data", n_train=a.images, n_test_good=40, n_test_defect=20, size=(a.size, a.size), seed=5
+        )
         fits = {"cuda": round(fit_seconds(data, work / "m", "cuda"), 1)}
         if a.cpu_fit:
             fits["cpu"] = round(fit_seconds(data, work / "m-cpu", "cpu"), 1)
@@ -139,8 +150,15 @@ def main() -> None:
             got = np.array(r.pop("scores"))
             r["parity_max_rel"] = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)))
             r["same_decisions"] = bool(np.array_equal(got >= 1.0, ref >= 1.0))
-    result = {"fit_images": a.images, "image_size": a.size, "fit_seconds": fits, "providers": runs,
-              "test_images": len(labels), "gpu": torch.cuda.get_device_name(0), "machine": platform.machine()}
+    result = {
+        "fit_images": a.images,
+        "image_size": a.size,
+        "fit_seconds": fits,
+        "providers": runs,
+        "test_images": len(labels),
+        "gpu": torch.cuda.get_device_name(0),
+        "machine": platform.machine(),
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"fit {a.images} images: " + ", ".join(f"{d} {s} s" for d, s in fits.items()))
@@ -151,8 +169,10 @@ def main() -> None:
             print(f"| {name} | {r['unavailable']} | | | | |")
             continue
         note = " (fell back to fp32)" if r.get("fp16_fell_back") else ""
-        print(f"| {name}{note} | {r['load_s']} | {r['batch1_p50_ms']} / {r['batch1_p99_ms']} | {r['batch32_per_s']} "
-              f"| {r['parity_max_rel']:.2e} | {r['same_decisions']} |")
+        print(
+            f"| {name}{note} | {r['load_s']} | {r['batch1_p50_ms']} / {r['batch1_p99_ms']} | {r['batch32_per_s']} "
+            f"| {r['parity_max_rel']:.2e} | {r['same_decisions']} |"
+        )
     print(f"wrote {a.out}")
 
 

@@ -95,12 +95,19 @@ def evaluate_set(name: str, data: Path, work: Path, settings: dict) -> dict:
     for method in ("inspector", "gap", "mean_latent"):
         x, d = emb[method], is_defect == 1
         groups = cluster(x[d], n_groups=len(types))
-        out[method] = {"p_at_5": round(p_at_5(x[d], lab[d]), 4),
-                       "nmi": round(float(normalized_mutual_info_score(lab[d], groups)), 4),
-                       "ari": round(float(adjusted_rand_score(lab[d], groups)), 4),
-                       "verdict_acc": round(verdict_acc(x[flagged], is_defect[flagged]), 4)}
-    out["info"] = {"defect_types": types, "defect_images": int(is_defect.sum()), "flagged": int(flagged.sum()),
-                   "flagged_good": int((flagged & (is_defect == 0)).sum()), "seconds": round(time.time() - t0, 1)}
+        out[method] = {
+            "p_at_5": round(p_at_5(x[d], lab[d]), 4),
+            "nmi": round(float(normalized_mutual_info_score(lab[d], groups)), 4),
+            "ari": round(float(adjusted_rand_score(lab[d], groups)), 4),
+            "verdict_acc": round(verdict_acc(x[flagged], is_defect[flagged]), 4),
+        }
+    out["info"] = {
+        "defect_types": types,
+        "defect_images": int(is_defect.sum()),
+        "flagged": int(flagged.sum()),
+        "flagged_good": int((flagged & (is_defect == 0)).sum()),
+        "seconds": round(time.time() - t0, 1),
+    }
     print(name, json.dumps(out), flush=True)
     return out
 
@@ -113,7 +120,7 @@ def query_times(dim: int, n: int, queries: int = 200) -> dict:
     for k in range(0, n, 100_000):
         index.add(np.arange(k, min(n, k + 100_000)), x[k : k + 100_000])
     times = []
-    for i in range(queries):
+    for _ in range(queries):
         t = time.perf_counter()
         index.search(x[rng.integers(n)], 8)
         times.append((time.perf_counter() - t) * 1000)
@@ -142,14 +149,19 @@ def embed_cost(work: Path, data: Path) -> dict:  # noqa: ARG001 - the model fitt
     # hit both graphs alike (measured one after the other, the ratio swung from 1.0 to 1.45 with other jobs' load)
     times: dict[str, list[float]] = {"plain": [], "embedded": []}
     for r in range(40):
-        for name in (("plain", "embedded") if r % 2 else ("embedded", "plain")):
+        for name in ("plain", "embedded") if r % 2 else ("embedded", "plain"):
             t = time.perf_counter()
             for _ in range(10):
                 sessions[name].run(None, {"image": x})
             times[name].append((time.perf_counter() - t) / 10 * 1000)
     p, e = float(np.median(times["plain"])), float(np.median(times["embedded"]))
-    return {"score_ms": round(p, 3), "score_and_embedding_ms": round(e, 3), "ratio": round(e / p, 4),
-            "input": list(hw), "method": "ORT CPU, 2 threads, batch 1, median of 40 interleaved rounds of 10"}
+    return {
+        "score_ms": round(p, 3),
+        "score_and_embedding_ms": round(e, 3),
+        "ratio": round(e / p, 4),
+        "input": list(hw),
+        "method": "ORT CPU, 2 threads, batch 1, median of 40 interleaved rounds of 10",
+    }
 
 
 def map_first_paint(n: int = 100_000) -> dict:
@@ -178,13 +190,41 @@ def map_first_paint(n: int = 100_000) -> dict:
         store = Store.open(f"sqlite:///{tmp}/store.db")
         store.put_latent_space("v1", space.to_dict(), t0)
         flagged = 2000
-        store.record_frames([(ScoredFrame("cam", f"f{i}", t0, 2.0, 4.0, 2.0, True, None,
-                                          LatentPoint("v1", vecs[i].tobytes(), float(xy[i, 0]), float(xy[i, 1]))),
-                              FlagRecord("v1", None, None, None, 64, 48, f"f{i}")) for i in range(flagged)])
+        store.record_frames(
+            [
+                (
+                    ScoredFrame(
+                        "cam",
+                        f"f{i}",
+                        t0,
+                        2.0,
+                        4.0,
+                        2.0,
+                        True,
+                        None,
+                        LatentPoint("v1", vecs[i].tobytes(), float(xy[i, 0]), float(xy[i, 1])),
+                    ),
+                    FlagRecord("v1", None, None, None, 64, 48, f"f{i}"),
+                )
+                for i in range(flagged)
+            ]
+        )
         with store.engine.begin() as c:
-            c.execute(sa.insert(Embedding.__table__), [
-                dict(model_version="v1", source="cam", created_at=t0, flagged_id=None, vector=vecs[i].tobytes(),
-                     x=float(xy[i, 0]), y=float(xy[i, 1])) for i in range(flagged, n)])
+            c.execute(
+                sa.insert(Embedding.__table__),
+                [
+                    dict(
+                        model_version="v1",
+                        source="cam",
+                        created_at=t0,
+                        flagged_id=None,
+                        vector=vecs[i].tobytes(),
+                        x=float(xy[i, 0]),
+                        y=float(xy[i, 1]),
+                    )
+                    for i in range(flagged, n)
+                ],
+            )
         app = create_app(store, None, Path(tmp) / "retrain", trusted_hosts=["127.0.0.1"])
         sock = _listen("127.0.0.1", 0)
         srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -197,8 +237,14 @@ def map_first_paint(n: int = 100_000) -> dict:
         t = time.perf_counter()
         size = len(urllib.request.urlopen(f"{url}/api/latent/map.bin").read())
         server_ms = (time.perf_counter() - t) * 1000
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"]
+        args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]
         paints = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
@@ -213,8 +259,13 @@ def map_first_paint(n: int = 100_000) -> dict:
             browser.close()
         srv.should_exit = True
         store.close()
-    return {"points": points, "payload_bytes": size, "first_paint_ms": paints, "redraw_ms": round(draw, 1),
-            "payload_request_ms": round(server_ms, 1)}
+    return {
+        "points": points,
+        "payload_bytes": size,
+        "first_paint_ms": paints,
+        "redraw_ms": round(draw, 1),
+        "payload_request_ms": round(server_ms, 1),
+    }
 
 
 def cost_only() -> None:

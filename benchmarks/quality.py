@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from inspector.pipeline.calibrate import calibrate_model  # noqa: E402
 from inspector.config.fit import CalibrateSettings, FitSettings, fit_overrides  # noqa: E402
 from inspector.data.datasets import discover  # noqa: E402
+from inspector.pipeline.calibrate import calibrate_model  # noqa: E402
 from inspector.pipeline.evaluate import evaluate_model  # noqa: E402
+from inspector.pipeline.fit import fit, split_holdout  # noqa: E402
 from inspector.scoring.gate import fpr_check  # noqa: E402
 from inspector.scoring.metrics import late_alarm_p  # noqa: E402
-from inspector.pipeline.fit import fit, split_holdout  # noqa: E402
 
 DATASETS = Path(os.environ.get("INSPECTOR_DATASETS", ROOT.parent / "shared" / "datasets"))
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
@@ -58,7 +58,9 @@ def candidate_probe(data: Path, sink: dict):
         for c in candidates:
             score = select.with_weights(net, c.overrides)
             sc = [score(x) for x in comps]
-            sink[c.name] = select.auroc([v for v, lab in zip(sc, labels) if not lab], [v for v, lab in zip(sc, labels) if lab])
+            sink[c.name] = select.auroc(
+                [v for v, lab in zip(sc, labels) if not lab], [v for v, lab in zip(sc, labels) if lab]
+            )
 
     return probe
 
@@ -69,8 +71,13 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
         t0 = time.time()
-        r = fit(data, model, FitSettings(**{"select_labelled": False, **(overrides or {})}), show=False,
-                probe=candidate_probe(data, probed))
+        r = fit(
+            data,
+            model,
+            FitSettings(**{"select_labelled": False, **(overrides or {})}),
+            show=False,
+            probe=candidate_probe(data, probed),
+        )
         fit_s = time.time() - t0
         cal = calibrate_model(model, CalibrateSettings(fpr=fpr))
         m = evaluate_model(model, show=False)
@@ -78,12 +85,23 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
     good = m["images"] - m["defects"]
     flagged = round((m.get("fpr_at_threshold") or 0.0) * good)
     kept = fpr_check(flagged, good, cal["expected_fpr"], 0.95)
-    promise = {"holdout_images": cal["holdout_images"], "threshold_rule": cal.get("threshold_rule"),
-               "promised_fpr": cal["expected_fpr"], "test_good": good, "flagged": flagged,
-               "promise_kept": kept.ok, "promise_check": kept.detail}
+    promise = {
+        "holdout_images": cal["holdout_images"],
+        "threshold_rule": cal.get("threshold_rule"),
+        "promised_fpr": cal["expected_fpr"],
+        "test_good": good,
+        "flagged": flagged,
+        "promise_kept": kept.ok,
+        "promise_check": kept.detail,
+    }
     sel = r.selection or {}
-    return ({k: m.get(k) for k in KEYS} | {"fit_s": fit_s, "train_images": r.n_fit} | extra | promise
-            | {"chosen": sel.get("chosen"), "selection": sel, "candidates_test_auroc": probed})
+    return (
+        {k: m.get(k) for k in KEYS}
+        | {"fit_s": fit_s, "train_images": r.n_fit}
+        | extra
+        | promise
+        | {"chosen": sel.get("chosen"), "selection": sel, "candidates_test_auroc": probed}
+    )
 
 
 def run_set(name: str, data: Path, methods: list[str], fpr: float, patchcore_train: int, overrides: dict) -> dict:
@@ -107,17 +125,24 @@ def _fmt(v, f: str) -> str:
 
 
 def table(results: dict) -> str:
-    head = ("| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | promised (held out) "
-            "| fit s | ms/img | chosen |")
+    head = (
+        "| set | method | train imgs | image AUROC | pixel AUROC | AUPRO | FPR@thr (1% target) | promised (held out) "
+        "| fit s | ms/img | chosen |"
+    )
     lines = [head, "|" + "---|" * 11]
     for name, methods in results["sets"].items():
         for method, m in methods.items():
-            promised = (f"{m['promised_fpr']:.3f} ({m['holdout_images']}){'' if m.get('promise_kept', True) else ' missed'}"
-                        if "promised_fpr" in m else "-")
+            promised = (
+                f"{m['promised_fpr']:.3f} ({m['holdout_images']}){'' if m.get('promise_kept', True) else ' missed'}"
+                if "promised_fpr" in m
+                else "-"
+            )
             lines.append(
                 f"| {name} | {method} | {m.get('train_images', '-')} | {_fmt(m.get('image_auroc'), '.3f')} | "
-                f"{_fmt(m.get('pixel_auroc'), '.3f')} | {_fmt(m.get('aupro'), '.3f')} | {_fmt(m.get('fpr_at_threshold'), '.3f')} | "
-                f"{promised} | {_fmt(m.get('fit_s'), '.0f')} | {_fmt(m.get('ms_per_image'), '.0f')} | {m.get('chosen') or '-'} |"
+                f"{_fmt(m.get('pixel_auroc'), '.3f')} | {_fmt(m.get('aupro'), '.3f')} | "
+                f"{_fmt(m.get('fpr_at_threshold'), '.3f')} | "
+                f"{promised} | {_fmt(m.get('fit_s'), '.0f')} | {_fmt(m.get('ms_per_image'), '.0f')} | "
+                f"{m.get('chosen') or '-'} |"
             )
     for method in ("inspector", "padim", "patchcore"):  # over the sets where every method has a value
         common = [m for m in results["sets"].values() if all(x.get("image_auroc") is not None for x in m.values())]
@@ -127,18 +152,26 @@ def table(results: dict) -> str:
     lines += loso_lines(results)
     for name, methods in results["sets"].items():  # where test/good mixes camera formats, FPR per format
         for method, m in methods.items():
-            parts = [f"{size}{'' if g.get('fitted', True) else ' (never fitted)'} {round(g['fpr'] * g['images'])}/{g['images']}"
-                     for size, g in m.get("fpr_by_image_size", {}).items()]
+            parts = [
+                f"{size}{'' if g.get('fitted', True) else ' (never fitted)'} "
+                f"{round(g['fpr'] * g['images'])}/{g['images']}"
+                for size, g in m.get("fpr_by_image_size", {}).items()
+            ]
             if parts:
                 lines.append(f"{name} {method}: false alarms by format: " + ", ".join(parts))
     for name, methods in results["sets"].items():  # alarms piling up late in name order: the parts drifted
         for method, m in methods.items():
-            runs = [f"{g['flagged']}/{g['images']} (median {g['median_score']:.2f}x)"
-                    for g in m.get("fpr_by_name_order", [])]
+            runs = [
+                f"{g['flagged']}/{g['images']} (median {g['median_score']:.2f}x)"
+                for g in m.get("fpr_by_name_order", [])
+            ]
             if runs:
                 p = late_alarm_p(m["fpr_by_name_order"])
-                lines.append(f"{name} {method}: false alarms by name-order quarter, first to last: " + ", ".join(runs)
-                             + f"; last vs the rest, one-sided Fisher p = {p:.1g}")
+                lines.append(
+                    f"{name} {method}: false alarms by name-order quarter, first to last: "
+                    + ", ".join(runs)
+                    + f"; last vs the rest, one-sided Fisher p = {p:.1g}"
+                )
     return "\n".join(lines)
 
 
@@ -146,8 +179,11 @@ def loso(results: dict) -> dict | None:
     """Leave-one-set-out: per left-out set, the candidate with the best mean test AUROC on the other sets (the best a
     fixed default chosen on labelled sets could be), against what per-product selection chose from the set's own good
     images (no labels), and the best candidate in hindsight (an oracle, not achievable)."""
-    probed = {n: m["inspector"]["candidates_test_auroc"] for n, m in results["sets"].items()
-              if m.get("inspector", {}).get("candidates_test_auroc")}
+    probed = {
+        n: m["inspector"]["candidates_test_auroc"]
+        for n, m in results["sets"].items()
+        if m.get("inspector", {}).get("candidates_test_auroc")
+    }
     names = sorted({c for v in probed.values() for c in v})
     if len(probed) < 2 or any(set(v) != set(names) for v in probed.values()):
         return None
@@ -155,11 +191,16 @@ def loso(results: dict) -> dict | None:
     for left, cand in probed.items():
         others = [v for n, v in probed.items() if n != left]
         default = max(names, key=lambda c: np.mean([v[c] for v in others]))
-        rows[left] = {"default_from_other_sets": default, "default_auroc": cand[default],
-                      "selected": results["sets"][left]["inspector"]["chosen"],
-                      "selected_auroc": results["sets"][left]["inspector"]["image_auroc"],
-                      "oracle_auroc": max(cand.values())}
-    mean = {k: float(np.mean([r[k] for r in rows.values()])) for k in ("default_auroc", "selected_auroc", "oracle_auroc")}
+        rows[left] = {
+            "default_from_other_sets": default,
+            "default_auroc": cand[default],
+            "selected": results["sets"][left]["inspector"]["chosen"],
+            "selected_auroc": results["sets"][left]["inspector"]["image_auroc"],
+            "oracle_auroc": max(cand.values()),
+        }
+    mean = {
+        k: float(np.mean([r[k] for r in rows.values()])) for k in ("default_auroc", "selected_auroc", "oracle_auroc")
+    }
     return {"sets": rows, "mean": mean}
 
 
@@ -167,11 +208,17 @@ def loso_lines(results: dict) -> list[str]:
     lo = results.get("loso")
     if not lo:
         return []
-    out = ["", "| left-out set | default chosen on the other sets | its AUROC | per-product choice | its AUROC | best in hindsight |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "",
+        "| left-out set | default chosen on the other sets | its AUROC | per-product choice | its AUROC "
+        "| best in hindsight |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, r in lo["sets"].items():
-        out.append(f"| {n} | {r['default_from_other_sets']} | {r['default_auroc']:.3f} | {r['selected']} | "
-                   f"{r['selected_auroc']:.3f} | {r['oracle_auroc']:.3f} |")
+        out.append(
+            f"| {n} | {r['default_from_other_sets']} | {r['default_auroc']:.3f} | {r['selected']} | "
+            f"{r['selected_auroc']:.3f} | {r['oracle_auroc']:.3f} |"
+        )
     m = lo["mean"]
     out.append(f"| mean | | {m['default_auroc']:.3f} | | {m['selected_auroc']:.3f} | {m['oracle_auroc']:.3f} |")
     return out
@@ -182,9 +229,16 @@ def main() -> None:
     ap.add_argument("--sets", default="", help="comma-separated substrings of set names (default: all)")
     ap.add_argument("--methods", default="inspector,padim,patchcore")
     ap.add_argument("--fpr", type=float, default=0.01)
-    ap.add_argument("--patchcore-train", type=int, default=100, help="PatchCore fits on a subsample (its coreset is slow)")
-    ap.add_argument("--fit", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="inspector fit settings other than the defaults (e.g. latent=96), recorded in the JSON")
+    ap.add_argument(
+        "--patchcore-train", type=int, default=100, help="PatchCore fits on a subsample (its coreset is slow)"
+    )
+    ap.add_argument(
+        "--fit",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="inspector fit settings other than the defaults (e.g. latent=96), recorded in the JSON",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     try:
@@ -196,13 +250,17 @@ def main() -> None:
         sys.exit(f"no data sets with train/good under {DATASETS}")
     results = json.loads(a.out.read_text()) if a.out.exists() else {"sets": {}}
     for name, data in sets.items():
-        results["sets"].setdefault(name, {}).update(run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train, overrides))
+        results["sets"].setdefault(name, {}).update(
+            run_set(name, data, a.methods.split(","), a.fpr, a.patchcore_train, overrides)
+        )
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(results, indent=2) + "\n")
     results["loso"] = loso(results)
-    results["note"] = (f"PaDiM and PatchCore at 256x256, inspector at its own input size (aspect kept, at most "
-                       f"320x256 pixels); PatchCore fitted on {a.patchcore_train} random fit images; "
-                       "FPR measured on test/good at the threshold calibrated on held-out train/good")
+    results["note"] = (
+        f"PaDiM and PatchCore at 256x256, inspector at its own input size (aspect kept, at most "
+        f"320x256 pixels); PatchCore fitted on {a.patchcore_train} random fit images; "
+        "FPR measured on test/good at the threshold calibrated on held-out train/good"
+    )
     a.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
 

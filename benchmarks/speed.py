@@ -123,12 +123,18 @@ def time_all(artifacts: dict[str, Path], hw: tuple[int, int], runs: int, rounds:
     b8 = {v: [] for v in VARIANTS}
     names = list(runners)
     for r in range(rounds):
-        for v in names[r % len(names):] + names[: r % len(names)]:
+        for v in names[r % len(names) :] + names[: r % len(names)]:
             lat[v] += _timed(runners[v], inputs[v][0], max(1, runs // rounds))
             if v in b8:
                 b8[v] += _timed(runners[v], inputs[v][1], 2)
-    out = {v: {"p50_ms": float(np.percentile(lat[v], 50) * 1e3), "p99_ms": float(np.percentile(lat[v], 99) * 1e3),
-               "throughput_b8": float(8 / np.median(b8[v]))} for v in VARIANTS}
+    out = {
+        v: {
+            "p50_ms": float(np.percentile(lat[v], 50) * 1e3),
+            "p99_ms": float(np.percentile(lat[v], 99) * 1e3),
+            "throughput_b8": float(8 / np.median(b8[v])),
+        }
+        for v in VARIANTS
+    }
     out["onnx_cpu"]["e2e_p50_ms"] = float(np.percentile(lat["e2e"], 50) * 1e3)
     return out
 
@@ -156,8 +162,8 @@ def _images(data: Path, n: int) -> list[Path]:
 
 def build_model(work: Path, data: Path, model: Path | None, n_images: int, overrides: dict | None = None) -> Path:
     """The inspector model, exported: an existing calibrated model folder, or a quick fit on `data`."""
-    from inspector.pipeline.calibrate import calibrate_model
     from inspector.config.fit import CalibrateSettings, FitSettings
+    from inspector.pipeline.calibrate import calibrate_model
     from inspector.pipeline.export import export_model
     from inspector.pipeline.fit import fit
 
@@ -171,8 +177,15 @@ def build_model(work: Path, data: Path, model: Path | None, n_images: int, overr
         folder.mkdir()
         for p in _images(data, n_images):
             os.symlink(p.resolve(), folder / p.name)
-        print(f"fitting on {n_images} images of {data} (default architecture, {SIZE}x{SIZE}, 300 steps) ...", flush=True)
-        fit(folder, out, FitSettings(**{"short_side": SIZE, "keep_aspect": False, "steps": 300, **(overrides or {})}), show=False)
+        print(
+            f"fitting on {n_images} images of {data} (default architecture, {SIZE}x{SIZE}, 300 steps) ...", flush=True
+        )
+        fit(
+            folder,
+            out,
+            FitSettings(**{"short_side": SIZE, "keep_aspect": False, "steps": 300, **(overrides or {})}),
+            show=False,
+        )
         calibrate_model(out, CalibrateSettings(min_holdout=5))
     export_model(out)
     return out
@@ -202,13 +215,22 @@ def build_padim(work: Path, data: Path, n_images: int, hw: tuple[int, int]) -> P
 
     from inspector.model.backbone import default_weights_path, load_weights
 
-    model = Padim(backbone="efficientnet_lite0", layers=["blocks.2", "blocks.4"], pre_trained=False, n_features=100,
-                  evaluator=False, visualizer=False)
+    model = Padim(
+        backbone="efficientnet_lite0",
+        layers=["blocks.2", "blocks.4"],
+        pre_trained=False,
+        n_features=100,
+        evaluator=False,
+        visualizer=False,
+    )
     extractor = model.model.feature_extractor.feature_extractor
     full = timm.create_model("efficientnet_lite0", pretrained=False)
     load_weights(full, default_weights_path())  # the same ImageNet weights as ours; nothing downloaded
     extractor.load_state_dict({k: v for k, v in full.state_dict().items() if k in extractor.state_dict()})
-    imgs = [cv2.resize(cv2.imread(str(p)), hw[::-1], interpolation=cv2.INTER_AREA)[:, :, ::-1] for p in _images(data, n_images)]
+    imgs = [
+        cv2.resize(cv2.imread(str(p)), hw[::-1], interpolation=cv2.INTER_AREA)[:, :, ::-1]
+        for p in _images(data, n_images)
+    ]
     x = torch.from_numpy(np.stack(imgs).copy()).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W) RGB in [0, 1]
     model.model.train()
     with torch.no_grad():
@@ -253,7 +275,10 @@ def report(res: dict[str, dict]) -> str:
     rows = [f"{'variant':14s} {'p50 ms':>8s} {'p99 ms':>8s} {'b8 fps':>8s} {'RSS MB':>8s} {'size MB':>8s}"]
     for v in VARIANTS:
         r = res[v]
-        rows.append(f"{v:14s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['throughput_b8']:8.2f} {r['peak_rss_mb']:8.1f} {r['artifact_mb']:8.2f}")
+        rows.append(
+            f"{v:14s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['throughput_b8']:8.2f} "
+            f"{r['peak_rss_mb']:8.1f} {r['artifact_mb']:8.2f}"
+        )
     a, b, c, d = (res[v] for v in VARIANTS)
     checks = [
         ("onnx p50 <= 0.5x torch p50", a["p50_ms"] / b["p50_ms"], 0.5),
@@ -262,7 +287,10 @@ def report(res: dict[str, dict]) -> str:
         ("onnx b8 throughput >= padim", d["throughput_b8"] / a["throughput_b8"], 1.0),
     ]
     rows.append("")
-    rows += [f"{'PASS' if ratio <= limit else 'MISS'}  {name}: ratio {ratio:.2f} (limit {limit})" for name, ratio, limit in checks]
+    rows += [
+        f"{'PASS' if ratio <= limit else 'MISS'}  {name}: ratio {ratio:.2f} (limit {limit})"
+        for name, ratio, limit in checks
+    ]
     rows.append(f"onnx_cpu end to end (Scorer.score on a BGR frame of the input size): p50 {a['e2e_p50_ms']:.2f} ms")
     return "\n".join(rows)
 
@@ -271,8 +299,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="calibrated model folder to export (default: quick fit on --data)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset root or folder of good images")
-    ap.add_argument("--images", type=int, default=490, help="good images for the quick fit (the latent is capped at a "
-                    "third of the fit images: 490 -> 392 fit images -> the default latent 64)")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=490,
+        help="good images for the quick fit (the latent is capped at a "
+        "third of the fit images: 490 -> 392 fit images -> the default latent 64)",
+    )
     ap.add_argument("--runs", type=int, default=120, help="timed batch-1 runs per variant (over all rounds)")
     ap.add_argument("--rounds", type=int, default=12, help="interleaved blocks per variant")
     ap.add_argument("--work", type=Path, help="keep the built artifacts here and reuse them on the next run")
@@ -300,7 +333,8 @@ def main() -> int:
         model = build_model(work, a.data, a.model, a.images, overrides)
         hw = tuple(json.loads((model / "v1" / "manifest.json").read_text())["input"]["size"] or (SIZE, SIZE))
         artifacts = {
-            "onnx_cpu": model / "v1", "torch_eager": model,
+            "onnx_cpu": model / "v1",
+            "torch_eager": model,
             "backbone_onnx": build_backbone(model, work / "backbone.onnx", hw),
             "padim_onnx": build_padim(work, a.data, 50, hw),
         }

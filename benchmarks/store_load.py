@@ -13,7 +13,8 @@
    scenarios of benchmarks/dashboard.py
    (list page and JSON API, first page, filtered, deep in the keyset pagination). The database is dropped.
 
-Writes benchmarks/results/store_load.json. Mind the disk: the 10M rows take about 4 GB while they exist (measured: 1.76 GB at 4.5M).
+Writes benchmarks/results/store_load.json. Mind the disk: the 10M rows take about 4 GB while they exist
+(measured: 1.76 GB at 4.5M).
 
     .venv/bin/python benchmarks/store_load.py [--watchers 4] [--rows 10000000] [--skip-rows]
 """
@@ -55,12 +56,21 @@ def _frame(rng: random.Random, source: str, key: str) -> tuple:
     from inspector.io.store import FlagRecord, ScoredFrame
 
     score = rng.expovariate(3.0)
-    frame = ScoredFrame(source, key, datetime.now(timezone.utc), score, score * 3.0, 3.0, score >= 1.0,
-                        f"/in/{source}/{key}.png")
+    frame = ScoredFrame(
+        source, key, datetime.now(timezone.utc), score, score * 3.0, 3.0, score >= 1.0, f"/in/{source}/{key}.png"
+    )
     flag = None
     if rng.random() < 0.02:
-        flag = FlagRecord("v1", f"{source}/{key}.png", f"{source}/{key}.overlay.jpg", None, 1024, 768,
-                          f"{key}.png", {"mqtt": {"source": source, "score": score}})
+        flag = FlagRecord(
+            "v1",
+            f"{source}/{key}.png",
+            f"{source}/{key}.overlay.jpg",
+            None,
+            1024,
+            768,
+            f"{key}.png",
+            {"mqtt": {"source": source, "score": score}},
+        )
     return frame, flag
 
 
@@ -93,9 +103,13 @@ def commit_load(url: str, media: Path, k: int, seconds: float) -> list[dict]:
             frames = sum(o[0] for o in out)
             lat = [x for o in out for x in o[2]]
             rate = frames / max(o[1] for o in out)
-            step = {"target_per_s": total, "achieved_per_s": round(rate, 1), "frames": frames,
-                    "commit_p50_ms": round(float(np.percentile(lat, 50)), 1),
-                    "commit_p99_ms": round(float(np.percentile(lat, 99)), 1)}
+            step = {
+                "target_per_s": total,
+                "achieved_per_s": round(rate, 1),
+                "frames": frames,
+                "commit_p50_ms": round(float(np.percentile(lat, 50)), 1),
+                "commit_p99_ms": round(float(np.percentile(lat, 99)), 1),
+            }
             steps.append(step)
             print(f"commit load: {step}", flush=True)
             if step["commit_p99_ms"] > P99_LIMIT_MS or rate < 0.8 * total:
@@ -132,16 +146,22 @@ def fill_rows(url: str, media: Path, rows: int) -> tuple[float, list[tuple[datet
             c.execute(sa.text(FILL_SQL), {"start": start, "step": step_us, "lo": lo, "hi": min(rows, lo + chunk) - 1})
         print(f"  {min(rows, lo + chunk):,} rows, {time.perf_counter() - t0:.0f} s", flush=True)
     with store.engine.begin() as c:
-        c.execute(sa.text("INSERT INTO frames (source, scored, flagged, dropped, errors, last_score, last_seen) "
-                          "SELECT unnest(ARRAY['cam1', 'cam2', 'scan1', 'scan2']), :n * 40, :n, 0, 0, 0.4, now()"),
-                  {"n": rows // 4})
+        c.execute(
+            sa.text(
+                "INSERT INTO frames (source, scored, flagged, dropped, errors, last_score, last_seen) "
+                "SELECT unnest(ARRAY['cam1', 'cam2', 'scan1', 'scan2']), :n * 40, :n, 0, 0, 0.4, now()"
+            ),
+            {"n": rows // 4},
+        )
     with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(sa.text("VACUUM ANALYZE flagged"))
     seconds = time.perf_counter() - t0
     ids = random.Random(0).sample(range(1, rows + 1), 500)
     with store.engine.connect() as c:
-        sample = [(r[0].replace(tzinfo=timezone.utc), r[1]) for r in
-                  c.execute(sa.text("SELECT created_at, id FROM flagged WHERE id = ANY(:ids)"), {"ids": ids})]
+        sample = [
+            (r[0].replace(tzinfo=timezone.utc), r[1])
+            for r in c.execute(sa.text("SELECT created_at, id FROM flagged WHERE id = ANY(:ids)"), {"ids": ids})
+        ]
     store.close()
     return seconds, sample
 
@@ -163,10 +183,15 @@ def dashboard_times(url: str, media: Path, sample: list, rounds: int, port: int)
         proc.wait(10)
     lst = [x for k, v in times.items() if k.startswith("list") for x in v]
     api = [x for k, v in times.items() if k.startswith("api") for x in v]
-    return {"list_p50_ms": pct(lst, 50), "list_p99_ms": pct(lst, 99), "api_p50_ms": pct(api, 50),
-            "api_p99_ms": pct(api, 99),
-            "by_scenario": {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": round(max(v), 1)}
-                            for k, v in times.items()}}
+    return {
+        "list_p50_ms": pct(lst, 50),
+        "list_p99_ms": pct(lst, 99),
+        "api_p50_ms": pct(api, 50),
+        "api_p99_ms": pct(api, 99),
+        "by_scenario": {
+            k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": round(max(v), 1)} for k, v in times.items()
+        },
+    }
 
 
 def sustained(steps: list[dict]) -> dict:
@@ -197,8 +222,13 @@ def main() -> None:
                 seconds, sample = fill_rows(url, Path(tmp) / "media", a.rows)
                 print(f"filled {a.rows:,} flagged rows in {seconds:.0f} s (load + VACUUM ANALYZE)", flush=True)
                 dash = dashboard_times(url, Path(tmp) / "media", sample, a.rounds, a.port)
-            result |= {"rows": a.rows, "fill_seconds": round(seconds), "list_p99_ms_10m": dash["list_p99_ms"],
-                       "api_p99_ms_10m": dash["api_p99_ms"], "dashboard": dash}
+            result |= {
+                "rows": a.rows,
+                "fill_seconds": round(seconds),
+                "list_p99_ms_10m": dash["list_p99_ms"],
+                "api_p99_ms_10m": dash["api_p99_ms"],
+                "dashboard": dash,
+            }
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores (shared), PostgreSQL on the same box"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -207,8 +237,10 @@ def main() -> None:
         print(f"| {s['target_per_s']} | {s['achieved_per_s']} | {s['commit_p50_ms']} | {s['commit_p99_ms']} |")
     print(f"sustained: {result['max_frames_per_s']} frames/s (commit p99 {result['commit_p99_ms']} ms)")
     if "list_p99_ms_10m" in result:
-        print(f"dashboard at {a.rows:,} rows: list p99 {result['list_p99_ms_10m']} ms, "
-              f"API p99 {result['api_p99_ms_10m']} ms")
+        print(
+            f"dashboard at {a.rows:,} rows: list p99 {result['list_p99_ms_10m']} ms, "
+            f"API p99 {result['api_p99_ms_10m']} ms"
+        )
     print(f"wrote {a.out}")
 
 

@@ -52,10 +52,10 @@ from inspector.data.synthetic import DEFECTS, add_defect, good_part  # noqa: E40
 
 def build_model(model: Path, work: Path, size: int) -> Path:
     """fit -> calibrate -> export (first export becomes `current`) on synthetic good parts."""
-    from inspector.pipeline.calibrate import calibrate_model
     from inspector.config.fit import CalibrateSettings, FitSettings
-    from inspector.pipeline.export import export_model
     from inspector.data.synthetic import write_dataset
+    from inspector.pipeline.calibrate import calibrate_model
+    from inspector.pipeline.export import export_model
     from inspector.pipeline.fit import fit
 
     data = write_dataset(work / "data", n_train=110, n_test_good=10, n_test_defect=4, size=(size, size), seed=3)
@@ -113,18 +113,29 @@ class Subscriber:
         self.c.loop_stop()
 
 
-def start_watcher(work: Path, model: Path, line: str, name: str, rules: dict | None = None,
-                  threads: int = 0) -> tuple[subprocess.Popen, Path, Path]:
+def start_watcher(
+    work: Path, model: Path, line: str, name: str, rules: dict | None = None, threads: int = 0
+) -> tuple[subprocess.Popen, Path, Path]:
     inbox, db = work / name / "in", work / name / "store.db"
     inbox.mkdir(parents=True)
-    doc = {"line": line, "model": {"path": str(model), "providers": ["cpu"], "threads": threads},
-           "sources": [{"kind": "folder", "name": name, "path": str(inbox)}],
-           "sinks": [{"kind": "mqtt", "name": "mq"}], "store": {"url": f"sqlite:///{db}"}, "ops": {"port": 0}, "rules": rules or {}}
+    doc = {
+        "line": line,
+        "model": {"path": str(model), "providers": ["cpu"], "threads": threads},
+        "sources": [{"kind": "folder", "name": name, "path": str(inbox)}],
+        "sinks": [{"kind": "mqtt", "name": "mq"}],
+        "store": {"url": f"sqlite:///{db}"},
+        "ops": {"port": 0},
+        "rules": rules or {},
+    }
     cfg = work / name / "line.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     log = open(work / name / "watch.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli.main", "watch", "--config", str(cfg)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli.main", "watch", "--config", str(cfg)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     wait(lambda: "watching line" in (work / name / "watch.log").read_text(), 120, "watcher start")
     return proc, inbox, db
 
@@ -178,7 +189,7 @@ def throughput(work: Path, model: Path, paths: list[Path], rounds: int, threads:
             t0 = time.time()
             for p in batch:
                 os.replace(staged / p.name, inbox / p.name)
-            wait(lambda: scored(db)[0] >= done + len(batch), 3600, "batch scored")
+            wait(lambda: scored(db)[0] >= done + len(batch), 3600, "batch scored")  # noqa: B023 - called here
             e2e_s += scored(db)[1] - t0
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -190,8 +201,9 @@ def latency_ms(work: Path, model: Path, paths: list[Path], rate: float, threads:
     line = f"lat{uuid.uuid4().hex[:6]}"
     sub = Subscriber(f"inspector/{line}/+/alert")
     # every image an alert: a threshold far below any score, no cooldown
-    proc, inbox, _ = start_watcher(work, model, line, "lat", rules={"threshold": 1e-9, "cooldown_s": 0},
-                                  threads=threads)
+    proc, inbox, _ = start_watcher(
+        work, model, line, "lat", rules={"threshold": 1e-9, "cooldown_s": 0}, threads=threads
+    )
     appeared: dict[str, float] = {}
     try:
         t_next = time.time()
@@ -205,8 +217,14 @@ def latency_ms(work: Path, model: Path, paths: list[Path], rate: float, threads:
         proc.wait(60)
         sub.close()
     lat = np.array([(sub.arrived[k] - appeared[k]) * 1000 for k in appeared])
-    return {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1),
-            "max": round(float(lat.max()), 1), "n": int(lat.size), "rate_fps": rate}
+    return {
+        "p50": round(float(np.percentile(lat, 50)), 1),
+        "p99": round(float(np.percentile(lat, 99)), 1),
+        "max": round(float(lat.max()), 1),
+        "n": int(lat.size),
+        "rate_fps": rate,
+    }
+
 
 CAM_FPS = 25.0
 DEFECT_EVERY_S = 2.0  # each camera shows a defect for DEFECT_FRAMES frames this often
@@ -228,7 +246,7 @@ def make_videos(folder: Path, n: int, seconds: float, size: int) -> tuple[list[P
         p = folder / f"cam{cam:02d}.avi"
         vw = cv2.VideoWriter(str(p), cv2.VideoWriter_fourcc(*"MJPG"), CAM_FPS, (size, size))
         for i in range(frames):
-            k = i - max((o for o in onsets if o <= i), default=-10**9)
+            k = i - max((o for o in onsets if o <= i), default=-(10**9))
             vw.write(bad[k] if 0 <= k < DEFECT_FRAMES else good[(i + 3 * cam) % len(good)])
         vw.release()
         paths.append(p)
@@ -250,16 +268,24 @@ def cameras_run(work: Path, model: Path, videos: list[Path], onsets: list[int], 
     # one alert per defect; the model was fitted on PNG parts and MJPG artefacts lift good frames to 1.1-1.9x the
     # threshold (defects 3-7x), as a fit on this camera's own frames would not: the threshold is scaled for that
     rules = {"debounce_n": 1, "debounce_m": 1, "cooldown_s": 1.0, "flag_in_cooldown": False, "threshold_scale": 2.5}
-    doc = {"line": line, "model": {"path": str(model), "providers": ["cpu"], "threads": threads},
-           "sources": [{"kind": "camera", "name": v.stem, "uri": str(v), "rules": rules} for v in videos],
-           "sinks": [{"kind": "mqtt", "name": "mq"}], "store": {"url": f"sqlite:///{d / 'store.db'}"},
-           "ops": {"port": 0, "log_format": "json"}}
+    doc = {
+        "line": line,
+        "model": {"path": str(model), "providers": ["cpu"], "threads": threads},
+        "sources": [{"kind": "camera", "name": v.stem, "uri": str(v), "rules": rules} for v in videos],
+        "sinks": [{"kind": "mqtt", "name": "mq"}],
+        "store": {"url": f"sqlite:///{d / 'store.db'}"},
+        "ops": {"port": 0, "log_format": "json"},
+    }
     (d / "line.yaml").write_text(yaml.safe_dump(doc))
     log_path = d / "watch.log"
-    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli.main", "watch", "--config", str(d / "line.yaml")],
-                            cwd=ROOT, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli.main", "watch", "--config", str(d / "line.yaml")],
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait(lambda: log_path.read_text().count('reading cam') >= len(videos), 120, "cameras open")
+        wait(lambda: log_path.read_text().count("reading cam") >= len(videos), 120, "cameras open")
         cpu0, t0 = _cpu_seconds(proc.pid), time.time()
         wait(lambda: log_path.read_text().count("end of video file") >= len(videos), seconds * 4 + 60, "videos played")
         cpu, wall = _cpu_seconds(proc.pid) - cpu0, time.time() - t0
@@ -286,32 +312,45 @@ def cameras_run(work: Path, model: Path, videos: list[Path], onsets: list[int], 
     with sqlite3.connect(f"file:{d / 'store.db'}?mode=ro", uri=True) as c:
         per = {s: (sc, dr) for s, sc, dr in c.execute("SELECT source, scored, dropped FROM frames")}
     scored_total = sum(sc for sc, _ in per.values())
-    return {"fps": round(scored_total / wall, 1), "offered_fps": CAM_FPS * len(videos),
-            "dropped": sum(dr for _, dr in per.values()),
-            "dropped_per_camera": {s: dr for s, (_, dr) in sorted(per.items())},
-            "alerts": len(lat), "defects": len(onsets) * len(videos),
-            "alert_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat else None,
-            "alert_p99_ms": round(float(np.percentile(lat, 99)), 1) if lat else None,
-            "cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}  # the box's run queue: other work on a shared machine
+    return {
+        "fps": round(scored_total / wall, 1),
+        "offered_fps": CAM_FPS * len(videos),
+        "dropped": sum(dr for _, dr in per.values()),
+        "dropped_per_camera": {s: dr for s, (_, dr) in sorted(per.items())},
+        "alerts": len(lat),
+        "defects": len(onsets) * len(videos),
+        "alert_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat else None,
+        "alert_p99_ms": round(float(np.percentile(lat, 99)), 1) if lat else None,
+        "cpu_share": round(cpu / wall / (os.cpu_count() or 1), 3),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }  # the box's run queue: other work on a shared machine
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, help="model folder with a `current` version; fitted on synthetic parts first if missing")
+    ap.add_argument(
+        "--model", type=Path, help="model folder with a `current` version; fitted on synthetic parts first if missing"
+    )
     ap.add_argument("--n", type=int, default=1000, help="images for the throughput comparison")
     ap.add_argument("--size", type=int, default=256, help="image side in pixels")
     ap.add_argument("--rounds", type=int, default=5, help="alternating raw/e2e rounds (fair under varying load)")
     ap.add_argument("--rate", type=float, default=10.0, help="drop rate for the latency run (images/s)")
     ap.add_argument("--latency-n", type=int, default=200, help="images for the latency run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "watch.json")
-    ap.add_argument("--threads", default="0,1",
-                    help="ORT CPU threads to compare, raw and watcher alike (0: ORT default); the first is the headline")
-    ap.add_argument("--cameras", default="1,4,8",
-                    help="camera counts to run, comma-separated (video files at 25 fps each on one watcher); '' skips")
+    ap.add_argument(
+        "--threads",
+        default="0,1",
+        help="ORT CPU threads to compare, raw and watcher alike (0: ORT default); the first is the headline",
+    )
+    ap.add_argument(
+        "--cameras",
+        default="1,4,8",
+        help="camera counts to run, comma-separated (video files at 25 fps each on one watcher); '' skips",
+    )
     ap.add_argument("--camera-seconds", type=float, default=20.0, help="length of each camera's video")
-    ap.add_argument("--skip-folder", action="store_true",
-                    help="only the camera runs (watch.json keeps its other fields)")
+    ap.add_argument(
+        "--skip-folder", action="store_true", help="only the camera runs (watch.json keeps its other fields)"
+    )
     ap.add_argument("--build-model", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.build_model:
@@ -329,10 +368,14 @@ def main() -> None:
             paths = make_images(work / "images", a.n, a.size, defect_every=10)
             for t in threads:
                 raw, e2e = throughput(work / f"t{t}", model, paths, a.rounds, t)
-                runs[str(t)] = {"throughput_ratio": round(e2e / raw, 3), "e2e_fps": round(e2e, 1),
-                                "raw_fps": round(raw, 1)}
-            lat = latency_ms(work, model, make_images(work / "lat_images", a.latency_n, a.size, 0, seed=1), a.rate,
-                             threads[0])
+                runs[str(t)] = {
+                    "throughput_ratio": round(e2e / raw, 3),
+                    "e2e_fps": round(e2e, 1),
+                    "raw_fps": round(raw, 1),
+                }
+            lat = latency_ms(
+                work, model, make_images(work / "lat_images", a.latency_n, a.size, 0, seed=1), a.rate, threads[0]
+            )
         cams: dict[str, dict] = {}
         for n in [int(c) for c in str(a.cameras).split(",") if c.strip()]:
             videos, onsets = make_videos(work / f"videos{n}", n, a.camera_seconds, a.size)
@@ -342,24 +385,43 @@ def main() -> None:
         result = {**previous}
     else:
         head = runs[str(threads[0])]
-        result = {**head, "alert_latency_ms": lat, "ort_threads": threads[0], "by_ort_threads": runs, "n_images": a.n,
-                  "rounds": a.rounds, "image_size": a.size, "providers": ["cpu"], "cpu_count": os.cpu_count(),
-                  "machine": platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+        result = {
+            **head,
+            "alert_latency_ms": lat,
+            "ort_threads": threads[0],
+            "by_ort_threads": runs,
+            "n_images": a.n,
+            "rounds": a.rounds,
+            "image_size": a.size,
+            "providers": ["cpu"],
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
     if cams:
         held = [int(n) for n, c in cams.items() if c["dropped"] == 0]
         result["cameras"] = cams
-        result["camera_setup"] = {"resolution": f"{a.size}x{a.size}", "fps_each": CAM_FPS, "seconds": a.camera_seconds,
-                                  "ort_threads": threads[0], "largest_without_drops": max(held) if held else 0}
+        result["camera_setup"] = {
+            "resolution": f"{a.size}x{a.size}",
+            "fps_each": CAM_FPS,
+            "seconds": a.camera_seconds,
+            "ort_threads": threads[0],
+            "largest_without_drops": max(held) if held else 0,
+        }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     if cams:
-        print(f"| cameras ({a.size}x{a.size}, {CAM_FPS:g} fps each) | scored fps | dropped (per camera) "
-              "| alert p50 / p99 | CPU share | load avg |\n|---|---|---|---|---|---|")
+        print(
+            f"| cameras ({a.size}x{a.size}, {CAM_FPS:g} fps each) | scored fps | dropped (per camera) "
+            "| alert p50 / p99 | CPU share | load avg |\n|---|---|---|---|---|---|"
+        )
         for n, c in cams.items():
             per = ", ".join(str(v) for v in c["dropped_per_camera"].values())
-            print(f"| {n} | {c['fps']} of {c['offered_fps']:g} | {c['dropped']} ({per}) | {c['alert_p50_ms']} / "
-                  f"{c['alert_p99_ms']} ms ({c['alerts']}/{c['defects']} defects) | {c['cpu_share']:.0%} "
-                  f"| {c['load_avg_1m']} |")
+            print(
+                f"| {n} | {c['fps']} of {c['offered_fps']:g} | {c['dropped']} ({per}) | {c['alert_p50_ms']} / "
+                f"{c['alert_p99_ms']} ms ({c['alerts']}/{c['defects']} defects) | {c['cpu_share']:.0%} "
+                f"| {c['load_avg_1m']} |"
+            )
         largest = result["camera_setup"]["largest_without_drops"]
         print(f"largest camera count measured without a dropped frame: {largest}")
     if a.skip_folder:
@@ -367,9 +429,14 @@ def main() -> None:
         return
     print("| ORT threads | raw scorer (read+score) | watcher end to end | ratio (target >= 0.9) |\n|---|---|---|---|")
     for t, r in runs.items():
-        print(f"| {t if t != '0' else '0 (default)'} | {r['raw_fps']} img/s | {r['e2e_fps']} img/s | {r['throughput_ratio']} |")
-    print(f"\nalert latency at {a.rate:g} img/s (file appears -> MQTT message), {lat['n']} alerts: "
-          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms (target < 1000), max {lat['max']} ms")
+        print(
+            f"| {t if t != '0' else '0 (default)'} | {r['raw_fps']} img/s | {r['e2e_fps']} img/s | "
+            f"{r['throughput_ratio']} |"
+        )
+    print(
+        f"\nalert latency at {a.rate:g} img/s (file appears -> MQTT message), {lat['n']} alerts: "
+        f"p50 {lat['p50']} ms, p99 {lat['p99']} ms (target < 1000), max {lat['max']} ms"
+    )
     print(f"wrote {a.out}")
 
 

@@ -49,17 +49,30 @@ class BackfillSettings(Settings):
     recursive: bool = Field(True, description="Also score images in sub-folders.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per task (one transaction each).")
     engine: Literal["dask", "in_process"] = Field(
-        "dask", description="dask: batches on a Dask cluster; in_process: one batch after another in the flow's "
-        "process.")
-    scheduler: str | None = Field(None, pattern=SCHEDULER, description="Dask scheduler address (e.g. "
-                                  "tcp://10.0.0.5:8786) of a cluster to spread the archive over; default: a local "
-                                  "cluster on this machine.")
+        "dask",
+        description="dask: batches on a Dask cluster; in_process: one batch after another in the flow's process.",
+    )
+    scheduler: str | None = Field(
+        None,
+        pattern=SCHEDULER,
+        description="Dask scheduler address (e.g. "
+        "tcp://10.0.0.5:8786) of a cluster to spread the archive over; default: a local "
+        "cluster on this machine.",
+    )
     workers: int = Field(0, ge=0, le=256, description="Workers of the local cluster (0: one per core).")
-    processes: bool = Field(True, description="Local cluster workers as processes (each starts Python and loads the "
-                            "model: seconds) or as threads of this process (no start-up; ONNX Runtime and decoding "
-                            "release the GIL, the store's Python work does not).")
-    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads per batch (0: the line config's in "
-                         "process, cores / workers on a local cluster, the line config's on a remote one).")
+    processes: bool = Field(
+        True,
+        description="Local cluster workers as processes (each starts Python and loads the "
+        "model: seconds) or as threads of this process (no start-up; ONNX Runtime and decoding "
+        "release the GIL, the store's Python work does not).",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="ONNX Runtime threads per batch (0: the line config's in "
+        "process, cores / workers on a local cluster, the line config's on a remote one).",
+    )
 
 
 class BatchResult(BaseModel):
@@ -108,8 +121,8 @@ def _store(url: str, media_dir: Path | None):
 def score_batch(config: Path, s: BackfillSettings, paths: list[Path], threads: int = 0) -> BatchResult:
     """Score and record one batch in one transaction; images already in the ledger are skipped.
     `threads` > 0 overrides the line config's ONNX Runtime threads."""
-    from inspector.io.store import DuplicateFrame
     from inspector.config.line import load_config
+    from inspector.io.store import DuplicateFrame
 
     cfg = load_config(Path(config))
     scorer = _scorer((cfg.model.model_copy(update={"threads": threads}) if threads else cfg.model).model_dump_json())
@@ -140,8 +153,8 @@ def _record_one(store, item: tuple) -> bool:
 
 def _read_batch(store, cfg, s: BackfillSettings, paths: list[Path]) -> tuple[BatchResult, list]:
     """(counts so far, [(path, key, image, bytes, mtime)]) for the images not recorded yet."""
-    from inspector.errors import ImageError
     from inspector.data.images import read_image
+    from inspector.errors import ImageError
     from inspector.io.sources import file_key
 
     result, todo = BatchResult(), []
@@ -164,9 +177,9 @@ def _read_batch(store, cfg, s: BackfillSettings, paths: list[Path]) -> tuple[Bat
 
 def _score(scorer, cfg, s: BackfillSettings, store, todo: list) -> list:
     """[(ScoredFrame, FlagRecord | None)] with the media of flagged images saved first."""
+    from inspector.data.preprocess import overlay
     from inspector.io.media import media_paths, save_media
     from inspector.io.store import FlagRecord, ScoredFrame
-    from inspector.data.preprocess import overlay
     from inspector.watcher.decisions import effective_threshold
 
     thr = effective_threshold(scorer.threshold, cfg.rules)
@@ -178,8 +191,15 @@ def _score(scorer, cfg, s: BackfillSettings, store, todo: list) -> list:
         if frame.is_anomaly:
             paths = media_paths(s.source, key, when, p.suffix.lower(), cfg.store.save_map)
             save_media(store.media_dir, paths, data, overlay(img, r.anomaly_map), r.anomaly_map)
-            flag = FlagRecord(scorer.version, paths.image, paths.overlay, paths.map, img.shape[1], img.shape[0],
-                              p.relative_to(s.folder).as_posix())
+            flag = FlagRecord(
+                scorer.version,
+                paths.image,
+                paths.overlay,
+                paths.map,
+                img.shape[1],
+                img.shape[0],
+                p.relative_to(s.folder).as_posix(),
+            )
         items.append((frame, flag))
     return items
 
@@ -208,8 +228,9 @@ class Progress:
     def __init__(self, log, images: int, batches: int) -> None:
         self.log, self.images, self.batches, self.done, self.t0 = log, images, batches, 0, time.monotonic()
         self.every = max(1, batches // 20)
-        self.artifact = create_progress_artifact(0.0, key="backfill-progress",
-                                                 description=f"backfill: {images} images in {batches} batches")
+        self.artifact = create_progress_artifact(
+            0.0, key="backfill-progress", description=f"backfill: {images} images in {batches} batches"
+        )
 
     def step(self, total: BatchResult, failed: int) -> None:
         self.done += 1
@@ -217,9 +238,20 @@ class Progress:
         if self.done % self.every == 0 or self.done == self.batches:
             seen = total.scored + total.already + total.unreadable
             rate = total.scored / max(time.monotonic() - self.t0, 1e-9)
-            self.log.info("backfill: %d/%d batches, %d/%d images (%d scored, %d flagged, %d already, %d unreadable, "
-                          "%d batches failed), %.1f images/s", self.done, self.batches, seen, self.images,
-                          total.scored, total.flagged, total.already, total.unreadable, failed, rate)
+            self.log.info(
+                "backfill: %d/%d batches, %d/%d images (%d scored, %d flagged, %d already, %d unreadable, "
+                "%d batches failed), %.1f images/s",
+                self.done,
+                self.batches,
+                seen,
+                self.images,
+                total.scored,
+                total.flagged,
+                total.already,
+                total.unreadable,
+                failed,
+                rate,
+            )
 
 
 @flow(name="backfill")
@@ -227,17 +259,25 @@ def backfill(config: Path, settings: BackfillSettings) -> BatchResult:
     """Score `settings.folder` with the line's model into the line's store, batch by batch."""
     log = get_run_logger()
     files = select_files(settings)
-    batches = [files[i:i + settings.batch_size] for i in range(0, len(files), settings.batch_size)]
+    batches = [files[i : i + settings.batch_size] for i in range(0, len(files), settings.batch_size)]
     where = (settings.scheduler or "a local cluster") if settings.engine == "dask" else "this process"
-    log.info("backfill: %d images in %s to score as source %s, %d batches on %s",
-             len(files), settings.folder, settings.source, len(batches), where)
+    log.info(
+        "backfill: %d images in %s to score as source %s, %d batches on %s",
+        len(files),
+        settings.folder,
+        settings.source,
+        len(batches),
+        where,
+    )
     total, failed = BatchResult(), 0
     if batches:
         runner, threads = task_runner(settings)
         with inspector_logs_to_prefect(), runner:
             progress = Progress(log, len(files), len(batches))  # after the cluster started: the rate is the scoring's
-            futures = [runner.submit(score_batch, {"config": Path(config), "s": settings, "paths": b,
-                                                   "threads": threads}) for b in batches]
+            futures = [
+                runner.submit(score_batch, {"config": Path(config), "s": settings, "paths": b, "threads": threads})
+                for b in batches
+            ]
             for future in as_completed(futures):
                 try:
                     total = _add(total, future.result())
@@ -245,11 +285,18 @@ def backfill(config: Path, settings: BackfillSettings) -> BatchResult:
                     failed += 1
                     log.error("backfill: a batch failed (%s: %s)", type(e).__name__, str(e).splitlines()[0][:200])
                 progress.step(total, failed)
-    log.info("backfill done: %d scored, %d flagged, %d already recorded, %d unreadable",
-             total.scored, total.flagged, total.already, total.unreadable)
+    log.info(
+        "backfill done: %d scored, %d flagged, %d already recorded, %d unreadable",
+        total.scored,
+        total.flagged,
+        total.already,
+        total.unreadable,
+    )
     if failed:
-        raise InspectorError(f"backfill: {failed} of {len(batches)} batches failed; run it again to score their images "
-                             "(recorded images are skipped)")
+        raise InspectorError(
+            f"backfill: {failed} of {len(batches)} batches failed; run it again to score their images "
+            "(recorded images are skipped)"
+        )
     return total
 
 
@@ -266,7 +313,17 @@ if __name__ == "__main__":
     ap.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786 (default: a local cluster)")
     ap.add_argument("--workers", type=int, default=0, help="local cluster worker processes (default: one per core)")
     a = ap.parse_args()
-    r = backfill(Path(a.config), BackfillSettings(folder=Path(a.folder), source=a.source, since=a.since, until=a.until,
-                                                  engine=a.engine, scheduler=a.scheduler, workers=a.workers))
+    r = backfill(
+        Path(a.config),
+        BackfillSettings(
+            folder=Path(a.folder),
+            source=a.source,
+            since=a.since,
+            until=a.until,
+            engine=a.engine,
+            scheduler=a.scheduler,
+            workers=a.workers,
+        ),
+    )
     print(r.model_dump_json())
     sys.exit(0)

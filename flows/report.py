@@ -25,7 +25,9 @@ class ReportSettings(Settings):
 
     hours: float = Field(24, gt=0, le=24 * 366, description="Report on the last this many hours.")
     drift_limit: float = Field(
-        1.0, gt=0, le=100,
+        1.0,
+        gt=0,
+        le=100,
         description="Flag a source whose good-frame mean score moved more than this many reference spreads.",
     )
 
@@ -64,14 +66,17 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
     import sqlalchemy as sa
 
     from inspector.io.latent import window_drift
-    from inspector.io.stats import flagged_per_hour, good_score_drift, review_rates
     from inspector.io.schema import ScoreSample
+    from inspector.io.stats import flagged_per_hour, good_score_drift, review_rates
     from inspector.io.store import Store
 
     store = Store.open(store_url, media_dir)
     try:
-        q = (sa.select(ScoreSample.source, sa.func.count(), sa.func.sum(sa.case((ScoreSample.is_anomaly, 1), else_=0)))
-             .where(ScoreSample.created_at >= since).group_by(ScoreSample.source))
+        q = (
+            sa.select(ScoreSample.source, sa.func.count(), sa.func.sum(sa.case((ScoreSample.is_anomaly, 1), else_=0)))
+            .where(ScoreSample.created_at >= since)
+            .group_by(ScoreSample.source)
+        )
         with store.engine.connect() as c:
             counts = {src: (int(n), int(a or 0)) for src, n, a in c.execute(q)}
         flagged = {src: sum(n for _, n in hours) for src, hours in flagged_per_hour(store.engine, since).items()}
@@ -84,25 +89,34 @@ def line_activity(store_url: str, media_dir: Path | None, since: datetime) -> di
     for src in sorted(set(counts) | set(flagged) | set(reviews)):
         n_good = sum(d.n for _, d in drift.get(src, []))
         r = reviews.get(src)
-        out[src] = {"scored": counts.get(src, (0, 0))[0], "anomalous": counts.get(src, (0, 0))[1],
-                    "flagged": flagged.get(src, 0), "confirmed": r.confirmed if r else 0,
-                    "false_alarms": r.false_alarm if r else 0, "pending": r.pending if r else 0,
-                    "good_mean": sum(d.s for _, d in drift.get(src, [])) / n_good if n_good else None,
-                    "latent_drift": latent.get(src, {}).get("shift"), "latent_n": latent.get(src, {}).get("n", 0)}
+        out[src] = {
+            "scored": counts.get(src, (0, 0))[0],
+            "anomalous": counts.get(src, (0, 0))[1],
+            "flagged": flagged.get(src, 0),
+            "confirmed": r.confirmed if r else 0,
+            "false_alarms": r.false_alarm if r else 0,
+            "pending": r.pending if r else 0,
+            "good_mean": sum(d.s for _, d in drift.get(src, [])) / n_good if n_good else None,
+            "latent_drift": latent.get(src, {}).get("shift"),
+            "latent_n": latent.get(src, {}).get("n", 0),
+        }
     return out
 
 
 @task(**IO)
 def calibration_reference(model: Path | None) -> dict:
     """The current version, its expected false-alarm rate and held-out good scores (empty without a model)."""
-    from inspector.runtime.registry import current_version
     from inspector.runtime.manifest import read_manifest
+    from inspector.runtime.registry import current_version
 
     if model is None or (version := current_version(Path(model))) is None:
         return {}
     m = read_manifest(Path(model) / version)
-    return {"version": version, "expected_fpr": m.data.get("calibration", {}).get("expected_fpr"),
-            "holdout": reference_scores(Path(model), version)}
+    return {
+        "version": version,
+        "expected_fpr": m.data.get("calibration", {}).get("expected_fpr"),
+        "holdout": reference_scores(Path(model), version),
+    }
 
 
 def source_report(src: str, a: dict, ref: list[float] | None, drift_limit: float) -> SourceReport:
@@ -114,24 +128,45 @@ def source_report(src: str, a: dict, ref: list[float] | None, drift_limit: float
         drift = (a["good_mean"] - statistics.fmean(good_ref)) / spread
     reviewed = a["confirmed"] + a["false_alarms"]
     return SourceReport(
-        source=src, scored=a["scored"], anomalous=a["anomalous"], flagged=a["flagged"],
-        flag_rate=a["flagged"] / a["scored"] if a["scored"] else None, confirmed=a["confirmed"],
-        false_alarms=a["false_alarms"], pending=a["pending"],
+        source=src,
+        scored=a["scored"],
+        anomalous=a["anomalous"],
+        flagged=a["flagged"],
+        flag_rate=a["flagged"] / a["scored"] if a["scored"] else None,
+        confirmed=a["confirmed"],
+        false_alarms=a["false_alarms"],
+        pending=a["pending"],
         false_alarm_share=a["false_alarms"] / reviewed if reviewed else None,
         false_alarms_per_frame=a["false_alarms"] / a["scored"] if a["scored"] else None,
-        good_mean=a["good_mean"], drift=drift, drifting=drift is not None and abs(drift) > drift_limit,
-        latent_drift=a.get("latent_drift"), latent_n=a.get("latent_n", 0))
+        good_mean=a["good_mean"],
+        drift=drift,
+        drifting=drift is not None and abs(drift) > drift_limit,
+        latent_drift=a.get("latent_drift"),
+        latent_n=a.get("latent_n", 0),
+    )
 
 
 def report_table(r: Report) -> list[dict]:
     pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:+.2f}"  # noqa: E731
-    return [{"source": s.source, "scored": s.scored, "flagged": s.flagged, "flag rate": pct(s.flag_rate),
-             "confirmed": s.confirmed, "false alarms": s.false_alarms, "pending review": s.pending,
-             "false-alarm share": pct(s.false_alarm_share), "false alarms / frame": pct(s.false_alarms_per_frame),
-             "good mean": "-" if s.good_mean is None else f"{s.good_mean:.3f}", "drift (spreads)": num(s.drift),
-             "drifting": "yes" if s.drifting else "no", "latent drift (spreads)": num(s.latent_drift)}
-            for s in r.sources]
+    return [
+        {
+            "source": s.source,
+            "scored": s.scored,
+            "flagged": s.flagged,
+            "flag rate": pct(s.flag_rate),
+            "confirmed": s.confirmed,
+            "false alarms": s.false_alarms,
+            "pending review": s.pending,
+            "false-alarm share": pct(s.false_alarm_share),
+            "false alarms / frame": pct(s.false_alarms_per_frame),
+            "good mean": "-" if s.good_mean is None else f"{s.good_mean:.3f}",
+            "drift (spreads)": num(s.drift),
+            "drifting": "yes" if s.drifting else "no",
+            "latent drift (spreads)": num(s.latent_drift),
+        }
+        for s in r.sources
+    ]
 
 
 def report_markdown(r: Report, drift_limit: float) -> str:
@@ -144,10 +179,13 @@ def report_markdown(r: Report, drift_limit: float) -> str:
     for s in r.sources:
         text = f"- **{s.source}**: {s.scored} frames scored, {s.flagged} flagged"
         text += f" ({s.flag_rate:.2%})" if s.flag_rate is not None else ""
-        text += (f"; reviewed {s.confirmed + s.false_alarms} ({s.false_alarms} false alarms), "
-                 f"{s.pending} waiting for review")
+        text += (
+            f"; reviewed {s.confirmed + s.false_alarms} ({s.false_alarms} false alarms), {s.pending} waiting for review"
+        )
         if s.latent_drift is not None:
-            text += f"; good frames' embeddings sit {s.latent_drift:.2f} cloud spreads from the good cloud (n={s.latent_n})"
+            text += (
+                f"; good frames' embeddings sit {s.latent_drift:.2f} cloud spreads from the good cloud (n={s.latent_n})"
+            )
         if s.drift is not None:
             text += f"; good-frame scores moved {s.drift:+.2f} spreads from calibration"
             if s.drifting:
@@ -159,8 +197,12 @@ def report_markdown(r: Report, drift_limit: float) -> str:
 
 
 @flow(name="report")
-def report(config: Path | None = None, store: str | None = None, model: Path | None = None,
-           settings: ReportSettings = ReportSettings()) -> Report:
+def report(
+    config: Path | None = None,
+    store: str | None = None,
+    model: Path | None = None,
+    settings: ReportSettings = ReportSettings(),
+) -> Report:
     """Report on the store of a line config (or `store` URL) and the model it runs (or `model`)."""
     from inspector.config.access import resolve
 
@@ -176,10 +218,20 @@ def report(config: Path | None = None, store: str | None = None, model: Path | N
     activity = line_activity(dash.store_url, dash.media_dir, since)
     ref = calibration_reference(model)
     sources = [source_report(src, a, ref.get("holdout"), settings.drift_limit) for src, a in activity.items()]
-    r = Report(since=since, until=until, model_version=ref.get("version"), expected_fpr=ref.get("expected_fpr"),
-               sources=sources, artifact_key=artifact_key("report", line or "store"))
-    publish_artifacts(r.artifact_key, report_markdown(r, settings.drift_limit), report_table(r) or [{"source": "-"}],
-                      f"line report, last {settings.hours:g} h")
+    r = Report(
+        since=since,
+        until=until,
+        model_version=ref.get("version"),
+        expected_fpr=ref.get("expected_fpr"),
+        sources=sources,
+        artifact_key=artifact_key("report", line or "store"),
+    )
+    publish_artifacts(
+        r.artifact_key,
+        report_markdown(r, settings.drift_limit),
+        report_table(r) or [{"source": "-"}],
+        f"line report, last {settings.hours:g} h",
+    )
     for s in sources:
         if s.drifting:
             get_run_logger().warning("%s: good-frame scores drifted %+.2f spreads from calibration", s.source, s.drift)

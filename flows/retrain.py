@@ -92,8 +92,14 @@ def _link(src: Path, dst: Path) -> None:
 
 
 @flow(name="retrain")
-def retrain(data: Path, model: Path, retrain_dir: Path, fit: FitSettings = FitSettings(),
-            calibrate: CalibrateSettings = CalibrateSettings(), gate: GateSettings = GateSettings()) -> RetrainResult:
+def retrain(
+    data: Path,
+    model: Path,
+    retrain_dir: Path,
+    fit: FitSettings = FitSettings(),
+    calibrate: CalibrateSettings = CalibrateSettings(),
+    gate: GateSettings = GateSettings(),
+) -> RetrainResult:
     """Retrain `model` on `data` plus the reviewed false alarms in `retrain_dir`, if any arrived since last time."""
     log = get_run_logger()
     model, data, retrain_dir = Path(model), Path(data), Path(retrain_dir)
@@ -101,11 +107,19 @@ def retrain(data: Path, model: Path, retrain_dir: Path, fit: FitSettings = FitSe
     added = sorted(set(files) - set(used))
     removed = sorted(set(used) - set(files))
     if not added and not removed:
-        log.info("retrain skipped: no new reviewed false alarms in %s since the last retrain (%d in use)",
-                 retrain_dir, len(files))
+        log.info(
+            "retrain skipped: no new reviewed false alarms in %s since the last retrain (%d in use)",
+            retrain_dir,
+            len(files),
+        )
         return RetrainResult(status="skipped", added=[], removed=[])
-    log.info("retraining %s with %d reviewed false alarms (%d new, %d withdrawn)", model, len(files), len(added),
-             len(removed))
+    log.info(
+        "retraining %s with %d reviewed false alarms (%d new, %d withdrawn)",
+        model,
+        len(files),
+        len(added),
+        len(removed),
+    )
     with inspector_logs_to_prefect():
         assembled = assemble_data(data, retrain_dir, sorted(files), model)
         result = train_and_gate(assembled, model, fit, calibrate, gate, eval_data=data, why="retrain")

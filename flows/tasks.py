@@ -143,8 +143,8 @@ def measure_version(version_dir: Path, data: Path) -> dict:
     import cv2
 
     from inspector.data.datasets import discover, load_mask
-    from inspector.pipeline.evaluate import PIXEL_GRID, Item, image_metrics, pixel_metrics
     from inspector.data.images import load_image
+    from inspector.pipeline.evaluate import PIXEL_GRID, Item, image_metrics, pixel_metrics
     from inspector.runtime import Scorer
 
     scorer = Scorer.load(Path(version_dir), providers=["cpu"])
@@ -160,8 +160,11 @@ def measure_version(version_dir: Path, data: Path) -> dict:
             masks.append(load_mask(s.mask, PIXEL_GRID))
     metrics = image_metrics(items, scorer.fit_image_sizes) | pixel_metrics(preds, masks, items)
     good = [i for i in items if i.label == 0]
-    return metrics | {"version": scorer.version, "good_images": len(good),
-                      "false_alarms": sum(i.score >= 1.0 for i in good)}
+    return metrics | {
+        "version": scorer.version,
+        "good_images": len(good),
+        "false_alarms": sum(i.score >= 1.0 for i in good),
+    }
 
 
 @task(**IO)
@@ -174,8 +177,11 @@ def keep_evaluation(model: Path, version: str) -> list[Path]:
     dst.mkdir(parents=True, exist_ok=True)
     fit_info = json.loads((src / "fit.json").read_text())
     threshold = read_manifest(Path(model) / version).threshold
-    reference = {"version": version, "threshold": threshold,
-                 "holdout_scores": [h["score"] / threshold for h in fit_info.get("holdout", [])]}
+    reference = {
+        "version": version,
+        "threshold": threshold,
+        "holdout_scores": [h["score"] / threshold for h in fit_info.get("holdout", [])],
+    }
     (dst / REFERENCE).write_text(json.dumps(reference))
     kept = []
     for png in sorted((src / "evaluation").glob("*.png")):

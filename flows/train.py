@@ -18,15 +18,33 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from flows.tasks import (artifact_key, calibrate_model, current_version, evaluate_model, export_version, fit_model,
-                         inspector_logs_to_prefect, keep_evaluation, measure_version, promote_version,
-                         publish_artifacts)
+from flows.tasks import (
+    artifact_key,
+    calibrate_model,
+    current_version,
+    evaluate_model,
+    export_version,
+    fit_model,
+    inspector_logs_to_prefect,
+    keep_evaluation,
+    measure_version,
+    promote_version,
+    publish_artifacts,
+)
 from inspector.config.fit import CalibrateSettings, FitSettings
 from inspector.errors import InspectorError
 from inspector.scoring.gate import Check, GateResult, GateSettings, compare
 
-TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "f1_at_threshold", "recall_at_threshold",
-                 "fpr_at_threshold", "false_alarms", "good_images")
+TABLE_METRICS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_at_threshold",
+    "recall_at_threshold",
+    "fpr_at_threshold",
+    "false_alarms",
+    "good_images",
+)
 
 
 class TrainResult(BaseModel):
@@ -46,15 +64,27 @@ class TrainResult(BaseModel):
 
 
 @flow(name="train")
-def train(data: Path, model: Path, fit: FitSettings = FitSettings(), calibrate: CalibrateSettings = CalibrateSettings(),
-          gate: GateSettings = GateSettings()) -> TrainResult:
+def train(
+    data: Path,
+    model: Path,
+    fit: FitSettings = FitSettings(),
+    calibrate: CalibrateSettings = CalibrateSettings(),
+    gate: GateSettings = GateSettings(),
+) -> TrainResult:
     """Train a new version of `model` on `data`; the line switches to it only if it passes the gate."""
     with inspector_logs_to_prefect():
         return train_and_gate(Path(data), Path(model), fit, calibrate, gate, eval_data=Path(data), why="train")
 
 
-def train_and_gate(data: Path, model: Path, fit: FitSettings, calibrate: CalibrateSettings, gate: GateSettings,
-                   eval_data: Path, why: str) -> TrainResult:
+def train_and_gate(
+    data: Path,
+    model: Path,
+    fit: FitSettings,
+    calibrate: CalibrateSettings,
+    gate: GateSettings,
+    eval_data: Path,
+    why: str,
+) -> TrainResult:
     """The body shared by `train` and `retrain` (runs inside their flow run)."""
     previous = current_version(model)
     fit_model(data, model, fit)
@@ -65,19 +95,37 @@ def train_and_gate(data: Path, model: Path, fit: FitSettings, calibrate: Calibra
     version = export_version(model)
     candidate, current, decision = _gate(model, version, previous, eval_data if has_test else None, cal, gate)
     promoted = _decide(model, version, previous, decision, why)
-    result = TrainResult(model=model, version=version, previous=previous, promoted=promoted, gate_ok=decision.ok,
-                         checks=[f"{'pass' if c.ok else 'FAIL'}: {c.detail}" for c in decision.checks],
-                         reasons=decision.reasons, candidate=candidate, current=current,
-                         overlays=keep_evaluation(model, version), artifact_key=artifact_key(why, model.name))
-    publish_artifacts(result.artifact_key, report_markdown(result, cal), metrics_table(candidate, current),
-                      f"{why} of {model}: {version} {'promoted' if promoted else 'not promoted'}")
-    get_run_logger().info("%s: %s is %s", model, version, "now current" if promoted
-                          else f"registered, not promoted ({'; '.join(decision.reasons)})")
+    result = TrainResult(
+        model=model,
+        version=version,
+        previous=previous,
+        promoted=promoted,
+        gate_ok=decision.ok,
+        checks=[f"{'pass' if c.ok else 'FAIL'}: {c.detail}" for c in decision.checks],
+        reasons=decision.reasons,
+        candidate=candidate,
+        current=current,
+        overlays=keep_evaluation(model, version),
+        artifact_key=artifact_key(why, model.name),
+    )
+    publish_artifacts(
+        result.artifact_key,
+        report_markdown(result, cal),
+        metrics_table(candidate, current),
+        f"{why} of {model}: {version} {'promoted' if promoted else 'not promoted'}",
+    )
+    get_run_logger().info(
+        "%s: %s is %s",
+        model,
+        version,
+        "now current" if promoted else f"registered, not promoted ({'; '.join(decision.reasons)})",
+    )
     return result
 
 
-def _gate(model: Path, version: str, previous: str | None, eval_data: Path | None, cal: dict,
-          gate: GateSettings) -> tuple[dict, dict | None, GateResult]:
+def _gate(
+    model: Path, version: str, previous: str | None, eval_data: Path | None, cal: dict, gate: GateSettings
+) -> tuple[dict, dict | None, GateResult]:
     """Measure candidate and current on the evaluation set and compare them."""
     if eval_data is None:
         check = Check("evaluation", False, "the data set has no test/ images: nothing to gate on")
@@ -91,8 +139,11 @@ def _decide(model: Path, version: str, previous: str | None, decision: GateResul
     log = get_run_logger()
     if previous is None:  # export already made the first version current: there was nothing else to run
         if not decision.ok:
-            log.warning("%s is the first version, so the line runs it although the gate failed: %s", version,
-                        "; ".join(decision.reasons))
+            log.warning(
+                "%s is the first version, so the line runs it although the gate failed: %s",
+                version,
+                "; ".join(decision.reasons),
+            )
         return True
     if not decision.ok:
         log.warning("gate failed for %s, `current` stays %s: %s", version, previous, "; ".join(decision.reasons))
@@ -121,17 +172,36 @@ def metrics_table(candidate: dict, current: dict | None) -> list[dict]:
 
 def report_markdown(r: TrainResult, cal: dict) -> str:
     """The run as people read it: verdict, gate checks, calibration meaning, metrics, heat-map overlays."""
-    verdict = (f"**{r.version} is now `current`**" if r.promoted
-               else f"**{r.version} registered, not promoted**: the line keeps `{r.previous}`")
+    verdict = (
+        f"**{r.version} is now `current`**"
+        if r.promoted
+        else f"**{r.version} registered, not promoted**: the line keeps `{r.previous}`"
+    )
     lines = [f"# {r.model.name}: {r.version}", "", verdict, "", "## Gate", ""]
     lines += [f"- {c}" for c in r.checks]
-    lines += ["", "## Threshold", "", cal.get("meaning", ""), "", "## Metrics (ONNX Runtime, labelled test images)", "",
-              "| metric | candidate | current | change |", "|---|---|---|---|"]
-    lines += [f"| {row['metric']} | {row['candidate']} | {row['current']} | {row['change']} |"
-              for row in metrics_table(r.candidate, r.current)]
+    lines += [
+        "",
+        "## Threshold",
+        "",
+        cal.get("meaning", ""),
+        "",
+        "## Metrics (ONNX Runtime, labelled test images)",
+        "",
+        "| metric | candidate | current | change |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {row['metric']} | {row['candidate']} | {row['current']} | {row['change']} |"
+        for row in metrics_table(r.candidate, r.current)
+    ]
     if r.overlays:
-        lines += ["", "## Heat-map overlays", "",
-                  "Image and heat map side by side, score as a multiple of the threshold:", ""]
+        lines += [
+            "",
+            "## Heat-map overlays",
+            "",
+            "Image and heat map side by side, score as a multiple of the threshold:",
+            "",
+        ]
         lines += [f"- [{p.stem.replace('_', ' ')}]({p.as_uri()}) `{p}`" for p in r.overlays]
     lines += ["", f"Model folder: `{r.model.resolve()}`; promote by hand: `inspector promote {r.model} {r.version}`"]
     return "\n".join(lines)

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the watcher as a Prefect flow (Ctrl-C or SIGTERM stops it).")
     p.add_argument("--config", required=True, help="line config YAML, as for `inspector watch`")
     a = p.parse_args(argv)
-    from inspector.errors import InspectorError
     from inspector.config.line import load_config
+    from inspector.errors import InspectorError
 
     try:
         load_config(Path(a.config))  # a typo is one line now, not three restarts later

@@ -125,11 +125,15 @@ def line_config(line: Path, model: Path, hook_url: str, mqtt: bool, ops_port: in
     sinks = [{"kind": "webhook", "name": "mes", "url": hook_url}]
     if mqtt:
         sinks.append({"kind": "mqtt", "name": "plant-mqtt", "host": "127.0.0.1", "port": 1883})
-    doc = {"line": "demo",
-           "model": {"path": str(model.resolve()), "providers": ["cpu"], "threads": 1, "reload_check_s": 2},
-           "sources": [{"kind": "folder", "name": "camera", "path": "incoming", "stable_s": 0.3, "rescan_s": 2}],
-           "sinks": sinks, "store": {"url": "sqlite:///store/store.db", "save_map": True},
-           "outbox": {"backoff_min_s": 0.5, "backoff_max_s": 5}, "ops": {"port": ops_port}}
+    doc = {
+        "line": "demo",
+        "model": {"path": str(model.resolve()), "providers": ["cpu"], "threads": 1, "reload_check_s": 2},
+        "sources": [{"kind": "folder", "name": "camera", "path": "incoming", "stable_s": 0.3, "rescan_s": 2}],
+        "sinks": sinks,
+        "store": {"url": "sqlite:///store/store.db", "save_map": True},
+        "outbox": {"backoff_min_s": 0.5, "backoff_max_s": 5},
+        "ops": {"port": ops_port},
+    }
     path = line / "line.yaml"
     path.write_text("# written by `make demo` (launch/demo.py)\n" + yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -137,8 +141,13 @@ def line_config(line: Path, model: Path, hook_url: str, mqtt: bool, ops_port: in
 
 def spawn(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     """An `inspector` command in its own session: Ctrl-C reaches the demo only, which stops it in order."""
-    return subprocess.Popen([sys.executable, "-m", "inspector.cli.main", *args], stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "inspector.cli.main", *args],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -184,8 +193,12 @@ def store_facts(db: Path) -> dict:
         with store.engine.connect() as c:
             flagged = set(c.scalars(sa.select(Flagged.origin)))
             alerts = dict(c.execute(sa.select(Outbox.sink, sa.func.count()).group_by(Outbox.sink)).all())
-        return {"counters": store.counters().get("camera", {}), "flagged": flagged, "alerts": alerts,
-                "pending": store.pending_count()}
+        return {
+            "counters": store.counters().get("camera", {}),
+            "flagged": flagged,
+            "alerts": alerts,
+            "pending": store.pending_count(),
+        }
     finally:
         store.close()
 
@@ -197,14 +210,19 @@ def summary(line: Path, cam: Camera, hook: Webhook) -> list[str]:
     defects = {n for n in scored if cam.truth[n] != "good"}
     flagged = facts["flagged"]
     c = facts["counters"]
-    return [f"camera: {len(cam.truth)} parts written, {sum(k != 'good' for k in cam.truth.values())} of them defective",
-            f"watcher: {c.get('scored', 0)} frames scored, {len(flagged)} flagged, {c.get('errors', 0)} unreadable",
-            f"defects caught: {len(defects & flagged)} of {len(defects)} scored; "
-            f"false alarms: {len(flagged - defects)} "
-            f"of {len(scored - defects)} good parts",
-            f"alerts raised: {facts['alerts'].get('mes', 0)}; delivered to the webhook: {len(hook.alerts)}"
-            + (f"; to MQTT: {facts['alerts']['plant-mqtt'] - facts['pending'].get('plant-mqtt', 0)}"
-               if "plant-mqtt" in facts["alerts"] else "; MQTT: no broker on 127.0.0.1:1883")]
+    return [
+        f"camera: {len(cam.truth)} parts written, {sum(k != 'good' for k in cam.truth.values())} of them defective",
+        f"watcher: {c.get('scored', 0)} frames scored, {len(flagged)} flagged, {c.get('errors', 0)} unreadable",
+        f"defects caught: {len(defects & flagged)} of {len(defects)} scored; "
+        f"false alarms: {len(flagged - defects)} "
+        f"of {len(scored - defects)} good parts",
+        f"alerts raised: {facts['alerts'].get('mes', 0)}; delivered to the webhook: {len(hook.alerts)}"
+        + (
+            f"; to MQTT: {facts['alerts']['plant-mqtt'] - facts['pending'].get('plant-mqtt', 0)}"
+            if "plant-mqtt" in facts["alerts"]
+            else "; MQTT: no broker on 127.0.0.1:1883"
+        ),
+    ]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -251,14 +269,16 @@ def run_line(a: argparse.Namespace, model: Path, t0: float) -> int:
     config = line_config(line, model, hook.url, port_answers(1883), pick_port())
     Store.open(f"sqlite:///{(line / 'store' / 'store.db').resolve()}").close()  # the dashboard needs it to exist
     watcher = spawn(["watch", "--config", str(config)], line / "watcher.log")
-    dashboard = spawn(["dashboard", "--config", str(config), "--port", str(port)], line / "dashboard.log",
-                      {"INSPECTOR_TOKEN": token})
+    dashboard = spawn(
+        ["dashboard", "--config", str(config), "--port", str(port)], line / "dashboard.log", {"INSPECTOR_TOKEN": token}
+    )
     cam = Camera(line / "incoming", a.size, a.defect_rate, a.interval)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_http(url, dashboard)
-        print(f"demo: dashboard on {url} (review token: {token}); "
-              f"camera runs for {a.seconds:.0f} s, Ctrl-C stops early")
+        print(
+            f"demo: dashboard on {url} (review token: {token}); camera runs for {a.seconds:.0f} s, Ctrl-C stops early"
+        )
         cam.start()
         deadline = time.monotonic() + a.seconds
         while time.monotonic() < deadline and watcher.poll() is None:
@@ -267,11 +287,19 @@ def run_line(a: argparse.Namespace, model: Path, t0: float) -> int:
         print("\ndemo: stopping")
     finally:
         code = shutdown(cam, watcher, None if a.keep_dashboard else dashboard, line / "incoming")
-    print("\n".join(["", "demo summary", *(f"  {s}" for s in summary(line, cam, hook)),
-                     f"  watcher exit code: {code}",
-                     f"  model registry: {model} (`inspector promote`), line: {line} (logs, store, media)",
-                     f"  see it again: .venv/bin/inspector dashboard --config {config}",
-                     f"  total time: {time.monotonic() - t0:.0f} s"]))
+    print(
+        "\n".join(
+            [
+                "",
+                "demo summary",
+                *(f"  {s}" for s in summary(line, cam, hook)),
+                f"  watcher exit code: {code}",
+                f"  model registry: {model} (`inspector promote`), line: {line} (logs, store, media)",
+                f"  see it again: .venv/bin/inspector dashboard --config {config}",
+                f"  total time: {time.monotonic() - t0:.0f} s",
+            ]
+        )
+    )
     hook.close()
     return finish_dashboard(dashboard, url, a.keep_dashboard) if code == 0 else 1
 

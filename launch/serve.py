@@ -51,25 +51,41 @@ def restart_on_crash(deployment: str) -> DeploymentEventTrigger:
     )
 
 
-def deployments(line_config: Path, data: Path, model: Path, retrain_dir: Path, timezone: str = "UTC",
-                watch_line: bool = True) -> list:
+def deployments(
+    line_config: Path, data: Path, model: Path, retrain_dir: Path, timezone: str = "UTC", watch_line: bool = True
+) -> list:
     """The line's deployments: train on demand, nightly retrain, daily report, backfill on demand, the watcher.
     Cron schedules run in the plant's `timezone`, not the server's."""
     line = line_config.stem
     common = {"data": str(data), "model": str(model)}
     out = [
         train.to_deployment(f"{line}-train", parameters=common, tags=[line, "gpu"]),
-        retrain.to_deployment(f"{line}-retrain", schedule=Cron(cron("retrain"), timezone=timezone), tags=[line, "gpu"],
-                              parameters={**common, "retrain_dir": str(retrain_dir)}),
-        report.to_deployment(f"{line}-report", schedule=Cron(cron("report"), timezone=timezone), tags=[line],
-                             parameters={"config": str(line_config)}),
+        retrain.to_deployment(
+            f"{line}-retrain",
+            schedule=Cron(cron("retrain"), timezone=timezone),
+            tags=[line, "gpu"],
+            parameters={**common, "retrain_dir": str(retrain_dir)},
+        ),
+        report.to_deployment(
+            f"{line}-report",
+            schedule=Cron(cron("report"), timezone=timezone),
+            tags=[line],
+            parameters={"config": str(line_config)},
+        ),
         backfill.to_deployment(f"{line}-backfill", parameters={"config": str(line_config)}, tags=[line]),
     ]
     if watch_line:  # one watcher per line: a second run is refused while one is running
-        out.append(watch.to_deployment(
-            f"{line}-watch", parameters={"config": str(line_config)}, tags=[line, "watcher"],
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-            triggers=[restart_on_crash(f"{line}-watch")]))
+        out.append(
+            watch.to_deployment(
+                f"{line}-watch",
+                parameters={"config": str(line_config)},
+                tags=[line, "watcher"],
+                concurrency_limit=ConcurrencyLimitConfig(
+                    limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+                ),
+                triggers=[restart_on_crash(f"{line}-watch")],
+            )
+        )
     return out
 
 
@@ -91,8 +107,9 @@ def local_server(port: int = SERVER_PORT) -> Iterator[str | None]:
         return
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env
+    )
     try:
         deadline = time.monotonic() + 120
         while not _healthy(url):
@@ -120,8 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     with local_server(a.port) as url:
         if url:
             print(f"Prefect UI: {url.removesuffix('/api')}")
-        serve(*deployments(a.line.resolve(), a.data.resolve(), a.model.resolve(), retrain_dir.resolve(), a.timezone,
-                           watch_line=not a.no_watch))
+        serve(
+            *deployments(
+                a.line.resolve(),
+                a.data.resolve(),
+                a.model.resolve(),
+                retrain_dir.resolve(),
+                a.timezone,
+                watch_line=not a.no_watch,
+            )
+        )
     return 0
 
 

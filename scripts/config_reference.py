@@ -48,8 +48,10 @@ def section(model: type[BaseModel], title: str, seen: set) -> list[str]:
     for name, f in model.model_fields.items():
         text = (f.description or "").replace("|", "\\|")
         out.append(f"| `{name}` | {_default(f)} | {text} |")
-        nested += [(m, f"{title} / {name}" if len(_models_in(f.annotation)) == 1 else f"{title} / {name}: {m.__name__}")
-                   for m in _models_in(f.annotation)]
+        nested += [
+            (m, f"{title} / {name}" if len(_models_in(f.annotation)) == 1 else f"{title} / {name}: {m.__name__}")
+            for m in _models_in(f.annotation)
+        ]
     out.append("")
     for m, t in nested:
         out += section(m, t, seen)
@@ -59,8 +61,11 @@ def section(model: type[BaseModel], title: str, seen: set) -> list[str]:
 def reference() -> str:
     seen: set = set()
     lines = [HEADER]
-    for model, title in ((FitSettings, "inspector fit (FitSettings)"), (CalibrateSettings, "inspector calibrate"),
-                         (WatchConfig, "line config (WatchConfig)")):
+    for model, title in (
+        (FitSettings, "inspector fit (FitSettings)"),
+        (CalibrateSettings, "inspector calibrate"),
+        (WatchConfig, "line config (WatchConfig)"),
+    ):
         lines += section(model, title, seen)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -25,8 +25,8 @@ def synthetic_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fitted_model(synthetic_data, tmp_path_factory) -> Path:
     """A fitted and calibrated model folder (staging only)."""
-    from inspector.pipeline.calibrate import calibrate_model
     from inspector.config.fit import CalibrateSettings
+    from inspector.pipeline.calibrate import calibrate_model
     from inspector.pipeline.fit import fit
 
     out = tmp_path_factory.mktemp("models") / "part"
@@ -69,8 +69,12 @@ SERVICE_MODULES = {  # test modules whose every test talks to a service
     "pg": ("integration/test_scale_out.py",),
     "browser": ("dashboard/test_browser.py",),
     "prefect": ("flows/test_flows.py",),
-    "slow": ("flows/test_flows.py", "integration/test_watch_reliability.py", "integration/test_scale_out.py",
-             "pipeline/test_export.py"),
+    "slow": (
+        "flows/test_flows.py",
+        "integration/test_watch_reliability.py",
+        "integration/test_scale_out.py",
+        "pipeline/test_export.py",
+    ),
 }
 
 

@@ -49,7 +49,7 @@ class BrightnessScorer:
         self.manifest = {"threshold": self.threshold, "version": self.version}
 
     @classmethod
-    def load(cls, path: Path, providers=None) -> "BrightnessScorer":
+    def load(cls, path: Path, providers=None) -> BrightnessScorer:
         return cls(path)
 
     def reload_if_changed(self) -> bool:
@@ -143,8 +143,14 @@ def watcher_env() -> dict:
 def spawn_watcher(config: Path, log_path: Path, **kw) -> subprocess.Popen:
     """`inspector watch --config ...` as a real process, its log appended to log_path."""
     log = open(log_path, "ab")
-    return subprocess.Popen([PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(config)], cwd=str(ROOT),
-                            env=watcher_env(), stdout=log, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(config)],
+        cwd=str(ROOT),
+        env=watcher_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 def wait_for(cond, timeout: float, step: float = 0.05, what: str = "condition"):
@@ -167,8 +173,9 @@ class MqttCollector:
         self.messages: list[tuple[str, dict]] = []
         self.subscribed = False
         self.topic = topic
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"col-{uuid.uuid4().hex[:8]}",
-                             clean_session=clean)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"col-{uuid.uuid4().hex[:8]}", clean_session=clean
+        )
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.c.on_subscribe = lambda *a: setattr(self, "subscribed", True)
         self.c.on_message = lambda c, u, m: self.messages.append((m.topic, json.loads(m.payload)))
@@ -232,8 +239,12 @@ def big_png(path: Path, w: int = 20000, h: int = 20000) -> Path:
 
     co, row = zlib.compressobj(1), b"\x00" * (w + 1)
     idat = b"".join([co.compress(row * 500) for _ in range(h // 500)] + [co.compress(row * (h % 500)), co.flush()])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 

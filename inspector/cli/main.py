@@ -23,22 +23,39 @@ def _fit(a: argparse.Namespace) -> int:
         extra = fit_overrides([kv for group in a.set for kv in group])
     except ValueError as e:
         raise InspectorError(f"--set: {e}") from None
-    overrides = {**extra, **{k: v for k, v in {
-        "max_pixels": a.max_pixels, "short_side": a.short_side, "backbone": a.backbone, "weights": a.weights, "steps": a.steps,
-        "keep_aspect": False if a.square else None, "seed": a.seed, "holdout": a.holdout,
-        "exposure": a.exposure, "device": a.device,
-    }.items() if v is not None}}
+    overrides = {
+        **extra,
+        **{
+            k: v
+            for k, v in {
+                "max_pixels": a.max_pixels,
+                "short_side": a.short_side,
+                "backbone": a.backbone,
+                "weights": a.weights,
+                "steps": a.steps,
+                "keep_aspect": False if a.square else None,
+                "seed": a.seed,
+                "holdout": a.holdout,
+                "exposure": a.exposure,
+                "device": a.device,
+            }.items()
+            if v is not None
+        },
+    }
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
-    print(f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}) in {r.seconds:.0f} s")
+    print(
+        f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}) "
+        f"in {r.seconds:.0f} s"
+    )
     if r.selection:
         print(f"settings: {r.selection['reason']}; see fit.json 'selection' (--set w_latent=/w_global= fixes them)")
     return 0
 
 
 def _calibrate(a: argparse.Namespace) -> int:
-    from inspector.pipeline.calibrate import calibrate_model
     from inspector.config.fit import CalibrateSettings
+    from inspector.pipeline.calibrate import calibrate_model
 
     cal = calibrate_model(Path(a.model), CalibrateSettings(fpr=a.fpr, strategy=a.strategy))
     print(cal["meaning"])
@@ -85,37 +102,66 @@ def _dashboard(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inspector", description="Visual inspection: fit on good parts, calibrate, export, watch.")
+    p = argparse.ArgumentParser(
+        prog="inspector", description="Visual inspection: fit on good parts, calibrate, export, watch."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("fit", help="learn what good looks like from defect-free images")
     s.add_argument("data", help="folder of good images, or a dataset root with train/good")
     s.add_argument("--out", required=True, help="model folder to write, e.g. models/ballscrew")
-    s.add_argument("--short-side", type=int, help="network input short side in px (default 256, lowered for long images "
-                   "to keep within --max-pixels; given, it is kept: e.g. 256 for line-scan strips)")
-    s.add_argument("--max-pixels", type=int, help="cap on network input pixels when --short-side is not given (default 81920 = 320x256)")
+    s.add_argument(
+        "--short-side",
+        type=int,
+        help="network input short side in px (default 256, lowered for long images "
+        "to keep within --max-pixels; given, it is kept: e.g. 256 for line-scan strips)",
+    )
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        help="cap on network input pixels when --short-side is not given (default 81920 = 320x256)",
+    )
     s.add_argument("--square", action="store_true", help="squash images into a square instead of keeping aspect")
     s.add_argument("--backbone", help="timm backbone name (needs --weights unless efficientnet_lite0)")
     s.add_argument("--weights", help="local backbone weights file")
     s.add_argument("--steps", type=int, help="autoencoder training steps")
-    s.add_argument("--exposure", choices=["standardize", "none"], help="standardize (default): every image's intensity "
-                   "mean and spread set alike, so camera gain or lighting drift is not an anomaly; none: as captured "
-                   "(when brightness itself is the defect)")
-    s.add_argument("--holdout", choices=["last", "random"], help="good images held out for calibration: the last 20%% "
-                   "in name order, the newest with timestamped names (default), or a seeded random 20%%")
+    s.add_argument(
+        "--exposure",
+        choices=["standardize", "none"],
+        help="standardize (default): every image's intensity "
+        "mean and spread set alike, so camera gain or lighting drift is not an anomaly; none: as captured "
+        "(when brightness itself is the defect)",
+    )
+    s.add_argument(
+        "--holdout",
+        choices=["last", "random"],
+        help="good images held out for calibration: the last 20%% "
+        "in name order, the newest with timestamped names (default), or a seeded random 20%%",
+    )
     s.add_argument("--seed", type=int)
-    s.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to fit: cuda (NVIDIA GPU), cpu, or auto "
-                   "(default: cuda when torch sees a GPU)")
-    s.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other fit setting (inspector.config.FitSettings), e.g. --set gauss_cell=1 hidden=256")
+    s.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help="where to fit: cuda (NVIDIA GPU), cpu, or auto (default: cuda when torch sees a GPU)",
+    )
+    s.add_argument(
+        "--set",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other fit setting (inspector.config.FitSettings), e.g. --set gauss_cell=1 hidden=256",
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=_fit)
 
     s = sub.add_parser("calibrate", help="choose the alarm threshold")
     s.add_argument("model")
     s.add_argument("--fpr", type=float, default=0.01, help="target false-alarm rate on good parts (default 0.01)")
-    s.add_argument("--strategy", choices=["fpr", "f1"], default="fpr", help="fpr: good images only; f1: use labelled defects")
+    s.add_argument(
+        "--strategy", choices=["fpr", "f1"], default="fpr", help="fpr: good images only; f1: use labelled defects"
+    )
     s.set_defaults(func=_calibrate)
 
     s = sub.add_parser("evaluate", help="metrics, heat maps and a score histogram on labelled test images")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import cv2
 
-from inspector.runtime import registry
-from inspector.errors import ImageError
 from inspector.data.images import load_image
+from inspector.errors import ImageError
+from inspector.runtime import registry
 from inspector.types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -95,14 +95,16 @@ def _score_onnx(model_dir: Path, images: list[Path], overlay: bool) -> Iterator[
 
 
 def _score_torch(model_dir: Path, images: list[Path], overlay: bool) -> Iterator[tuple[Path, FrameResult | str]]:
-    from inspector.pipeline.checkpoint import CALIBRATION_FILE, check_model_dir, load_model, read_json, staging
     from inspector.data.datasets import LoadReport
+    from inspector.pipeline.checkpoint import CALIBRATION_FILE, check_model_dir, load_model, read_json, staging
     from inspector.pipeline.infer import score_paths
     from inspector.runtime.manifest import check_threshold
     from inspector.runtime.session import to_result
 
     check_model_dir(model_dir)
-    cal = read_json(staging(model_dir) / CALIBRATION_FILE, "the model is not calibrated yet: run `inspector calibrate` first")
+    cal = read_json(
+        staging(model_dir) / CALIBRATION_FILE, "the model is not calibrated yet: run `inspector calibrate` first"
+    )
     threshold = check_threshold(cal.get("threshold"), f"threshold in {staging(model_dir) / CALIBRATION_FILE}")
     net, pre, _ = load_model(model_dir)
     log.info("no exported version is current: scoring with the torch model in staging/ (`inspector export` for ONNX)")

@@ -35,8 +35,10 @@ def resolve(store: str | None, config: Path | None) -> DashboardSettings:
     token = dash.token.get_secret_value() if dash.token else os.environ.get(dash.token_env) or None
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         where = "dashboard.token" if dash.token else dash.token_env
-        raise InspectorError(f"{where}: the review token needs at least {MIN_TOKEN_CHARS} characters "
-                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        raise InspectorError(
+            f"{where}: the review token needs at least {MIN_TOKEN_CHARS} characters "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
     media = store_cfg.media_dir if (config is not None and (store is None or store == store_cfg.url)) else None
     return DashboardSettings(url, media, token, dash.retrain_dir)
 

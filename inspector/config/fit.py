@@ -14,32 +14,59 @@ from inspector.config.network import NetworkSettings
 class FitSettings(Settings):
     """How `inspector fit` learns what good parts look like."""
 
-    max_pixels: int = Field(81920, ge=1024, le=2**26, description="Cap on network input pixels (default 320x256): long "
-                            "images get a smaller short side (a 1130x460 part -> 160x384); unused when short_side is set.")
-    short_side: int | None = Field(None, ge=32, le=2048, description="Short image side fed to the network (px); default 256, capped by max_pixels.")
+    max_pixels: int = Field(
+        81920,
+        ge=1024,
+        le=2**26,
+        description="Cap on network input pixels (default 320x256): long "
+        "images get a smaller short side (a 1130x460 part -> 160x384); unused when short_side is set.",
+    )
+    short_side: int | None = Field(
+        None, ge=32, le=2048, description="Short image side fed to the network (px); default 256, capped by max_pixels."
+    )
     max_long_side: int = Field(4096, ge=32, le=16384, description="Cap on the long side; aspect is kept.")
     keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
-    exposure: str = Field("standardize", pattern="^(none|standardize)$", description="standardize: each image's intensity "
-                          "mean and spread are set alike before the network (camera gain / lighting drift).")
+    exposure: str = Field(
+        "standardize",
+        pattern="^(none|standardize)$",
+        description="standardize: each image's intensity "
+        "mean and spread are set alike before the network (camera gain / lighting drift).",
+    )
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
-    network: NetworkSettings = Field(default_factory=NetworkSettings, description="The network (its keys may be "
-                                     "given flat too: `latent=128` is `network.latent=128`).")
-    select: bool = Field(True, description="Try the candidate score terms (latent kNN, whole-image latent distance) "
-                         "on held-out good images against synthetic defects and keep the best (inspector.pipeline.select); "
-                         "a term set by hand is not searched.")
-    select_labelled: bool = Field(True, description="Judge the candidates on DATA/test/<defect> images too, when there are "
-                                  "some (benchmarks turn it off: their test labels must not choose the setting).")
+    network: NetworkSettings = Field(
+        default_factory=NetworkSettings,
+        description="The network (its keys may be given flat too: `latent=128` is `network.latent=128`).",
+    )
+    select: bool = Field(
+        True,
+        description="Try the candidate score terms (latent kNN, whole-image latent distance) "
+        "on held-out good images against synthetic defects and keep the best (inspector.pipeline.select); "
+        "a term set by hand is not searched.",
+    )
+    select_labelled: bool = Field(
+        True,
+        description="Judge the candidates on DATA/test/<defect> images too, when there are "
+        "some (benchmarks turn it off: their test labels must not choose the setting).",
+    )
     steps: int = Field(1500, ge=1, le=1_000_000, description="Autoencoder training steps.")
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Good images held out for calibration.")
-    holdout: str = Field("last", pattern="^(random|last)$", description="Which good images are held out: random "
-                         "(seeded) or last (the last by file name: with timestamped names, the newest parts, so the "
-                         "threshold is set on images taken after those fitted).")
+    holdout: str = Field(
+        "last",
+        pattern="^(random|last)$",
+        description="Which good images are held out: random "
+        "(seeded) or last (the last by file name: with timestamped names, the newest parts, so the "
+        "threshold is set on images taken after those fitted).",
+    )
     max_bad_fraction: float = Field(0.1, ge=0, le=1, description="Abort when more images than this are unreadable.")
     seed: int = Field(0, description="Random seed (split, sampling, init).")
-    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="Where to fit: cuda (an NVIDIA GPU), cpu, or "
-                        "auto (cuda when torch sees a GPU, else cpu). The fitted model is the same file either way.")
+    device: str = Field(
+        "auto",
+        pattern="^(auto|cpu|cuda)$",
+        description="Where to fit: cuda (an NVIDIA GPU), cpu, or "
+        "auto (cuda when torch sees a GPU, else cpu). The fitted model is the same file either way.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -59,7 +86,12 @@ class FitSettings(Settings):
 class CalibrateSettings(Settings):
     fpr: float = Field(0.01, gt=0, lt=0.5, description="Target false-alarm rate on good parts.")
     strategy: str = Field("fpr", pattern="^(fpr|f1)$", description="fpr (good images only) or f1 (labelled defects).")
-    min_holdout: int = Field(20, ge=1, description="Fewest held-out good images accepted.")
+    min_holdout: int = Field(
+        5,
+        ge=1,
+        description="Fewest held-out good images accepted: with n, a threshold can "
+        "promise at most 1/(n+1) without assumptions (5 images: 16.7%); calibrate says so.",
+    )
 
 
 def fit_overrides(pairs: list[str]) -> dict[str, str]:

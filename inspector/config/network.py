@@ -19,21 +19,31 @@ class NetworkSettings(Settings):
     layers: tuple[int, ...] = Field((2, 3), description="timm feature indices used as patch features (stride 8, 16).")
     pool: int = Field(1, ge=1, le=9, description="Local average pooling of patch features (odd, 1 = none).")
     hidden: int = Field(128, ge=4, le=4096, description="Autoencoder hidden width.")
-    latent: int = Field(64, ge=2, le=512, description="Autoencoder latent size per patch (the Gaussian reads a "
-                        "latent x latent matrix per block of positions each frame).")
+    latent: int = Field(
+        64,
+        ge=2,
+        le=512,
+        description="Autoencoder latent size per patch (the Gaussian reads a "
+        "latent x latent matrix per block of positions each frame).",
+    )
     bank_size: int = Field(4096, ge=16, le=65536, description="Latent memory bank size (kNN reference).")
     global_bank: int = Field(0, ge=0, le=100000, description="Image-level embeddings kept (0 = off).")
     pos_weight: float = Field(0.0, ge=0, le=100, description="Position awareness of the kNN (0 = none).")
     w_latent: float = Field(0.0, ge=0, description="Weight of the latent kNN distance (memory bank) in the map.")
     w_recon: float = Field(0.0, ge=0, description="Weight of the reconstruction error in the map.")
     w_gauss: float = Field(1.0, ge=0, description="Weight of the per-position latent Mahalanobis distance.")
-    gauss_cell: int = Field(2, ge=1, le=64, description="Patch positions per side sharing one latent covariance "
-                            "(means stay per position): cell^2 times less reference data read per frame.")
+    gauss_cell: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Patch positions per side sharing one latent covariance "
+        "(means stay per position): cell^2 times less reference data read per frame.",
+    )
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
     smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
 
     @model_validator(mode="after")
-    def _some_patch_term(self) -> "NetworkSettings":
+    def _some_patch_term(self) -> NetworkSettings:
         if not (self.w_latent > 0 or self.w_recon > 0 or self.w_gauss > 0):
             raise ValueError("at least one of w_latent, w_recon, w_gauss must be > 0: the anomaly map is their sum")
         if self.smooth % 2 == 0:

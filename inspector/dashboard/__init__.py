@@ -21,8 +21,8 @@ def serve(store: str | None, host: str, port: int, config: Path | None) -> int:
     """Open the store, build the app and serve it until interrupted; user mistakes raise InspectorError."""
     import uvicorn
 
-    from inspector.dashboard.app import create_app
     from inspector.config.access import resolve
+    from inspector.dashboard.app import create_app
     from inspector.dashboard.settings import default_retrain_dir, open_store
 
     settings = resolve(store, config)
@@ -32,11 +32,19 @@ def serve(store: str | None, host: str, port: int, config: Path | None) -> int:
     app = create_app(st, settings.token, retrain, trusted_hosts=LOOPBACK_NAMES if loopback else None)
     sock = _listen(host, port)
     if not loopback:
-        log.warning("dashboard listens on %s: anyone who can reach it can read it; put TLS in front "
-                    "before sending the review token over a network", host)
+        log.warning(
+            "dashboard listens on %s: anyone who can reach it can read it; put TLS in front "
+            "before sending the review token over a network",
+            host,
+        )
     shown = f"[{host}]" if ":" in host else host
-    log.info("dashboard on http://%s:%d/ (%s; retrain folder %s)", shown, sock.getsockname()[1],
-             "reviews enabled" if settings.token else "read-only: no token set", retrain)
+    log.info(
+        "dashboard on http://%s:%d/ (%s; retrain folder %s)",
+        shown,
+        sock.getsockname()[1],
+        "reviews enabled" if settings.token else "read-only: no token set",
+        retrain,
+    )
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", server_header=False, proxy_headers=False))
     try:
         server.run(sockets=[sock])
@@ -67,6 +75,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
         sock.listen(2048)
     except OSError as e:
-        raise InspectorError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --host/--port") from None
+        raise InspectorError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --host/--port"
+        ) from None
     sock.set_inheritable(True)
     return sock

@@ -10,16 +10,17 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Annotated, Iterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from inspector.config.line import NAME
 from inspector.dashboard import queries as q
 from inspector.dashboard.review import NotFound, ReviewConflict, review
-from inspector.config.line import NAME
 
 router = APIRouter(prefix="/api", tags=["api"])
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Flagged item id.")]
@@ -41,13 +42,19 @@ def filters(
     return q.Filters(source, status, _utc(since), _utc(until), min_score, max_score)
 
 
-def require_token(request: Request, authorization: Annotated[str | None, Header()] = None,
-                  x_inspector_token: Annotated[str | None, Header()] = None) -> None:
+def require_token(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_inspector_token: Annotated[str | None, Header()] = None,
+) -> None:
     """Constant-time check of the review token; the token itself is never echoed or logged."""
     expected: str | None = request.app.state.ctx.token
     if expected is None:
-        raise HTTPException(403, "reviews are disabled: start the dashboard with a token "
-                                 "(INSPECTOR_TOKEN or dashboard.token in the line config)")
+        raise HTTPException(
+            403,
+            "reviews are disabled: start the dashboard with a token "
+            "(INSPECTOR_TOKEN or dashboard.token in the line config)",
+        )
     given = x_inspector_token or ""
     if authorization and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
@@ -66,7 +73,9 @@ class ItemDetail(BaseModel):
     item: q.Item
     older: list[q.Item] = Field(description="Previous flagged items of the same source, nearest first.")
     newer: list[q.Item] = Field(description="Next flagged items of the same source, nearest first.")
-    urls: dict[str, str | None] = Field(description="Image URLs: original, overlay, heatmap (null when not saved), thumb.")
+    urls: dict[str, str | None] = Field(
+        description="Image URLs: original, overlay, heatmap (null when not saved), thumb."
+    )
 
 
 class ReviewIn(BaseModel):
@@ -89,17 +98,23 @@ class SourceOut(BaseModel):
 def urls(item: q.Item) -> dict[str, str | None]:
     """Where the item's images are served; null for images never saved (a camera frame flagged while the media
     folder could not be written)."""
-    return {"original": f"/media/{item.image_path}" if item.image_path else None,
-            "overlay": f"/media/{item.overlay_path}" if item.overlay_path else None,
-            "heatmap": f"/heatmaps/{item.id}.png" if item.map_path else None,
-            "thumb": f"/thumbs/{item.id}.jpg" if item.overlay_path else None}
+    return {
+        "original": f"/media/{item.image_path}" if item.image_path else None,
+        "overlay": f"/media/{item.overlay_path}" if item.overlay_path else None,
+        "heatmap": f"/heatmaps/{item.id}.png" if item.map_path else None,
+        "thumb": f"/thumbs/{item.id}.jpg" if item.overlay_path else None,
+    }
 
 
 @router.get("/items", response_model=ItemPage, summary="Flagged items, newest first (keyset pagination)")
-def list_items(request: Request, f: Annotated[q.Filters, Depends(filters)],
-               cursor: Annotated[str | None, Query(max_length=40, description="From a previous page's next_cursor.")] = None,
-               after_id: Annotated[int | None, Query(ge=0, description="Only items recorded after this id (polling).")] = None,
-               limit: Annotated[int, Query(ge=1, le=500)] = 48, count: bool = False) -> ItemPage:
+def list_items(
+    request: Request,
+    f: Annotated[q.Filters, Depends(filters)],
+    cursor: Annotated[str | None, Query(max_length=40, description="From a previous page's next_cursor.")] = None,
+    after_id: Annotated[int | None, Query(ge=0, description="Only items recorded after this id (polling).")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 48,
+    count: bool = False,
+) -> ItemPage:
     engine = request.app.state.ctx.store.engine
     if after_id is not None:
         return ItemPage(items=q.items_after_id(engine, f, after_id, limit), next_cursor=None)
@@ -122,8 +137,12 @@ def get_item(request: Request, item_id: ItemId) -> ItemDetail:
     return ItemDetail(item=item, older=older, newer=newer, urls=urls(item))
 
 
-@router.post("/items/{item_id}/review", response_model=q.Item, dependencies=[Depends(require_token)],
-             summary="Mark an item a confirmed defect or a false alarm (needs the token)")
+@router.post(
+    "/items/{item_id}/review",
+    response_model=q.Item,
+    dependencies=[Depends(require_token)],
+    summary="Mark an item a confirmed defect or a false alarm (needs the token)",
+)
 def review_item(request: Request, item_id: ItemId, body: ReviewIn) -> q.Item:
     ctx = request.app.state.ctx
     try:
@@ -142,22 +161,55 @@ def sources(request: Request) -> list[SourceOut]:
 
 
 @router.get("/stats", summary="Flagged per hour, score histogram, false-alarm rate, good-score drift")
-def stats(request: Request, source: Annotated[str | None, Query(pattern=NAME)] = None,
-          hours: Annotated[int, Query(ge=1, le=24 * 31)] = 48, days: Annotated[int, Query(ge=1, le=365)] = 30) -> dict:
+def stats(
+    request: Request,
+    source: Annotated[str | None, Query(pattern=NAME)] = None,
+    hours: Annotated[int, Query(ge=1, le=24 * 31)] = 48,
+    days: Annotated[int, Query(ge=1, le=365)] = 30,
+) -> dict:
     ctx = request.app.state.ctx
     s = ctx.stats(source, hours, days)
     return {
         "per_hour": {k: [{"hour": t, "flagged": n} for t, n in v] for k, v in s.per_hour.items()},
-        "histogram": {"edges": s.histogram.edges, "counts": s.histogram.counts, "n": s.histogram.n,
-                      "above_threshold": s.histogram.above, "threshold": 1.0},
-        "reviews": [{"source": r.source, "confirmed": r.confirmed, "false_alarm": r.false_alarm,
-                     "pending": r.pending, "false_alarm_rate": r.rate} for r in s.reviews],
+        "histogram": {
+            "edges": s.histogram.edges,
+            "counts": s.histogram.counts,
+            "n": s.histogram.n,
+            "above_threshold": s.histogram.above,
+            "threshold": 1.0,
+        },
+        "reviews": [
+            {
+                "source": r.source,
+                "confirmed": r.confirmed,
+                "false_alarm": r.false_alarm,
+                "pending": r.pending,
+                "false_alarm_rate": r.rate,
+            }
+            for r in s.reviews
+        ],
         "drift": {k: [{"day": t, "n": d.n, "mean": d.mean, "std": d.std} for t, d in v] for k, v in s.drift.items()},
     }
 
 
-CSV_COLUMNS = ["id", "created_at", "source", "score", "raw_score", "threshold", "model_version", "review_status",
-               "reviewed_by", "reviewed_at", "review_note", "origin", "image_path", "width", "height", "frame_key"]
+CSV_COLUMNS = [
+    "id",
+    "created_at",
+    "source",
+    "score",
+    "raw_score",
+    "threshold",
+    "model_version",
+    "review_status",
+    "reviewed_by",
+    "reviewed_at",
+    "review_note",
+    "origin",
+    "image_path",
+    "width",
+    "height",
+    "frame_key",
+]
 
 
 def _cell(v: object) -> object:
@@ -185,5 +237,8 @@ def _csv_rows(items: Iterator[q.Item]) -> Iterator[str]:
 def export_csv(request: Request, f: Annotated[q.Filters, Depends(filters)]) -> StreamingResponse:
     engine = request.app.state.ctx.store.engine
     name = f"flagged-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.csv"
-    return StreamingResponse(_csv_rows(q.iter_items(engine, f)), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return StreamingResponse(
+        _csv_rows(q.iter_items(engine, f)),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

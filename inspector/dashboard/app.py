@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Path as PathParam, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -22,19 +24,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from inspector.dashboard import files
-from inspector.io import stats
 from inspector.dashboard.api import router as api_router
 from inspector.dashboard.latent import Latent
 from inspector.dashboard.latent_api import router as latent_router
-from inspector.dashboard.pages import local_tz, router as pages_router, setup_templates
+from inspector.dashboard.pages import local_tz, setup_templates
+from inspector.dashboard.pages import router as pages_router
 from inspector.dashboard.queries import get_item
+from inspector.io import stats
 from inspector.io.store import Store
 
 HERE = Path(__file__).parent
-CSP = ("default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-           (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
 ItemId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
@@ -88,12 +97,23 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(store: Store, token: str | None, retrain_dir: Path, *, trusted_hosts: list[str] | None = None,
-               tz: tzinfo | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    token: str | None,
+    retrain_dir: Path,
+    *,
+    trusted_hosts: list[str] | None = None,
+    tz: tzinfo | None = None,
+) -> FastAPI:
     """The whole dashboard for one store. `token=None` makes it read-only."""
-    app = FastAPI(title="inspector dashboard", version="1", docs_url=None, redoc_url=None,
-                  description="Review flagged items, mark false alarms, see rates and drift. Reads are open; "
-                              "reviews need the token in the header Authorization: Bearer <token>.")
+    app = FastAPI(
+        title="inspector dashboard",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        description="Review flagged items, mark false alarms, see rates and drift. Reads are open; "
+        "reviews need the token in the header Authorization: Bearer <token>.",
+    )
     templates = setup_templates(HERE / "templates", static_version(HERE / "static"))
     app.state.ctx = Ctx(store, token, retrain_dir, tz or local_tz(), templates, latent=Latent(store.engine))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -121,8 +141,9 @@ async def _errors(request: Request, exc: StarletteHTTPException) -> Response:
     if request.url.path.startswith("/api") or "text/html" not in request.headers.get("accept", ""):
         return await http_exception_handler(request, exc)
     ctx: Ctx = request.app.state.ctx
-    return ctx.templates.TemplateResponse(request, "error.html", {"status": exc.status_code, "detail": exc.detail},
-                                          status_code=exc.status_code)
+    return ctx.templates.TemplateResponse(
+        request, "error.html", {"status": exc.status_code, "detail": exc.detail}, status_code=exc.status_code
+    )
 
 
 def _media_routes(app: FastAPI) -> None:

@@ -55,32 +55,44 @@ class _Plot:
     def axes(self, xticks: list[tuple[float, str]], yticks: list[float], ylabel: str) -> None:
         for v in yticks:
             y = self.y(v)
-            self.add(f'<line x1="{L}" x2="{self.w - R}" y1="{y}" y2="{y}" stroke="#e3e6ea"/>'
-                     f'<text x="{L - 6}" y="{y + 4}" text-anchor="end" class="tick">{v:g}</text>')
+            self.add(
+                f'<line x1="{L}" x2="{self.w - R}" y1="{y}" y2="{y}" stroke="#e3e6ea"/>'
+                f'<text x="{L - 6}" y="{y + 4}" text-anchor="end" class="tick">{v:g}</text>'
+            )
         for v, label in xticks:
             x = self.x(v)
-            self.add(f'<line x1="{x}" x2="{x}" y1="{H - B}" y2="{H - B + 4}" stroke="#9aa3ad"/>'
-                     f'<text x="{x}" y="{H - B + 17}" text-anchor="middle" class="tick">{escape(label)}</text>')
-        self.add(f'<line x1="{L}" x2="{self.w - R}" y1="{H - B}" y2="{H - B}" stroke="#9aa3ad"/>'
-                 f'<text x="12" y="{T - 12}" class="axis">{escape(ylabel)}</text>')
+            self.add(
+                f'<line x1="{x}" x2="{x}" y1="{H - B}" y2="{H - B + 4}" stroke="#9aa3ad"/>'
+                f'<text x="{x}" y="{H - B + 17}" text-anchor="middle" class="tick">{escape(label)}</text>'
+            )
+        self.add(
+            f'<line x1="{L}" x2="{self.w - R}" y1="{H - B}" y2="{H - B}" stroke="#9aa3ad"/>'
+            f'<text x="12" y="{T - 12}" class="axis">{escape(ylabel)}</text>'
+        )
 
     def hline(self, v: float, label: str) -> None:
         y = self.y(v)
-        self.add(f'<line x1="{L}" x2="{self.w - R}" y1="{y}" y2="{y}" stroke="{THRESHOLD}" stroke-width="1.5" '
-                 f'stroke-dasharray="6 4"/><text x="{self.w - R - 4}" y="{y - 5}" text-anchor="end" '
-                 f'class="tick" fill="{THRESHOLD}">{escape(label)}</text>')
+        self.add(
+            f'<line x1="{L}" x2="{self.w - R}" y1="{y}" y2="{y}" stroke="{THRESHOLD}" stroke-width="1.5" '
+            f'stroke-dasharray="6 4"/><text x="{self.w - R - 4}" y="{y - 5}" text-anchor="end" '
+            f'class="tick" fill="{THRESHOLD}">{escape(label)}</text>'
+        )
 
     def legend(self, names: list[str]) -> None:
         x = self.w - R
         for i, name in reversed(list(enumerate(names))):
             x -= 26 + 7 * len(name)
-            self.add(f'<rect x="{x}" y="{T - 22}" width="10" height="10" rx="2" fill="{color(i)}"/>'
-                     f'<text x="{x + 14}" y="{T - 13}" class="tick">{escape(name)}</text>')
+            self.add(
+                f'<rect x="{x}" y="{T - 22}" width="10" height="10" rx="2" fill="{color(i)}"/>'
+                f'<text x="{x + 14}" y="{T - 13}" class="tick">{escape(name)}</text>'
+            )
 
     def render(self) -> Markup:
         body = "".join(self.parts)
-        return Markup(f'<svg class="chart" viewBox="0 0 {self.w} {H}" role="img" aria-label="{escape(self.title)}" '
-                      f'xmlns="http://www.w3.org/2000/svg"><title>{escape(self.title)}</title>{body}</svg>')
+        return Markup(
+            f'<svg class="chart" viewBox="0 0 {self.w} {H}" role="img" aria-label="{escape(self.title)}" '
+            f'xmlns="http://www.w3.org/2000/svg"><title>{escape(self.title)}</title>{body}</svg>'
+        )
 
 
 def empty(message: str) -> Markup:
@@ -105,9 +117,18 @@ def per_hour(series: dict[str, list[tuple[datetime, int]]], tz: tzinfo) -> Marku
         return empty("Nothing flagged in this window.")
     hours = [t for t, _ in next(iter(series.values()))]
     totals = [sum(s[i][1] for s in series.values()) for i in range(len(hours))]
-    p = _Plot(hours[0].timestamp(), (hours[-1] + timedelta(hours=1)).timestamp(), 0, max(totals) * 1.1,
-              "Flagged items per hour and source")
-    p.axes(_time_ticks(hours[0], hours[-1], tz, timedelta(hours=6), "%H:00"), nice_ticks(0, max(totals) * 1.1, 4), "flagged / hour")
+    p = _Plot(
+        hours[0].timestamp(),
+        (hours[-1] + timedelta(hours=1)).timestamp(),
+        0,
+        max(totals) * 1.1,
+        "Flagged items per hour and source",
+    )
+    p.axes(
+        _time_ticks(hours[0], hours[-1], tz, timedelta(hours=6), "%H:00"),
+        nice_ticks(0, max(totals) * 1.1, 4),
+        "flagged / hour",
+    )
     width = max((W - L - R) / len(hours) - 1.5, 1)
     for i, t in enumerate(hours):
         base = 0
@@ -115,9 +136,11 @@ def per_hour(series: dict[str, list[tuple[datetime, int]]], tz: tzinfo) -> Marku
             n = s[i][1]
             if n:
                 y_top, y_base = p.y(base + n), p.y(base)
-                p.add(f'<rect x="{p.x(t.timestamp()) + 0.75}" y="{y_top}" width="{width:.2f}" '
-                      f'height="{max(y_base - y_top, 0.5):.2f}" fill="{color(k)}"><title>{escape(list(series)[k])} '
-                      f'{t.astimezone(tz):%d %b %H:00}: {n}</title></rect>')
+                p.add(
+                    f'<rect x="{p.x(t.timestamp()) + 0.75}" y="{y_top}" width="{width:.2f}" '
+                    f'height="{max(y_base - y_top, 0.5):.2f}" fill="{color(k)}"><title>{escape(list(series)[k])} '
+                    f"{t.astimezone(tz):%d %b %H:00}: {n}</title></rect>"
+                )
                 base += n
     p.legend(list(series))
     return p.render()
@@ -133,11 +156,15 @@ def histogram(h: Histogram) -> Markup:
     for lo, hi, n in zip(h.edges, h.edges[1:], h.counts):
         if n:
             fill = "#E57373" if lo >= 1.0 else "#78909C"
-            p.add(f'<rect x="{p.x(lo) + 0.5}" y="{p.y(n)}" width="{max(p.x(hi) - p.x(lo) - 1, 0.5):.2f}" '
-                  f'height="{p.y(0) - p.y(n):.2f}" fill="{fill}"><title>{lo:.2f}–{hi:.2f}×: {n}</title></rect>')
+            p.add(
+                f'<rect x="{p.x(lo) + 0.5}" y="{p.y(n)}" width="{max(p.x(hi) - p.x(lo) - 1, 0.5):.2f}" '
+                f'height="{p.y(0) - p.y(n):.2f}" fill="{fill}"><title>{lo:.2f}–{hi:.2f}×: {n}</title></rect>'
+            )
     x = p.x(1.0)
-    p.add(f'<line x1="{x}" x2="{x}" y1="{T}" y2="{H - B}" stroke="{THRESHOLD}" stroke-width="2" stroke-dasharray="6 4"/>'
-          f'<text x="{x + 5}" y="{T + 10}" class="tick" fill="{THRESHOLD}">threshold</text>')
+    p.add(
+        f'<line x1="{x}" x2="{x}" y1="{T}" y2="{H - B}" stroke="{THRESHOLD}" stroke-width="2" stroke-dasharray="6 4"/>'
+        f'<text x="{x + 5}" y="{T + 10}" class="tick" fill="{THRESHOLD}">threshold</text>'
+    )
     return p.render()
 
 
@@ -151,16 +178,27 @@ def drift(series: dict[str, list[tuple[datetime, DayStats]]], tz: tzinfo) -> Mar
     top = max(1.15, max(d.mean + d.std for _, d in points) * 1.1)
     p = _Plot(t0.timestamp(), t1.timestamp(), 0, top, "Daily mean score of good frames (band: ±1 std)")
     days = max((t1 - t0).days, 1)
-    p.axes(_time_ticks(t0, t1, tz, timedelta(days=max(days // 7, 1)), "%d %b"), nice_ticks(0, top, 4), "score (× threshold)")
+    p.axes(
+        _time_ticks(t0, t1, tz, timedelta(days=max(days // 7, 1)), "%d %b"),
+        nice_ticks(0, top, 4),
+        "score (× threshold)",
+    )
     p.hline(1.0, "threshold")
     for k, days_ in enumerate(series.values()):
         pts = [(p.x(t.timestamp()), d) for t, d in days_ if d.n]
-        band = [f"{x},{p.y(d.mean + d.std)}" for x, d in pts] + [f"{x},{p.y(max(d.mean - d.std, 0))}" for x, d in reversed(pts)]
+        band = [f"{x},{p.y(d.mean + d.std)}" for x, d in pts] + [
+            f"{x},{p.y(max(d.mean - d.std, 0))}" for x, d in reversed(pts)
+        ]
         p.add(f'<polygon points="{" ".join(band)}" fill="{color(k)}" fill-opacity="0.15"/>')
-        p.add(f'<polyline points="{" ".join(f"{x},{p.y(d.mean)}" for x, d in pts)}" fill="none" stroke="{color(k)}" stroke-width="2"/>')
+        p.add(
+            f'<polyline points="{" ".join(f"{x},{p.y(d.mean)}" for x, d in pts)}" fill="none" '
+            f'stroke="{color(k)}" stroke-width="2"/>'
+        )
         for (x, d), (t, _) in zip(pts, [(t, d) for t, d in days_ if d.n]):
-            p.add(f'<circle cx="{x}" cy="{p.y(d.mean)}" r="3" fill="{color(k)}"><title>{t:%d %b}: mean {d.mean:.3f}, '
-                  f'std {d.std:.3f}, {d.n} frames</title></circle>')
+            p.add(
+                f'<circle cx="{x}" cy="{p.y(d.mean)}" r="3" fill="{color(k)}"><title>{t:%d %b}: mean {d.mean:.3f}, '
+                f"std {d.std:.3f}, {d.n} frames</title></circle>"
+            )
     p.legend(list(series))
     return p.render()
 
@@ -175,14 +213,21 @@ def timeline(points: list[tuple[datetime, float]], at: datetime, tz: tzinfo) -> 
     p = _Plot(t0.timestamp(), t1.timestamp(), 0, top, "Scores of this source around the item", width=1500)
     span = max((t1 - t0).total_seconds(), 60)
     every = timedelta(minutes=max(int(span / 60 / 6), 1))
-    ticks = [(t0.timestamp() + i * every.total_seconds(), (t0 + i * every).astimezone(tz).strftime("%H:%M"))
-             for i in range(int(span / every.total_seconds()) + 1)]
+    ticks = [
+        (t0.timestamp() + i * every.total_seconds(), (t0 + i * every).astimezone(tz).strftime("%H:%M"))
+        for i in range(int(span / every.total_seconds()) + 1)
+    ]
     p.axes(ticks, nice_ticks(0, top, 4), "score (× threshold)")
     p.hline(1.0, "threshold")
     x = p.x(at.timestamp())
-    p.add(f'<line x1="{x}" x2="{x}" y1="{T}" y2="{H - B}" stroke="#263238" stroke-width="1.5"/>'
-          + (f'<text x="{x - 5}" y="{T + 10}" text-anchor="end" class="tick">this item</text>' if x > p.w * 0.85
-             else f'<text x="{x + 5}" y="{T + 10}" class="tick">this item</text>'))
+    p.add(
+        f'<line x1="{x}" x2="{x}" y1="{T}" y2="{H - B}" stroke="#263238" stroke-width="1.5"/>'
+        + (
+            f'<text x="{x - 5}" y="{T + 10}" text-anchor="end" class="tick">this item</text>'
+            if x > p.w * 0.85
+            else f'<text x="{x + 5}" y="{T + 10}" class="tick">this item</text>'
+        )
+    )
     for t, s in points:
         fill = "#E53935" if s >= 1.0 else "#546E7A"
         p.add(f'<circle cx="{p.x(t.timestamp())}" cy="{p.y(min(s, top))}" r="4" fill="{fill}"/>')

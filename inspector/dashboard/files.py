@@ -14,8 +14,16 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
-               ".webp": "image/webp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+IMAGE_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
 BROWSER_CANNOT_SHOW = {".tif", ".tiff"}  # converted to PNG on the way out
 MAX_HEATMAP_SIDE = 2048
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -58,15 +66,20 @@ def thumbnail(path: Path, width: int, height: int, target: int = 360) -> bytes:
 @functools.lru_cache(maxsize=1024)
 def _thumbnail(stamp: tuple[str, int, int], width: int, height: int, target: int) -> bytes:
     factor = max(f for f in (1, 2, 4, 8) if max(width, height) / f >= target or f == 1)
-    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    flag = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8,
+    }[factor]
     img = cv2.imread(stamp[0], flag)
     if img is None:
         raise Refused(stamp[0])
     scale = target / max(img.shape[:2])
     if scale < 1:
-        img = cv2.resize(img, (max(int(img.shape[1] * scale), 1), max(int(img.shape[0] * scale), 1)),
-                         interpolation=cv2.INTER_AREA)
+        img = cv2.resize(
+            img, (max(int(img.shape[1] * scale), 1), max(int(img.shape[0] * scale), 1)), interpolation=cv2.INTER_AREA
+        )
     return _encode(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 82])
 
 

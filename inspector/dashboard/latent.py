@@ -64,7 +64,9 @@ class Latent:
     # ---- versions ---------------------------------------------------------------------------
     def versions(self) -> list[str]:
         with self.engine.connect() as c:
-            return [r[0] for r in c.execute(sa.select(LatentSpaceRow.model_version).order_by(LatentSpaceRow.created_at))]
+            return [
+                r[0] for r in c.execute(sa.select(LatentSpaceRow.model_version).order_by(LatentSpaceRow.created_at))
+            ]
 
     def latest_version(self) -> str | None:
         return latest_version(self.engine)
@@ -77,9 +79,13 @@ class Latent:
         with self._lock:
             v = self._v[version]
             with self.engine.connect() as c:
-                rows = c.execute(sa.select(Embedding.id, Embedding.flagged_id, Embedding.vector)
-                                 .where(Embedding.model_version == version, Embedding.id > v.last_id,
-                                        Embedding.flagged_id.is_not(None)).order_by(Embedding.id)).all()
+                rows = c.execute(
+                    sa.select(Embedding.id, Embedding.flagged_id, Embedding.vector)
+                    .where(
+                        Embedding.model_version == version, Embedding.id > v.last_id, Embedding.flagged_id.is_not(None)
+                    )
+                    .order_by(Embedding.id)
+                ).all()
             if rows:
                 vecs = np.stack([np.frombuffer(r[2], np.float32) for r in rows])
                 if v.index is None:
@@ -92,8 +98,9 @@ class Latent:
     # ---- similar items ----------------------------------------------------------------------
     def item_vector(self, item_id: int) -> tuple[str, np.ndarray] | None:
         with self.engine.connect() as c:
-            row = c.execute(sa.select(Embedding.model_version, Embedding.vector)
-                            .where(Embedding.flagged_id == item_id)).first()
+            row = c.execute(
+                sa.select(Embedding.model_version, Embedding.vector).where(Embedding.flagged_id == item_id)
+            ).first()
         return None if row is None else (row[0], np.frombuffer(row[1], np.float32))
 
     def similar(self, item_id: int, k: int = 8) -> dict:
@@ -110,18 +117,26 @@ class Latent:
         suggestion = None
         if verdict is not None:
             label = "false alarm" if verdict == "false_alarm" else "confirmed defect"
-            suggestion = {"verdict": verdict, "votes": votes, "reviewed": reviewed, "of": len(neighbours),
-                          "text": f"{votes} of the {reviewed} most similar reviewed items were {label}"}
+            suggestion = {
+                "verdict": verdict,
+                "votes": votes,
+                "reviewed": reviewed,
+                "of": len(neighbours),
+                "text": f"{votes} of the {reviewed} most similar reviewed items were {label}",
+            }
         return {"embedded": True, "model_version": version, "neighbours": neighbours, "suggestion": suggestion}
 
     # ---- defect kinds -----------------------------------------------------------------------
     def groups(self, version: str) -> list[Group]:
         """Groups of the version's most recent flagged items; recomputed only when items or reviews changed."""
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(Embedding.flagged_id, Embedding.vector, Flagged.review_status)
-                             .join(Flagged, Flagged.id == Embedding.flagged_id)
-                             .where(Embedding.model_version == version)
-                             .order_by(Embedding.id.desc()).limit(MAX_CLUSTERED)).all()
+            rows = c.execute(
+                sa.select(Embedding.flagged_id, Embedding.vector, Flagged.review_status)
+                .join(Flagged, Flagged.id == Embedding.flagged_id)
+                .where(Embedding.model_version == version)
+                .order_by(Embedding.id.desc())
+                .limit(MAX_CLUSTERED)
+            ).all()
         key = tuple((r[0], r[2]) for r in rows)
         with self._lock:
             v = self._v[version]
@@ -140,9 +155,17 @@ class Latent:
             for g, gid in enumerate(gids):
                 sel = np.flatnonzero(labels == g)
                 st = [status[int(i)] for i in ids[sel]]
-                out.append(Group(gid, len(sel), sorted(ids[sel].tolist(), reverse=True),
-                                 ids[sel[exemplars(vecs[sel])]].tolist(), st.count("confirmed"),
-                                 st.count("false_alarm"), st.count("pending")))
+                out.append(
+                    Group(
+                        gid,
+                        len(sel),
+                        sorted(ids[sel].tolist(), reverse=True),
+                        ids[sel[exemplars(vecs[sel])]].tolist(),
+                        st.count("confirmed"),
+                        st.count("false_alarm"),
+                        st.count("pending"),
+                    )
+                )
             v.previous = {g.id: set(g.members) for g in out}
             v.groups, v.groups_key = out, key
         return out
@@ -154,10 +177,13 @@ class Latent:
         space = self.space(version)
         cloud = space.cloud if space is not None else np.zeros((0, 2), np.float32)
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(Embedding.x, Embedding.y, Embedding.flagged_id, Flagged.review_status)
-                             .outerjoin(Flagged, Flagged.id == Embedding.flagged_id)
-                             .where(Embedding.model_version == version)
-                             .order_by(Embedding.id.desc()).limit(min(recent, MAP_MAX_POINTS))).all()
+            rows = c.execute(
+                sa.select(Embedding.x, Embedding.y, Embedding.flagged_id, Flagged.review_status)
+                .outerjoin(Flagged, Flagged.id == Embedding.flagged_id)
+                .where(Embedding.model_version == version)
+                .order_by(Embedding.id.desc())
+                .limit(min(recent, MAP_MAX_POINTS))
+            ).all()
         group_of = {i: g.id for g in self.groups(version) for i in g.members}
         n = len(cloud) + len(rows)
         xs = np.concatenate([cloud[:, 0], np.array([r[0] for r in rows], np.float32)]).astype(np.float32)
@@ -165,11 +191,28 @@ class Latent:
         ids = np.array([-1] * len(cloud) + [r[2] if r[2] is not None else -1 for r in rows], np.int32)
         groups = np.array([-1] * len(cloud) + [group_of.get(r[2], -1) for r in rows], np.int32)
         kind = np.array([0] * len(cloud) + [STATUS_CODE[r[3]] if r[2] is not None else 1 for r in rows], np.uint8)
-        header = json.dumps({"version": version, "n": n, "kinds": STATUS_CODE, "reference": len(cloud),
-                             "layout": ["x:f32", "y:f32", "id:i32", "group:i32", "kind:u8"]}).encode()
+        header = json.dumps(
+            {
+                "version": version,
+                "n": n,
+                "kinds": STATUS_CODE,
+                "reference": len(cloud),
+                "layout": ["x:f32", "y:f32", "id:i32", "group:i32", "kind:u8"],
+            }
+        ).encode()
         pad = (-(4 + len(header))) % 4
-        return b"".join([struct.pack("<I", len(header) + pad), header, b" " * pad, xs.tobytes(), ys.tobytes(),
-                         ids.tobytes(), groups.tobytes(), kind.tobytes()])
+        return b"".join(
+            [
+                struct.pack("<I", len(header) + pad),
+                header,
+                b" " * pad,
+                xs.tobytes(),
+                ys.tobytes(),
+                ids.tobytes(),
+                groups.tobytes(),
+                kind.tobytes(),
+            ]
+        )
 
     # ---- drift ------------------------------------------------------------------------------
     def drift(self, version: str, tz: tzinfo, days: int = 30, now: datetime | None = None) -> dict[str, list[dict]]:
@@ -180,17 +223,28 @@ class Latent:
             return {}
         since = (now or datetime.now(tz)) - timedelta(days=days)
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(Embedding.source, Embedding.created_at, Embedding.vector)
-                             .where(Embedding.model_version == version, Embedding.flagged_id.is_(None),
-                                    Embedding.created_at >= since).order_by(Embedding.id).limit(500_000)).all()
+            rows = c.execute(
+                sa.select(Embedding.source, Embedding.created_at, Embedding.vector)
+                .where(
+                    Embedding.model_version == version, Embedding.flagged_id.is_(None), Embedding.created_at >= since
+                )
+                .order_by(Embedding.id)
+                .limit(500_000)
+            ).all()
         buckets: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
         for src, t, blob in rows:
             buckets[(src, t.astimezone(tz).strftime("%Y-%m-%d"))].append(np.frombuffer(blob, np.float32))
         out: dict[str, list[dict]] = defaultdict(list)
         for (src, day), vecs in sorted(buckets.items()):
             x = np.stack(vecs)
-            out[src].append({"day": day, "n": len(x), "shift": round(space.drift(x), 4),
-                             "noise_floor": round(1 / np.sqrt(len(x)), 4)})
+            out[src].append(
+                {
+                    "day": day,
+                    "n": len(x),
+                    "shift": round(space.drift(x), 4),
+                    "noise_floor": round(1 / np.sqrt(len(x)), 4),
+                }
+            )
         return dict(out)
 
 

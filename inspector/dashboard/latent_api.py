@@ -14,7 +14,9 @@ from inspector.dashboard.pages import _render
 from inspector.dashboard.review import NotFound, ReviewConflict, review_many
 
 router = APIRouter(tags=["latent"])
-Version = Annotated[str | None, Query(max_length=64, pattern=r"^[\w.\-]+$", description="Model version (default: the newest).")]
+Version = Annotated[
+    str | None, Query(max_length=64, pattern=r"^[\w.\-]+$", description="Model version (default: the newest).")
+]
 
 
 class Neighbour(BaseModel):
@@ -26,7 +28,9 @@ class Similar(BaseModel):
     embedded: bool = Field(description="False for items recorded before embeddings were kept (or by an older export).")
     model_version: str | None
     neighbours: list[Neighbour]
-    suggestion: dict | None = Field(description="verdict, votes, reviewed, of, text; null when no neighbour is reviewed.")
+    suggestion: dict | None = Field(
+        description="verdict, votes, reviewed, of, text; null when no neighbour is reviewed."
+    )
 
 
 class GroupOut(BaseModel):
@@ -51,7 +55,9 @@ class BulkReviewIn(BaseModel):
 def _version(request: Request, version: str | None) -> str:
     v = version or request.app.state.ctx.latent.latest_version()
     if v is None:
-        raise HTTPException(404, "no embeddings in this store yet (the watcher keeps them from models exported with one)")
+        raise HTTPException(
+            404, "no embeddings in this store yet (the watcher keeps them from models exported with one)"
+        )
     return v
 
 
@@ -66,12 +72,26 @@ def similar(request: Request, item_id: ItemId, k: Annotated[int, Query(ge=1, le=
 @router.get("/api/latent/groups", response_model=list[GroupOut], summary="Defect kinds: flagged items grouped")
 def groups(request: Request, version: Version = None) -> list[GroupOut]:
     gs = request.app.state.ctx.latent.groups(_version(request, version))
-    return [GroupOut(id=g.id, count=g.count, exemplars=g.exemplars, members=g.members, confirmed=g.confirmed,
-                     false_alarm=g.false_alarm, pending=g.pending, reviewed_share=g.reviewed_share) for g in gs]
+    return [
+        GroupOut(
+            id=g.id,
+            count=g.count,
+            exemplars=g.exemplars,
+            members=g.members,
+            confirmed=g.confirmed,
+            false_alarm=g.false_alarm,
+            pending=g.pending,
+            reviewed_share=g.reviewed_share,
+        )
+        for g in gs
+    ]
 
 
-@router.post("/api/latent/review", dependencies=[Depends(require_token)],
-             summary="Review many items at once (a group, a lasso selection); needs the token")
+@router.post(
+    "/api/latent/review",
+    dependencies=[Depends(require_token)],
+    summary="Review many items at once (a group, a lasso selection); needs the token",
+)
 def bulk_review(request: Request, body: BulkReviewIn) -> dict:
     ctx = request.app.state.ctx
     try:
@@ -85,8 +105,9 @@ def bulk_review(request: Request, body: BulkReviewIn) -> dict:
 
 
 @router.get("/api/latent/map.bin", summary="The latent map's points (compact binary, see the header)")
-def map_bin(request: Request, version: Version = None,
-            recent: Annotated[int, Query(ge=1, le=200_000)] = 100_000) -> Response:
+def map_bin(
+    request: Request, version: Version = None, recent: Annotated[int, Query(ge=1, le=200_000)] = 100_000
+) -> Response:
     data = request.app.state.ctx.latent.map_payload(_version(request, version), recent)
     return Response(data, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
@@ -95,8 +116,11 @@ def map_bin(request: Request, version: Version = None,
 def drift(request: Request, version: Version = None, days: Annotated[int, Query(ge=1, le=365)] = 30) -> dict:
     ctx = request.app.state.ctx
     v = _version(request, version)
-    return {"version": v, "statistic": "|mean(day) - mean(good cloud)| / spread(good cloud)",
-            "sources": ctx.latent.drift(v, ctx.tz, days)}
+    return {
+        "version": v,
+        "statistic": "|mean(day) - mean(good cloud)| / spread(good cloud)",
+        "sources": ctx.latent.drift(v, ctx.tz, days),
+    }
 
 
 @router.get("/latent", response_class=HTMLResponse, include_in_schema=False)

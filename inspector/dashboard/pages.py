@@ -14,19 +14,25 @@ from typing import Annotated
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, HTTPException, Path as PathParam, Request
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from inspector.dashboard import charts
 from inspector.dashboard import queries as q
-from inspector.io import stats as st
 from inspector.dashboard.api import urls
+from inspector.io import stats as st
 
 router = APIRouter(include_in_schema=False)
 STATUS_LABELS = {"pending": "Pending", "confirmed": "Defect confirmed", "false_alarm": "False alarm"}
-WINDOWS = {"1h": timedelta(hours=1), "8h": timedelta(hours=8), "24h": timedelta(hours=24),
-           "7d": timedelta(days=7), "30d": timedelta(days=30)}
+WINDOWS = {
+    "1h": timedelta(hours=1),
+    "8h": timedelta(hours=8),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
 _SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FORM_KEYS = ("source", "status", "window", "since", "until", "min_score", "max_score")
 
@@ -76,8 +82,12 @@ def _render(request: Request, name: str, **context) -> HTMLResponse:
         local = t.astimezone(tz)
         return local.strftime("%H:%M:%S" if local.date() == datetime.now(tz).date() else "%d %b %H:%M")
 
-    base = {"when": when, "short": short, "reviews_enabled": ctx.token is not None,
-            "tz_name": datetime.now(tz).strftime("%Z") or str(tz)}
+    base = {
+        "when": when,
+        "short": short,
+        "reviews_enabled": ctx.token is not None,
+        "tz_name": datetime.now(tz).strftime("%Z") or str(tz),
+    }
     resp = ctx.templates.TemplateResponse(request, name, {**base, **context})
     resp.headers["Cache-Control"] = "no-cache"
     return resp
@@ -115,8 +125,9 @@ def page_filters(params, tz: tzinfo, now: datetime) -> tuple[q.Filters, dict[str
             drop(key, "not a number ≥ 0")
             scores[key] = None
     since = now - WINDOWS[form["window"]] if form["window"] else times["since"]
-    f = q.Filters(form["source"] or None, form["status"] or None, since, times["until"],
-                  scores["min_score"], scores["max_score"])  # type: ignore[arg-type]
+    f = q.Filters(
+        form["source"] or None, form["status"] or None, since, times["until"], scores["min_score"], scores["max_score"]
+    )  # type: ignore[arg-type]
     return f, form, notes
 
 
@@ -136,10 +147,21 @@ def flagged(request: Request) -> HTMLResponse:
         cursor = None
     page = q.list_items(ctx.store.engine, f, cursor)
     count, capped = q.count_items(ctx.store.engine, f)
-    return _render(request, "list.html", page=page, count=count, capped=capped, form=form, notes=notes,
-                   sources=q.sources(ctx.store.engine), first_page=cursor is None,
-                   newest_id=max((i.id for i in page.items), default=0), qs=query_string(form),
-                   next_qs=query_string(form, cursor=page.next_cursor or ""), windows=list(WINDOWS))
+    return _render(
+        request,
+        "list.html",
+        page=page,
+        count=count,
+        capped=capped,
+        form=form,
+        notes=notes,
+        sources=q.sources(ctx.store.engine),
+        first_page=cursor is None,
+        newest_id=max((i.id for i in page.items), default=0),
+        qs=query_string(form),
+        next_qs=query_string(form, cursor=page.next_cursor or ""),
+        windows=list(WINDOWS),
+    )
 
 
 @router.get("/fragments/new", response_class=HTMLResponse)
@@ -163,9 +185,20 @@ def item_page(request: Request, item_id: Annotated[int, PathParam(ge=1, le=2**31
         raise HTTPException(404, f"No flagged item {item_id}.")
     older, newer = q.neighbours(ctx.store.engine, item)
     copy = q.retrain_copy(ctx.store.engine, item_id)
-    timeline = charts.timeline(st.scores_around(ctx.store.engine, item.source, item.created_at), item.created_at, ctx.tz)
-    return _render(request, "item.html", item=item, older=older, newer=newer, urls=urls(item), timeline=timeline,
-                   retrain_name=Path(copy).name if copy else None, similar=ctx.latent.similar(item_id))
+    timeline = charts.timeline(
+        st.scores_around(ctx.store.engine, item.source, item.created_at), item.created_at, ctx.tz
+    )
+    return _render(
+        request,
+        "item.html",
+        item=item,
+        older=older,
+        newer=newer,
+        urls=urls(item),
+        timeline=timeline,
+        retrain_name=Path(copy).name if copy else None,
+        similar=ctx.latent.similar(item_id),
+    )
 
 
 @router.get("/stats", response_class=HTMLResponse)
@@ -177,10 +210,21 @@ def stats_page(request: Request) -> HTMLResponse:
     days = _choice(request.query_params.get("days"), (7, 30, 90), 30)
     s = ctx.stats(source or None, hours, days)
     counters = ctx.store.counters()
-    return _render(request, "stats.html", s=s, source=source, hours=hours, days=days, sources=sorted(counters),
-                   counters=counters if not source else {k: v for k, v in counters.items() if k == source},
-                   per_hour=charts.per_hour(s.per_hour, ctx.tz), histogram=charts.histogram(s.histogram),
-                   drift=charts.drift(s.drift, ctx.tz), today=date.today(), latent_drift=_latent_drift(ctx, source, days))
+    return _render(
+        request,
+        "stats.html",
+        s=s,
+        source=source,
+        hours=hours,
+        days=days,
+        sources=sorted(counters),
+        counters=counters if not source else {k: v for k, v in counters.items() if k == source},
+        per_hour=charts.per_hour(s.per_hour, ctx.tz),
+        histogram=charts.histogram(s.histogram),
+        drift=charts.drift(s.drift, ctx.tz),
+        today=date.today(),
+        latent_drift=_latent_drift(ctx, source, days),
+    )
 
 
 def _latent_drift(ctx, source: str, days: int) -> dict:

@@ -7,9 +7,10 @@ far back the reader is, which keeps page 2,000 of a 100,000-row store as fast as
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, Literal
+from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
@@ -19,10 +20,26 @@ from inspector.io.schema import Flagged, RetrainCopy, SourceCounters
 Status = Literal["pending", "confirmed", "false_alarm"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _CURSOR = re.compile(r"^(\d{1,17})-(\d{1,18})$")  # 10^17 us: year 5138, no overflow
-_COLUMNS = [Flagged.id, Flagged.source, Flagged.created_at, Flagged.score, Flagged.raw_score, Flagged.threshold,
-            Flagged.model_version, Flagged.image_path, Flagged.overlay_path, Flagged.map_path, Flagged.width,
-            Flagged.height, Flagged.origin, Flagged.review_status, Flagged.reviewed_by, Flagged.reviewed_at,
-            Flagged.review_note, Flagged.frame_key]
+_COLUMNS = [
+    Flagged.id,
+    Flagged.source,
+    Flagged.created_at,
+    Flagged.score,
+    Flagged.raw_score,
+    Flagged.threshold,
+    Flagged.model_version,
+    Flagged.image_path,
+    Flagged.overlay_path,
+    Flagged.map_path,
+    Flagged.width,
+    Flagged.height,
+    Flagged.origin,
+    Flagged.review_status,
+    Flagged.reviewed_by,
+    Flagged.reviewed_at,
+    Flagged.review_note,
+    Flagged.frame_key,
+]
 
 
 class Item(BaseModel):
@@ -86,7 +103,7 @@ class Cursor:
         return f"{(self.created_at - _EPOCH) // timedelta(microseconds=1)}-{self.id}"
 
     @classmethod
-    def decode(cls, text: str) -> "Cursor":
+    def decode(cls, text: str) -> Cursor:
         """Raises ValueError on anything but '<microseconds>-<id>' (cursors come from URLs)."""
         m = _CURSOR.match(text)
         if not m:
@@ -108,9 +125,13 @@ def list_items(engine: sa.Engine, f: Filters, cursor: Cursor | None = None, limi
     """One page, newest first, strictly after `cursor`."""
     q = sa.select(*_COLUMNS).where(*f.where())
     if cursor is not None:  # the plain bound lets an index range-scan from the cursor; the OR alone reads from the top
-        q = q.where(Flagged.created_at <= cursor.created_at,
-                    sa.or_(Flagged.created_at < cursor.created_at,
-                           sa.and_(Flagged.created_at == cursor.created_at, Flagged.id < cursor.id)))
+        q = q.where(
+            Flagged.created_at <= cursor.created_at,
+            sa.or_(
+                Flagged.created_at < cursor.created_at,
+                sa.and_(Flagged.created_at == cursor.created_at, Flagged.id < cursor.id),
+            ),
+        )
     q = q.order_by(Flagged.created_at.desc(), Flagged.id.desc()).limit(limit + 1)
     with engine.connect() as c:
         items = _items(c.execute(q))
@@ -122,8 +143,7 @@ def list_items(engine: sa.Engine, f: Filters, cursor: Cursor | None = None, limi
 
 def items_after_id(engine: sa.Engine, f: Filters, after_id: int, limit: int = 48) -> list[Item]:
     """Items recorded after `after_id` (ids grow with insertion): what the list page polls for."""
-    q = (sa.select(*_COLUMNS).where(Flagged.id > after_id, *f.where())
-         .order_by(Flagged.id.desc()).limit(limit))
+    q = sa.select(*_COLUMNS).where(Flagged.id > after_id, *f.where()).order_by(Flagged.id.desc()).limit(limit)
     with engine.connect() as c:
         return _items(c.execute(q))
 
@@ -156,10 +176,18 @@ def get_item(engine: sa.Engine, item_id: int) -> Item | None:
 def neighbours(engine: sa.Engine, item: Item, n: int = 4) -> tuple[list[Item], list[Item]]:
     """(older, newer) flagged items of the same source, nearest first."""
     same = Flagged.source == item.source
-    older = sa.and_(Flagged.created_at <= item.created_at, sa.or_(  # the plain bounds: see list_items
-        Flagged.created_at < item.created_at, sa.and_(Flagged.created_at == item.created_at, Flagged.id < item.id)))
-    newer = sa.and_(Flagged.created_at >= item.created_at, sa.or_(
-        Flagged.created_at > item.created_at, sa.and_(Flagged.created_at == item.created_at, Flagged.id > item.id)))
+    older = sa.and_(
+        Flagged.created_at <= item.created_at,
+        sa.or_(  # the plain bounds: see list_items
+            Flagged.created_at < item.created_at, sa.and_(Flagged.created_at == item.created_at, Flagged.id < item.id)
+        ),
+    )
+    newer = sa.and_(
+        Flagged.created_at >= item.created_at,
+        sa.or_(
+            Flagged.created_at > item.created_at, sa.and_(Flagged.created_at == item.created_at, Flagged.id > item.id)
+        ),
+    )
     q_old = sa.select(*_COLUMNS).where(same, older).order_by(Flagged.created_at.desc(), Flagged.id.desc()).limit(n)
     q_new = sa.select(*_COLUMNS).where(same, newer).order_by(Flagged.created_at.asc(), Flagged.id.asc()).limit(n)
     with engine.connect() as c:

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from inspector.dashboard.files import Refused, safe_path
-from inspector.files import atomic_write
 from inspector.dashboard.queries import Item, Status, get_item
+from inspector.files import atomic_write
 from inspector.io.schema import Flagged, RetrainCopy
 from inspector.io.store import Store
 
@@ -32,8 +32,15 @@ class ReviewConflict(Exception):
     """The review cannot be recorded as asked (e.g. the original image to copy is gone)."""
 
 
-def review(store: Store, retrain_dir: Path, item_id: int, status: Status, reviewer: str,
-           note: str | None = None, now: datetime | None = None) -> Item:
+def review(
+    store: Store,
+    retrain_dir: Path,
+    item_id: int,
+    status: Status,
+    reviewer: str,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> Item:
     """Record a review and keep the retrain folder in step with it; returns the updated item."""
     review_many(store, retrain_dir, [item_id], status, reviewer, note, now)
     item = get_item(store.engine, item_id)
@@ -41,8 +48,15 @@ def review(store: Store, retrain_dir: Path, item_id: int, status: Status, review
     return item
 
 
-def review_many(store: Store, retrain_dir: Path, item_ids: list[int], status: Status, reviewer: str,
-                note: str | None = None, now: datetime | None = None) -> list[int]:
+def review_many(
+    store: Store,
+    retrain_dir: Path,
+    item_ids: list[int],
+    status: Status,
+    reviewer: str,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> list[int]:
     """Review several items in ONE transaction (all or none), each row exactly as a single review records it
     (its own status, reviewer, time and retrain copy), so each can be undone on its own. Returns the ids."""
     now = now or datetime.now(timezone.utc)
@@ -63,8 +77,18 @@ def review_many(store: Store, retrain_dir: Path, item_ids: list[int], status: St
     return ids
 
 
-def _apply(s: Session, media_dir: Path, retrain_dir: Path, item_id: int, status: Status, reviewer: str,
-           note: str | None, now: datetime, new_copies: list[Path], stale: list[Path]) -> None:
+def _apply(
+    s: Session,
+    media_dir: Path,
+    retrain_dir: Path,
+    item_id: int,
+    status: Status,
+    reviewer: str,
+    note: str | None,
+    now: datetime,
+    new_copies: list[Path],
+    stale: list[Path],
+) -> None:
     """One item's review inside the caller's transaction; files copied are appended to `new_copies`, copies to
     remove after the commit to `stale`."""
     row = s.get(Flagged, item_id, with_for_update=True)
@@ -86,8 +110,10 @@ def _copy_original(media_dir: Path, retrain_dir: Path, row: Flagged) -> Path:
     try:
         src = safe_path(media_dir, row.image_path)
     except Refused:
-        raise ReviewConflict(f"item {row.id}: its original image is missing from the media folder, "
-                             "so it cannot be copied to the retrain folder") from None
+        raise ReviewConflict(
+            f"item {row.id}: its original image is missing from the media folder, "
+            "so it cannot be copied to the retrain folder"
+        ) from None
     retrain_dir.mkdir(parents=True, exist_ok=True)
     target = retrain_dir / f"{row.source}_{row.created_at:%Y%m%dT%H%M%S}_{row.id}{src.suffix.lower()}"
     return atomic_write(target, src.read_bytes())

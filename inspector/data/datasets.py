@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.errors import ImageError, InspectorError
-from inspector.data.preprocess import IMAGE_SUFFIXES
 from inspector.data.images import load_image
+from inspector.data.preprocess import IMAGE_SUFFIXES
+from inspector.errors import ImageError, InspectorError
 
 log = logging.getLogger(__name__)
 MAX_FORMATS = 8  # more distinct image sizes than this: sizes vary per part, not a few camera formats

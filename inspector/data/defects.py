@@ -121,7 +121,10 @@ def scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 
 
 MAKERS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
-    "cutpaste": cut_paste, "blob": blob, "scratch": scratch}
+    "cutpaste": cut_paste,
+    "blob": blob,
+    "scratch": scratch,
+}
 
 
 def make_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

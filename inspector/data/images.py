@@ -44,9 +44,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
             i += 1 if marker == 0xFF else 2
             continue
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             return w, h
         i += 2 + length
     return None
@@ -56,12 +56,12 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     e = "<" if data[:2] == b"II" else ">"
     try:
         off = struct.unpack(e + "I", data[4:8])[0]
-        n = struct.unpack(e + "H", data[off:off + 2])[0]
+        n = struct.unpack(e + "H", data[off : off + 2])[0]
         dims = {}
         for k in range(n):
-            tag, typ = struct.unpack(e + "HH", data[off + 2 + 12 * k:off + 6 + 12 * k])
+            tag, typ = struct.unpack(e + "HH", data[off + 2 + 12 * k : off + 6 + 12 * k])
             if tag in (256, 257):
-                raw = data[off + 10 + 12 * k:off + 14 + 12 * k]
+                raw = data[off + 10 + 12 * k : off + 14 + 12 * k]
                 dims[tag] = struct.unpack(e + ("H" if typ == 3 else "I"), raw[:2] if typ == 3 else raw)[0]
         return (dims[256], dims[257]) if len(dims) == 2 else None
     except (struct.error, KeyError):
@@ -143,6 +143,5 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
 
 
 def image_size(img: np.ndarray) -> str:
-    """"WxH" of an image, the way camera formats are named."""
+    """ "WxH" of an image, the way camera formats are named."""
     return f"{img.shape[1]}x{img.shape[0]}"
-

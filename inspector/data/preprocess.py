@@ -11,11 +11,9 @@ positions comparable between images (the model keeps per-position statistics) an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import cv2  # OpenCV's pixel limit is set in inspector/__init__.py, before cv2 is first imported
 import numpy as np
-
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +30,9 @@ class Preprocess:
     short_side: int = 256
     max_long_side: int = 4096
     keep_aspect: bool = True
-    max_pixels: int = 0  # if set, fixed_for lowers short_side (by the stride) until the input has at most this many pixels
+    max_pixels: int = (
+        0  # if set, fixed_for lowers short_side (by the stride) until the input has at most this many pixels
+    )
     height: int = 0  # fixed network input size; 0 until chosen from the training images
     width: int = 0
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -47,10 +47,10 @@ class Preprocess:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
 
-    def fixed_for(self, sizes: list[tuple[int, int]]) -> "Preprocess":
+    def fixed_for(self, sizes: list[tuple[int, int]]) -> Preprocess:
         """This policy with the input size fixed from the median aspect of (H, W) image sizes."""
         aspect = float(np.median([w / h for h, w in sizes])) if sizes else 1.0
         pre = replace(self, short_side=self.short_side_for(aspect)) if self.max_pixels else self

@@ -66,8 +66,14 @@ def add_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np
     return out, mask
 
 
-def write_dataset(root: Path, n_train: int = 60, n_test_good: int = 12, n_test_defect: int = 6,
-                  size: tuple[int, int] = (96, 96), seed: int = 0) -> Path:
+def write_dataset(
+    root: Path,
+    n_train: int = 60,
+    n_test_good: int = 12,
+    n_test_defect: int = 6,
+    size: tuple[int, int] = (96, 96),
+    seed: int = 0,
+) -> Path:
     """Write the MVTec-style layout (train/good, test/good, test/<defect>, ground_truth) under root."""
     rng = np.random.default_rng(seed)
     root = Path(root)

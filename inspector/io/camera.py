@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import inspector.data.preprocess  # noqa: F401 - sets OpenCV's decoder limits before cv2 is used
 import cv2
 import numpy as np
 
+import inspector.data.preprocess  # noqa: F401 - sets OpenCV's decoder limits before cv2 is used
 from inspector.config.line import CameraSourceConfig
 
 log = logging.getLogger("inspector.watch.camera")
@@ -63,7 +63,9 @@ def open_capture(uri: int | str, timeout_s: float) -> cv2.VideoCapture | None:
         cap = cv2.VideoCapture(uri)
     else:
         ms = int(timeout_s * 1000)
-        cap = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        cap = cv2.VideoCapture(
+            uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        )
     if not cap.isOpened():
         cap.release()
         return None
@@ -144,8 +146,9 @@ class CameraSource:
                     return
                 if self.is_file and self.cfg.loop and got_any:
                     continue
-                self._down(f"stream {self._describe()} dropped" if got_any else f"no frames from {self._describe()}",
-                           delay)
+                self._down(
+                    f"stream {self._describe()} dropped" if got_any else f"no frames from {self._describe()}", delay
+                )
             self._stop.wait(delay)
             delay = min(delay * 2, self.cfg.reconnect_max_s)
 
@@ -153,8 +156,12 @@ class CameraSource:
         """One warning per outage; the retries after it are debug lines."""
         if self._down_since is None:
             self._down_since, self._retries = time.monotonic(), 0
-            log.warning("camera %s: %s; retrying with backoff up to %g s (one line when it is back)", self.name, what,
-                        self.cfg.reconnect_max_s)
+            log.warning(
+                "camera %s: %s; retrying with backoff up to %g s (one line when it is back)",
+                self.name,
+                what,
+                self.cfg.reconnect_max_s,
+            )
         else:
             self._retries += 1
             log.debug("camera %s: %s; next try in %.1f s", self.name, what, delay)
@@ -165,8 +172,13 @@ class CameraSource:
         if self._down_since is None:
             log.info("camera %s: reading %s", self.name, self._describe())
         else:
-            log.info("camera %s: reading %s again after %.0f s (%d retries)", self.name, self._describe(),
-                     time.monotonic() - self._down_since, self._retries)
+            log.info(
+                "camera %s: reading %s again after %.0f s (%d retries)",
+                self.name,
+                self._describe(),
+                time.monotonic() - self._down_since,
+                self._retries,
+            )
         self._down_since = None
 
     def _read(self, cap: cv2.VideoCapture) -> bool:

@@ -33,11 +33,15 @@ def window_drift(engine: sa.Engine, since: datetime, version: str | None = None)
     if space is None:
         return {}
     with engine.connect() as c:
-        rows = c.execute(sa.select(Embedding.source, Embedding.vector)
-                         .where(Embedding.model_version == version, Embedding.flagged_id.is_(None),
-                                Embedding.created_at >= since).limit(500_000)).all()
+        rows = c.execute(
+            sa.select(Embedding.source, Embedding.vector)
+            .where(Embedding.model_version == version, Embedding.flagged_id.is_(None), Embedding.created_at >= since)
+            .limit(500_000)
+        ).all()
     per: dict[str, list[np.ndarray]] = defaultdict(list)
     for src, blob in rows:
         per[src].append(np.frombuffer(blob, np.float32))
-    return {src: {"version": version, "n": len(v), "shift": space.drift(np.stack(v)),
-                  "noise_floor": 1 / np.sqrt(len(v))} for src, v in per.items()}
+    return {
+        src: {"version": version, "n": len(v), "shift": space.drift(np.stack(v)), "noise_floor": 1 / np.sqrt(len(v))}
+        for src, v in per.items()
+    }

@@ -31,8 +31,9 @@ def media_paths(source: str, frame_key: str, created_at: datetime, image_ext: st
     return MediaPaths(f"{base}{image_ext.lower()}", f"{base}.overlay.jpg", f"{base}.map.npy" if with_map else None)
 
 
-def save_media(media_dir: Path, paths: MediaPaths, image: bytes | np.ndarray, overlay: np.ndarray,
-               amap: np.ndarray | None) -> None:
+def save_media(
+    media_dir: Path, paths: MediaPaths, image: bytes | np.ndarray, overlay: np.ndarray, amap: np.ndarray | None
+) -> None:
     """Write the original image (file bytes as received, or an encoded camera frame), overlay, map. On an OSError
     (disk full, folder gone) what was written of them is removed again before it is raised: all or nothing."""
     written: list[Path] = []

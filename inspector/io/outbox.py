@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Collection
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -38,9 +38,15 @@ class Sender:
     watcher then delivers only its own sources' alerts, through its own connection (None: every source).
     """
 
-    def __init__(self, store: Store, sinks: dict[str, Sink], backoff_min_s: float, backoff_max_s: float,
-                 on_result: Callable[[str, bool, PendingAlert], None] | None = None,
-                 sources: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sinks: dict[str, Sink],
+        backoff_min_s: float,
+        backoff_max_s: float,
+        on_result: Callable[[str, bool, PendingAlert], None] | None = None,
+        sources: Collection[str] | None = None,
+    ) -> None:
         self.store, self.sinks = store, sinks
         self.sources = None if sources is None else tuple(sources)
         self.backoff = (backoff_min_s, backoff_max_s)
@@ -70,9 +76,11 @@ class Sender:
         if self.sources is not None:  # left to the watchers that have these sources
             others = {k: n for k, n in self.store.pending_by_source().items() if k not in self.sources}
             if others:
-                log.info("outbox: alerts of sources not on this line are pending, left to their own watchers "
-                         "(other lines on this store, or sources renamed since): %s",
-                         ", ".join(f"{k} {n}" for k, n in sorted(others.items())))
+                log.info(
+                    "outbox: alerts of sources not on this line are pending, left to their own watchers "
+                    "(other lines on this store, or sources renamed since): %s",
+                    ", ".join(f"{k} {n}" for k, n in sorted(others.items())),
+                )
 
     def notify(self) -> None:
         for ev in self._wake.values():
@@ -112,6 +120,7 @@ class Sender:
                     break
                 alert = self._deliver(sink, alert, t)
         return max(next_due, 0.01)
+
     def _deliver(self, sink: Sink, alert: PendingAlert, now: datetime) -> PendingAlert | None:
         """One attempt; on success the next alert of the same source, else None."""
         key = (sink.name, alert.source)
@@ -121,8 +130,13 @@ class Sender:
             delay = backoff_delay(alert.attempts + 1, *self.backoff)
             self.store.mark_failed(alert.id, str(e), now + timedelta(seconds=delay))
             if key not in self._failing:
-                log.warning("sink %s: alert %d of %s not delivered (%s); retrying with backoff",
-                            sink.name, alert.id, alert.source, e)
+                log.warning(
+                    "sink %s: alert %d of %s not delivered (%s); retrying with backoff",
+                    sink.name,
+                    alert.id,
+                    alert.source,
+                    e,
+                )
                 self._failing.add(key)
             if self.on_result:
                 self.on_result(sink.name, False, alert)

@@ -16,8 +16,8 @@ import re
 import threading
 from typing import Protocol
 
-from inspector.errors import InspectorError
 from inspector.config.line import AppriseSinkConfig, MqttSinkConfig, SinkConfig, WebhookSinkConfig
+from inspector.errors import InspectorError
 
 log = logging.getLogger("inspector.watch.sinks")
 
@@ -81,7 +81,13 @@ class MqttSink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("sink %s: broker %s:%d refused the connection (%s)", self.name, self.cfg.host, self.cfg.port, reason_code)
+            log.warning(
+                "sink %s: broker %s:%d refused the connection (%s)",
+                self.name,
+                self.cfg.host,
+                self.cfg.port,
+                reason_code,
+            )
             return
         log.info("sink %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
         self._connected.set()
@@ -158,8 +164,10 @@ class AppriseSink:
     def send(self, alert: Alert) -> None:
         p = json.loads(alert.payload)
         title = self.cfg.title.format(line=self.line, source=alert.source, score=p.get("score"))
-        body = (f"Defect on {p.get('source')} at {p.get('created_at')}: score {p.get('score')} x threshold, "
-                f"model {p.get('model_version')}, image {p.get('image_path') or 'not saved'} (key {alert.idempotency_key})")
+        body = (
+            f"Defect on {p.get('source')} at {p.get('created_at')}: score {p.get('score')} x threshold, "
+            f"model {p.get('model_version')}, image {p.get('image_path') or 'not saved'} (key {alert.idempotency_key})"
+        )
         if not self._apprise.notify(title=title, body=body):
             raise SinkError("Apprise could not deliver the notification")
 

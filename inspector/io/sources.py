@@ -21,15 +21,15 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from inspector.data.preprocess import IMAGE_SUFFIXES
 from inspector.config.line import FolderSourceConfig
+from inspector.data.preprocess import IMAGE_SUFFIXES
 
 log = logging.getLogger("inspector.watch.folder")
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", "~")
@@ -75,7 +75,7 @@ def _prompt_rename_events() -> None:
 
 
 class _Events(FileSystemEventHandler):
-    def __init__(self, src: "FolderSource") -> None:
+    def __init__(self, src: FolderSource) -> None:
         self.src = src
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -117,7 +117,9 @@ class FolderSource:
             self._observer.schedule(_Events(self), str(self.root), recursive=self.cfg.recursive)
             self._observer.start()
         except OSError as e:  # e.g. inotify watch limit: the periodic rescan still finds files
-            log.warning("folder %s: no filesystem events (%s); rescanning every %.0f s", self.name, e, self.cfg.rescan_s)
+            log.warning(
+                "folder %s: no filesystem events (%s); rescanning every %.0f s", self.name, e, self.cfg.rescan_s
+            )
             self._observer = None
         self.rescan()
 
@@ -144,7 +146,9 @@ class FolderSource:
     def _excluded(self, path: Path) -> bool:
         """Outside the folder (e.g. moved away), in a sub-folder when not recursive, or in our own folders."""
         inside = path.parent == self.root or (self.cfg.recursive and self.root in path.parents)
-        return not inside or any(d == path.parent or d in path.parents for d in (self.processed_dir, self.quarantine_dir))
+        return not inside or any(
+            d == path.parent or d in path.parents for d in (self.processed_dir, self.quarantine_dir)
+        )
 
     def rescan(self) -> None:
         """List the folder, oldest files first (the backlog), in case events were missed."""

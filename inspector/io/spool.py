@@ -14,8 +14,8 @@ one 4 KB block on ext4); when it is full, newer frames are refused (`SpoolFull`)
 
 from __future__ import annotations
 
-import contextlib
 import base64
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -139,8 +139,14 @@ def _to_json(sf: SpooledFrame) -> dict:
     frame = {**asdict(sf.frame), "created_at": sf.frame.created_at.isoformat()}
     if sf.frame.latent is not None:  # the embedding's float32 bytes as base64 text
         frame["latent"] = {**frame["latent"], "vector": base64.b64encode(sf.frame.latent.vector).decode()}
-    return {"format": FORMAT, "frame": frame, "flag": asdict(sf.flag) if sf.flag else None, "alert": sf.alert,
-            "origin": sf.origin, "model_version": sf.model_version}
+    return {
+        "format": FORMAT,
+        "frame": frame,
+        "flag": asdict(sf.flag) if sf.flag else None,
+        "alert": sf.alert,
+        "origin": sf.origin,
+        "model_version": sf.model_version,
+    }
 
 
 def _from_json(d: dict) -> SpooledFrame:
@@ -148,6 +154,8 @@ def _from_json(d: dict) -> SpooledFrame:
         raise ValueError(f"spool format {d.get('format')!r}, expected {FORMAT}")
     lat = d["frame"].get("latent")
     point = LatentPoint(**{**lat, "vector": base64.b64decode(lat["vector"])}) if lat else None
-    frame = ScoredFrame(**{**d["frame"], "created_at": datetime.fromisoformat(d["frame"]["created_at"]), "latent": point})
+    frame = ScoredFrame(
+        **{**d["frame"], "created_at": datetime.fromisoformat(d["frame"]["created_at"]), "latent": point}
+    )
     flag = FlagRecord(**d["flag"]) if d["flag"] is not None else None
     return SpooledFrame(frame, flag, bool(d["alert"]), str(d["origin"]), str(d["model_version"]))

@@ -52,7 +52,7 @@ class DayStats:
 
     @property
     def std(self) -> float:
-        return math.sqrt(max(self.ss / self.n - self.mean ** 2, 0.0))
+        return math.sqrt(max(self.ss / self.n - self.mean**2, 0.0))
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,9 @@ def _parse_hour(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H").replace(tzinfo=timezone.utc)
 
 
-def flagged_per_hour(engine: sa.Engine, since: datetime, source: str | None = None) -> dict[str, list[tuple[datetime, int]]]:
+def flagged_per_hour(
+    engine: sa.Engine, since: datetime, source: str | None = None
+) -> dict[str, list[tuple[datetime, int]]]:
     """{source: [(hour start UTC, flagged), ...]} with empty hours filled with 0."""
     h = _hour(Flagged.created_at, engine.dialect.name).label("h")
     q = sa.select(Flagged.source, h, sa.func.count()).where(Flagged.created_at >= since)
@@ -83,7 +85,9 @@ def flagged_per_hour(engine: sa.Engine, since: datetime, source: str | None = No
     with engine.connect() as c:
         rows = c.execute(q.group_by(Flagged.source, h)).all()
     start = since.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
-    hours = [start + timedelta(hours=i) for i in range(int((datetime.now(timezone.utc) - start) / timedelta(hours=1)) + 1)]
+    hours = [
+        start + timedelta(hours=i) for i in range(int((datetime.now(timezone.utc) - start) / timedelta(hours=1)) + 1)
+    ]
     counts: dict[str, dict[datetime, int]] = defaultdict(dict)
     for src, hour, n in rows:
         counts[src][_parse_hour(hour)] = int(n)
@@ -93,8 +97,11 @@ def flagged_per_hour(engine: sa.Engine, since: datetime, source: str | None = No
 def score_histogram(engine: sa.Engine, source: str | None = None, recent: int = 20_000, bins: int = 40) -> Histogram:
     """Histogram of the most recent scored frames (normalized scores, 1.0 = threshold)."""
     q = sa.select(ScoreSample.score)
-    q = (q.where(ScoreSample.source == source).order_by(ScoreSample.created_at.desc()) if source
-         else q.order_by(ScoreSample.id.desc()))
+    q = (
+        q.where(ScoreSample.source == source).order_by(ScoreSample.created_at.desc())
+        if source
+        else q.order_by(ScoreSample.id.desc())
+    )
     with engine.connect() as c:
         scores = np.fromiter(c.scalars(q.limit(recent)), dtype=np.float64)
     if scores.size == 0:
@@ -119,13 +126,18 @@ def review_rates(engine: sa.Engine, since: datetime | None = None, source: str |
     return [ReviewRate(s, d["confirmed"], d["false_alarm"], d["pending"]) for s, d in sorted(by.items())]
 
 
-def good_score_drift(engine: sa.Engine, since: datetime, tz: tzinfo,
-                     source: str | None = None) -> dict[str, list[tuple[datetime, DayStats]]]:
+def good_score_drift(
+    engine: sa.Engine, since: datetime, tz: tzinfo, source: str | None = None
+) -> dict[str, list[tuple[datetime, DayStats]]]:
     """Per source and local day: mean and spread of the scores of frames that were not anomalous."""
     h = _hour(ScoreSample.created_at, engine.dialect.name).label("h")
-    q = (sa.select(ScoreSample.source, h, sa.func.count(), sa.func.sum(ScoreSample.score),
-                   sa.func.sum(ScoreSample.score * ScoreSample.score))
-         .where(ScoreSample.created_at >= since, ScoreSample.is_anomaly == sa.false()))
+    q = sa.select(
+        ScoreSample.source,
+        h,
+        sa.func.count(),
+        sa.func.sum(ScoreSample.score),
+        sa.func.sum(ScoreSample.score * ScoreSample.score),
+    ).where(ScoreSample.created_at >= since, ScoreSample.is_anomaly == sa.false())
     if source:
         q = q.where(ScoreSample.source == source)
     with engine.connect() as c:
@@ -140,18 +152,24 @@ def good_score_drift(engine: sa.Engine, since: datetime, tz: tzinfo,
 
 def compute(engine: sa.Engine, tz: tzinfo, hours: int = 48, days: int = 30, source: str | None = None) -> Stats:
     now = datetime.now(timezone.utc)
-    return Stats(per_hour=flagged_per_hour(engine, now - timedelta(hours=hours), source),
-                 histogram=score_histogram(engine, source),
-                 reviews=review_rates(engine, now - timedelta(days=days), source),
-                 drift=good_score_drift(engine, now - timedelta(days=days), tz, source))
+    return Stats(
+        per_hour=flagged_per_hour(engine, now - timedelta(hours=hours), source),
+        histogram=score_histogram(engine, source),
+        reviews=review_rates(engine, now - timedelta(days=days), source),
+        drift=good_score_drift(engine, now - timedelta(days=days), tz, source),
+    )
 
 
-def scores_around(engine: sa.Engine, source: str, at: datetime, minutes: float = 10,
-                  limit: int = 2000) -> list[tuple[datetime, float]]:
+def scores_around(
+    engine: sa.Engine, source: str, at: datetime, minutes: float = 10, limit: int = 2000
+) -> list[tuple[datetime, float]]:
     """Score samples of one source within ±`minutes` of `at` (the item page's timeline)."""
     span = timedelta(minutes=minutes)
-    q = (sa.select(ScoreSample.created_at, ScoreSample.score)
-         .where(ScoreSample.source == source, ScoreSample.created_at >= at - span, ScoreSample.created_at <= at + span)
-         .order_by(ScoreSample.created_at).limit(limit))
+    q = (
+        sa.select(ScoreSample.created_at, ScoreSample.score)
+        .where(ScoreSample.source == source, ScoreSample.created_at >= at - span, ScoreSample.created_at <= at + span)
+        .order_by(ScoreSample.created_at)
+        .limit(limit)
+    )
     with engine.connect() as c:
         return [(t, float(s)) for t, s in c.execute(q)]

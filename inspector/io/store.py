@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Collection, Sequence
 
 import sqlalchemy as sa
 
@@ -65,7 +65,7 @@ class ScoredFrame:
     threshold: float  # raw, as applied
     is_anomaly: bool
     path: str | None = None  # input file: recorded in the ledger (exactly-once); None for camera frames
-    latent: "LatentPoint | None" = None  # its embedding, to keep (every flagged frame, a sample of good ones)
+    latent: LatentPoint | None = None  # its embedding, to keep (every flagged frame, a sample of good ones)
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,24 @@ class PendingAlert:
     next_attempt_at: datetime
 
 
-_T = {t.name: t for t in (Flagged.__table__, Processed.__table__, ScoreSample.__table__, Outbox.__table__,
-                          Embedding.__table__)}
+_T = {
+    t.name: t
+    for t in (Flagged.__table__, Processed.__table__, ScoreSample.__table__, Outbox.__table__, Embedding.__table__)
+}
 _INSERT = {name: sa.insert(t) for name, t in _T.items()}
 _C = SourceCounters.__table__.c
-_COUNT = (sa.update(SourceCounters.__table__).where(_C.source == sa.bindparam("src"))
-          .values(scored=_C.scored + sa.bindparam("d_scored"), flagged=_C.flagged + sa.bindparam("d_flagged"),
-                  dropped=_C.dropped + sa.bindparam("d_dropped"), errors=_C.errors + sa.bindparam("d_errors"),
-                  last_seen=sa.bindparam("seen"), last_score=sa.func.coalesce(sa.bindparam("score", type_=sa.Float), _C.last_score)))
+_COUNT = (
+    sa.update(SourceCounters.__table__)
+    .where(_C.source == sa.bindparam("src"))
+    .values(
+        scored=_C.scored + sa.bindparam("d_scored"),
+        flagged=_C.flagged + sa.bindparam("d_flagged"),
+        dropped=_C.dropped + sa.bindparam("d_dropped"),
+        errors=_C.errors + sa.bindparam("d_errors"),
+        last_seen=sa.bindparam("seen"),
+        last_score=sa.func.coalesce(sa.bindparam("score", type_=sa.Float), _C.last_score),
+    )
+)
 
 
 def _count(c: sa.Connection, source: str, when: datetime, last_score: float | None = None, **inc: int) -> None:
@@ -153,12 +163,14 @@ class Store:
         self.media_dir = media_dir
 
     @classmethod
-    def open(cls, url: str, media_dir: Path | None = None) -> "Store":
+    def open(cls, url: str, media_dir: Path | None = None) -> Store:
         """Connect, create or migrate to the current schema, and make sure the media folder exists."""
         if media_dir is None:
             db = sa.engine.make_url(url).database if url.startswith("sqlite") else None
             if not db or db == ":memory:":
-                raise InspectorError(f"store {_safe(url)}: set store.media_dir (only SQLite files default to media/ beside them)")
+                raise InspectorError(
+                    f"store {_safe(url)}: set store.media_dir (only SQLite files default to media/ beside them)"
+                )
             media_dir = Path(db).parent / "media"
         if url.startswith("sqlite:///") and not url.endswith(":memory:"):
             Path(sa.engine.make_url(url).database).parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +194,9 @@ class Store:
     def ledger_status(self, frame_key: str) -> tuple[str, str | None] | None:
         """(status, reason) when this input was recorded before, else None."""
         with self.engine.connect() as c:
-            row = c.execute(sa.select(Processed.status, Processed.reason).where(Processed.frame_key == frame_key)).first()
+            row = c.execute(
+                sa.select(Processed.status, Processed.reason).where(Processed.frame_key == frame_key)
+            ).first()
         return None if row is None else (row[0], row[1])
 
     def record_frame(self, frame: ScoredFrame, flag: FlagRecord | None = None) -> int | None:
@@ -217,56 +231,130 @@ class Store:
         if not keys:
             return []
         with self.engine.connect() as c:
-            return list(c.scalars(sa.select(Processed.frame_key).where(Processed.frame_key.in_(keys),
-                                                                       Processed.status == "quarantined")))
+            return list(
+                c.scalars(
+                    sa.select(Processed.frame_key).where(
+                        Processed.frame_key.in_(keys), Processed.status == "quarantined"
+                    )
+                )
+            )
 
     def _record(self, c: sa.Connection, items: Sequence[tuple[ScoredFrame, FlagRecord | None]]) -> list[int | None]:
         ids = [self._add_flagged(c, f, fl) if fl is not None else None for f, fl in items]
-        ledger = [dict(frame_key=f.frame_key, source=f.source, path=f.path, status="scored", reason=None,
-                       flagged_id=fid, created_at=f.created_at) for (f, _), fid in zip(items, ids) if f.path]
+        ledger = [
+            dict(
+                frame_key=f.frame_key,
+                source=f.source,
+                path=f.path,
+                status="scored",
+                reason=None,
+                flagged_id=fid,
+                created_at=f.created_at,
+            )
+            for (f, _), fid in zip(items, ids)
+            if f.path
+        ]
         if ledger:
             c.execute(_INSERT["processed"], ledger)
-        c.execute(_INSERT["scores"], [dict(source=f.source, created_at=f.created_at, score=f.score,
-                                           is_anomaly=f.is_anomaly) for f, _ in items])
-        points = [dict(model_version=f.latent.model_version, source=f.source, created_at=f.created_at,
-                       flagged_id=fid, vector=f.latent.vector, x=f.latent.x, y=f.latent.y)
-                  for (f, _), fid in zip(items, ids) if f.latent is not None]
+        c.execute(
+            _INSERT["scores"],
+            [dict(source=f.source, created_at=f.created_at, score=f.score, is_anomaly=f.is_anomaly) for f, _ in items],
+        )
+        points = [
+            dict(
+                model_version=f.latent.model_version,
+                source=f.source,
+                created_at=f.created_at,
+                flagged_id=fid,
+                vector=f.latent.vector,
+                x=f.latent.x,
+                y=f.latent.y,
+            )
+            for (f, _), fid in zip(items, ids)
+            if f.latent is not None
+        ]
         if points:
             c.execute(_INSERT["embeddings"], points)
         for source in dict.fromkeys(f.source for f, _ in items):
             mine = [(f, fl) for f, fl in items if f.source == source]
             last = mine[-1][0]
-            _count(c, source, last.created_at, scored=len(mine), flagged=sum(fl is not None for _, fl in mine),
-                   last_score=last.score)
+            _count(
+                c,
+                source,
+                last.created_at,
+                scored=len(mine),
+                flagged=sum(fl is not None for _, fl in mine),
+                last_score=last.score,
+            )
         return ids
 
     @staticmethod
     def _add_flagged(c: sa.Connection, frame: ScoredFrame, flag: FlagRecord) -> int:
-        res = c.execute(_INSERT["flagged"], dict(
-            source=frame.source, created_at=frame.created_at, score=frame.score, raw_score=frame.raw_score,
-            threshold=frame.threshold, model_version=flag.model_version, image_path=flag.image_path,
-            overlay_path=flag.overlay_path, map_path=flag.map_path, width=flag.width, height=flag.height,
-            origin=flag.origin, review_status="pending", reviewed_by=None, reviewed_at=None, review_note=None,
-            frame_key=frame.frame_key))
+        res = c.execute(
+            _INSERT["flagged"],
+            dict(
+                source=frame.source,
+                created_at=frame.created_at,
+                score=frame.score,
+                raw_score=frame.raw_score,
+                threshold=frame.threshold,
+                model_version=flag.model_version,
+                image_path=flag.image_path,
+                overlay_path=flag.overlay_path,
+                map_path=flag.map_path,
+                width=flag.width,
+                height=flag.height,
+                origin=flag.origin,
+                review_status="pending",
+                reviewed_by=None,
+                reviewed_at=None,
+                review_note=None,
+                frame_key=frame.frame_key,
+            ),
+        )
         flagged_id = int(res.inserted_primary_key[0])
         if flag.alerts:
-            c.execute(_INSERT["outbox"], [
-                dict(flagged_id=flagged_id, source=frame.source, sink=sink, payload=json.dumps({**payload, "flagged_id": flagged_id}),
-                     idempotency_key=frame.frame_key, created_at=frame.created_at, attempts=0,
-                     next_attempt_at=frame.created_at, delivered_at=None, last_error=None)
-                for sink, payload in flag.alerts.items()])
+            c.execute(
+                _INSERT["outbox"],
+                [
+                    dict(
+                        flagged_id=flagged_id,
+                        source=frame.source,
+                        sink=sink,
+                        payload=json.dumps({**payload, "flagged_id": flagged_id}),
+                        idempotency_key=frame.frame_key,
+                        created_at=frame.created_at,
+                        attempts=0,
+                        next_attempt_at=frame.created_at,
+                        delivered_at=None,
+                        last_error=None,
+                    )
+                    for sink, payload in flag.alerts.items()
+                ],
+            )
         return flagged_id
 
-    def record_error(self, source: str, when: datetime, frame_key: str | None = None, path: str | None = None,
-                     reason: str = "") -> None:
+    def record_error(
+        self, source: str, when: datetime, frame_key: str | None = None, path: str | None = None, reason: str = ""
+    ) -> None:
         """Count an unreadable input; with a key, put it in the ledger as quarantined. The same key found again
         (dropped back from quarantine) is read again; when unreadable once more it is not counted twice."""
         with self.engine.begin() as c:
             if frame_key is not None:
                 if c.execute(sa.select(Processed.id).where(Processed.frame_key == frame_key)).first():
                     return
-                c.execute(_INSERT["processed"], dict(frame_key=frame_key, source=source, path=path or "", status="quarantined",
-                                                     reason=reason[:2000], flagged_id=None, created_at=when))
+                c.execute(
+                    _INSERT["processed"],
+                    dict(
+                        frame_key=frame_key,
+                        source=source,
+                        path=path or "",
+                        status="quarantined",
+                        reason=reason[:2000],
+                        flagged_id=None,
+                        created_at=when,
+                    ),
+                )
             _count(c, source, when, errors=1)
 
     def add_dropped(self, source: str, n: int, when: datetime) -> None:
@@ -279,19 +367,33 @@ class Store:
         """Per-source totals, e.g. {'cam1': {'scored': 10, 'flagged': 1, ...}}."""
         with Session(self.engine) as s:
             rows = s.scalars(sa.select(SourceCounters)).all()
-            return {r.source: {"scored": r.scored, "flagged": r.flagged, "dropped": r.dropped, "errors": r.errors,
-                               "last_score": r.last_score, "last_seen": r.last_seen} for r in rows}
+            return {
+                r.source: {
+                    "scored": r.scored,
+                    "flagged": r.flagged,
+                    "dropped": r.dropped,
+                    "errors": r.errors,
+                    "last_score": r.last_score,
+                    "last_seen": r.last_seen,
+                }
+                for r in rows
+            }
 
     # ---- latent space ---------------------------------------------------------------------------
     def put_latent_space(self, model_version: str, space: dict, when: datetime) -> None:
         """Keep a version's map projection and good cloud (from its manifest); a version's row never changes."""
         with self.engine.begin() as c:
-            if c.execute(sa.select(LatentSpaceRow.model_version).where(LatentSpaceRow.model_version == model_version)).first():
+            if c.execute(
+                sa.select(LatentSpaceRow.model_version).where(LatentSpaceRow.model_version == model_version)
+            ).first():
                 return
             try:
                 with c.begin_nested():
-                    c.execute(sa.insert(LatentSpaceRow.__table__).values(
-                        model_version=model_version, dim=int(space["dim"]), space=json.dumps(space), created_at=when))
+                    c.execute(
+                        sa.insert(LatentSpaceRow.__table__).values(
+                            model_version=model_version, dim=int(space["dim"]), space=json.dumps(space), created_at=when
+                        )
+                    )
             except IntegrityError:  # another watcher of the line wrote it first: the same manifest
                 pass
 
@@ -299,24 +401,36 @@ class Store:
     def pending_heads(self, sink: str, sources: Collection[str] | None = None) -> list[PendingAlert]:
         """The oldest undelivered alert of each source for a sink: delivering only heads keeps order per source.
         `sources`: only these (a watcher's own, where lines share a store and a sink name); None: all."""
-        heads = (sa.select(sa.func.min(Outbox.id))
-                 .where(Outbox.sink == sink, Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
-                 .group_by(Outbox.source))
+        heads = (
+            sa.select(sa.func.min(Outbox.id))
+            .where(Outbox.sink == sink, Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
+            .group_by(Outbox.source)
+        )
         with Session(self.engine) as s:
             rows = s.scalars(sa.select(Outbox).where(Outbox.id.in_(heads)).order_by(Outbox.id)).all()
-            return [PendingAlert(r.id, r.flagged_id, r.source, r.sink, r.payload, r.idempotency_key, r.attempts,
-                                 r.next_attempt_at) for r in rows]
+            return [
+                PendingAlert(
+                    r.id, r.flagged_id, r.source, r.sink, r.payload, r.idempotency_key, r.attempts, r.next_attempt_at
+                )
+                for r in rows
+            ]
 
     def mark_delivered(self, alert_id: int, when: datetime) -> None:
         with Session(self.engine) as s, s.begin():
-            s.execute(sa.update(Outbox).where(Outbox.id == alert_id)
-                      .values(delivered_at=when, attempts=Outbox.attempts + 1, last_error=None))
+            s.execute(
+                sa.update(Outbox)
+                .where(Outbox.id == alert_id)
+                .values(delivered_at=when, attempts=Outbox.attempts + 1, last_error=None)
+            )
 
     def mark_failed(self, alert_id: int, error: str, next_attempt_at: datetime) -> None:
         """Record a failed attempt; the alert stays pending and is retried after `next_attempt_at`."""
         with Session(self.engine) as s, s.begin():
-            s.execute(sa.update(Outbox).where(Outbox.id == alert_id)
-                      .values(attempts=Outbox.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:2000]))
+            s.execute(
+                sa.update(Outbox)
+                .where(Outbox.id == alert_id)
+                .values(attempts=Outbox.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:2000])
+            )
 
     def pending_count(self, sources: Collection[str] | None = None) -> dict[str, int]:
         """Undelivered alerts per sink (including sinks no longer configured); `sources` as in `pending_heads`."""
@@ -328,25 +442,39 @@ class Store:
 
     def _pending_per(self, column, sources: Collection[str] | None) -> dict[str, int]:
         with Session(self.engine) as s:
-            rows = s.execute(sa.select(column, sa.func.count())
-                             .where(Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
-                             .group_by(column)).all()
+            rows = s.execute(
+                sa.select(column, sa.func.count())
+                .where(Outbox.delivered_at.is_(None), _among(Outbox.source, sources))
+                .group_by(column)
+            ).all()
         return {key: n for key, n in rows}
 
     # ---- housekeeping -----------------------------------------------------------------------
-    def prune(self, now: datetime, keep_scores_days: float, max_score_rows: int, keep_delivered_days: float = 30,
-              sources: Collection[str] | None = None) -> None:
+    def prune(
+        self,
+        now: datetime,
+        keep_scores_days: float,
+        max_score_rows: int,
+        keep_delivered_days: float = 30,
+        sources: Collection[str] | None = None,
+    ) -> None:
         """Bound the score samples and forget alerts delivered long ago (flagged rows are kept). `sources`: only
         these sources' rows, each watcher its own where lines with their own bounds share a store; None: all."""
         samples = _among(ScoreSample.source, sources)
         with Session(self.engine) as s, s.begin():
-            s.execute(sa.delete(ScoreSample).where(samples, ScoreSample.created_at < now - timedelta(days=keep_scores_days)))
-            cut = s.scalar(sa.select(ScoreSample.id).where(samples).order_by(ScoreSample.id.desc())
-                           .offset(max_score_rows).limit(1))
+            s.execute(
+                sa.delete(ScoreSample).where(samples, ScoreSample.created_at < now - timedelta(days=keep_scores_days))
+            )
+            cut = s.scalar(
+                sa.select(ScoreSample.id).where(samples).order_by(ScoreSample.id.desc()).offset(max_score_rows).limit(1)
+            )
             if cut is not None:
                 s.execute(sa.delete(ScoreSample).where(samples, ScoreSample.id <= cut))
-            s.execute(sa.delete(Outbox).where(_among(Outbox.source, sources),
-                                              Outbox.delivered_at < now - timedelta(days=keep_delivered_days)))
+            s.execute(
+                sa.delete(Outbox).where(
+                    _among(Outbox.source, sources), Outbox.delivered_at < now - timedelta(days=keep_delivered_days)
+                )
+            )
 
 
 def _among(source_column, sources: Collection[str] | None):

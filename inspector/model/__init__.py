@@ -1,1 +1,2 @@
-"""The network: frozen backbone, patch autoencoder, score terms (pure nn.Modules; settings in inspector.config.network)."""
+"""The network: frozen backbone, patch autoencoder, score terms (pure nn.Modules; settings in
+inspector.config.network)."""

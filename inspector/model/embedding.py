@@ -46,7 +46,7 @@ def unit(v: torch.Tensor) -> torch.Tensor:
 class EmbeddingMixin:
     """Methods of `InspectorNet` for the embedding output; kept apart from the scoring code on purpose."""
 
-    def patch_score(self: "InspectorNet", lat, recon, gauss) -> torch.Tensor:  # type: ignore[misc]
+    def patch_score(self: InspectorNet, lat, recon, gauss) -> torch.Tensor:  # type: ignore[misc]
         """The weighted, scale-normalized patch score (B, h, w) before smoothing, as `combine` sums it."""
         cfg, sc = self.cfg, self.scales
         terms = [(cfg.w_latent, lat, 0), (cfg.w_recon, recon, 1), (cfg.w_gauss, gauss, 2)]
@@ -56,7 +56,7 @@ class EmbeddingMixin:
             patch = patch + t
         return patch
 
-    def embedding(self: "InspectorNet", z: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
+    def embedding(self: InspectorNet, z: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
         """(B, L, h, w) latents and (B, h, w) patch scores -> (B, 2L) unit embedding.
 
         First half: the anomaly-weighted mean of each patch's deviation from the good mean of its position
@@ -75,21 +75,21 @@ class EmbeddingMixin:
         keep = float(np.sqrt(1.0 - EMBED_WHOLE**2))
         return torch.cat([keep * unit(weighted), EMBED_WHOLE * unit(whole)], dim=1)
 
-    def forward_embedded(self: "InspectorNet", x: torch.Tensor) -> EmbeddedOutput:  # type: ignore[misc]
+    def forward_embedded(self: InspectorNet, x: torch.Tensor) -> EmbeddedOutput:  # type: ignore[misc]
         """Map, score and embedding from one pass (the exported graph with an embedding output)."""
         lat, recon, gauss, glob, z = self.components_and_latent(x, want_z=True)
         out = self.combine(lat, recon, gauss, glob, x.shape[-2:])
         return EmbeddedOutput(out.anomaly_map, out.score, self.embedding(z, self.patch_score(lat, recon, gauss)))
 
     @property
-    def embedding_dim(self: "InspectorNet") -> int:  # type: ignore[misc]
+    def embedding_dim(self: InspectorNet) -> int:  # type: ignore[misc]
         return 2 * self.cfg.latent
 
 
 class EmbeddedNet(nn.Module):
     """Wraps a net so `forward` is `forward_embedded`: what `torch.onnx.export` traces."""
 
-    def __init__(self, net: "InspectorNet"):
+    def __init__(self, net: InspectorNet):
         super().__init__()
         self.net = net
 

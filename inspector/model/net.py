@@ -1,6 +1,7 @@
 """The inspection model: frozen CNN patch features -> autoencoder latent space -> anomaly map + score.
 
-Pure nn.Modules; their settings are `inspector.config.network.NetworkSettings`, training glue lives in `inspector.pipeline.fit`. All reference statistics
+Pure nn.Modules; their settings are `inspector.config.network.NetworkSettings`, training glue lives in
+`inspector.pipeline.fit`. All reference statistics
 (feature normalization, latent memory bank, global embeddings, score scales) are buffers, so the
 state dict is the whole model and ONNX export bakes them in as graph constants.
 """
@@ -32,12 +33,8 @@ class PatchAutoencoder(nn.Module):
 
     def __init__(self, dim: int, hidden: int, latent: int):
         super().__init__()
-        self.encoder = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, latent, 1)
-        )
-        self.decoder = nn.Sequential(
-            nn.Conv2d(latent, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1)
-        )
+        self.encoder = nn.Sequential(nn.Conv2d(dim, hidden, 1), nn.GELU(), nn.Conv2d(hidden, latent, 1))
+        self.decoder = nn.Sequential(nn.Conv2d(latent, hidden, 1), nn.GELU(), nn.Conv2d(hidden, dim, 1))
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder(f)  # (B, L, h, w)
@@ -107,12 +104,10 @@ def gaussian_kernel(size: int) -> torch.Tensor:
 def nearest_distance(z: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
     """Euclidean distance of each row of z (N, L) to its nearest row of bank (M, L).
 
-    |z - b|^2 = |z|^2 + (|b|^2 - 2 z.b): one matmul of [z, 1] with the constant [-2 bank, |bank|^2]
-    gives the second term, so the (N, M) matrix is built once (in ONNX: MatMul + ReduceMin, no extra
-    passes over it): a third of the memory and faster.
+    |z - b|^2 = |z|^2 + (|b|^2 - 2 z.b): one matmul with the constant -2 bank plus the constant |b|^2, then
+    the row minimum (in ONNX: MatMul, Add, ReduceMin, with no per-frame shape ops).
     """
-    aug = torch.cat([-2.0 * bank, bank_sq[:, None]], dim=1)  # (M, L+1), constant-folded at export
-    zb = torch.cat([z, torch.ones_like(z[:, :1])], dim=1) @ aug.T  # (N, M)
+    zb = z @ (-2.0 * bank).T + bank_sq  # (N, M); the bank terms are constant-folded at export
     return ((z * z).sum(1) + zb.min(dim=1).values).clamp_min(0.0).sqrt()
 
 
@@ -140,7 +135,9 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         gh, gw = self.grid
         self.register_buffer("gauss_mean", torch.zeros(1, l, gh, gw))
         cells = cell_count(self.grid, cfg.gauss_cell)
-        self.register_buffer("gauss_prec", torch.eye(l).repeat(cells, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1))
+        self.register_buffer(
+            "gauss_prec", torch.eye(l).repeat(cells, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1)
+        )
         # Typical size of each score component on held-out good images (set at fit).
         self.register_buffer("scales", torch.ones(4))
         self.register_buffer("kernel", gaussian_kernel(cfg.smooth))
@@ -227,7 +224,11 @@ class InspectorNet(EmbeddingMixin, nn.Module):
                 k, offset = np.einsum("lh,clm->chm", w2, chol), (bias - mean) @ chol
             else:
                 k, offset = chol, -mean @ chol
-            self._whitening = (key, torch.from_numpy(k.astype(np.float32)), torch.from_numpy(offset.astype(np.float32))[:, None])
+            self._whitening = (
+                key,
+                torch.from_numpy(k.astype(np.float32)),
+                torch.from_numpy(offset.astype(np.float32))[:, None],
+            )
         return self._whitening[1].to(conv.weight.device), self._whitening[2].to(conv.weight.device)
 
     def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,7 +236,9 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         or the latent map, as `gauss_reads_hidden` says."""
         c, (h, w) = self.cfg.gauss_cell, self.grid  # plain ints (the Gaussian's grid is the model's)
         if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != (h, w):  # else the batch axis would absorb it
-            raise ValueError(f"patch grid {tuple(x.shape[-2:])} is not the model's {(h, w)}: score at the fitted input size")
+            raise ValueError(
+                f"patch grid {tuple(x.shape[-2:])} is not the model's {(h, w)}: score at the fitted input size"
+            )
         k, offset = self.whitening()
         cells, d, l = (int(n) for n in k.shape)
         u = torch.bmm(to_cells(x, c, (d, h, w)), k)  # (cells, B*c*c, L): whitened latents
@@ -270,8 +273,13 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         z = self.ae.encoder[2](g) if needs_z else None  # (B, L, h, w)
         # Each term is computed only when it is part of the score (the graph holds just those).
         if self.cfg.w_latent > 0:
-            zf = self.with_position(z).permute(0, 2, 3, 1).reshape(b * h * w, -1)  # (B*h*w, L+2)
-            lat = nearest_distance(zf, self.bank, self.bank_sq).reshape(b, h, w)
+            gh, gw = self.grid  # plain ints: a traced graph reshapes by constants
+            if self.cfg.pos_weight > 0:
+                zf, bank = self.with_position(z), self.bank  # (B, L+2, h, w)
+            else:  # the bank's position columns are zero: leave them out
+                zf, bank = z, self.bank[:, : self.cfg.latent]
+            zf = zf.permute(0, 2, 3, 1).reshape(-1, int(bank.shape[1]))  # (B*h*w, L or L+2)
+            lat = nearest_distance(zf, bank, self.bank_sq).reshape(-1, gh, gw)
         else:
             lat = torch.zeros_like(g[:, 0])
         if self.cfg.w_recon > 0:
@@ -310,4 +318,3 @@ class InspectorNet(EmbeddingMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> Output:
         return self.combine(*self.components(x), x.shape[-2:])
-

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, read_json, staging
-from inspector.files import atomic_write_json
 from inspector.config.fit import CalibrateSettings
 from inspector.errors import InspectorError
+from inspector.files import atomic_write_json
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, read_json, staging
 from inspector.scoring.metrics import f1_optimal, fpr_estimate, fpr_threshold, pr_at, pr_curve
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 def labelled_scores(model_dir: Path, data: Path | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Raw scores and labels of the labelled test images, or None when there are no defects."""
-    from inspector.pipeline.checkpoint import load_model
     from inspector.data.datasets import LoadReport, discover
+    from inspector.pipeline.checkpoint import load_model
     from inspector.pipeline.infer import score_paths
 
     fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
@@ -52,25 +52,36 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
             f"fit again with at least {int(np.ceil(s.min_holdout / 0.2))} good images"
         )
     fpr = fpr_threshold(good, s.fpr)
-    cal: dict = {"strategy": s.strategy, "target_fpr": s.fpr, "holdout_images": len(good),
-                 "holdout_policy": fit_info.get("holdout_policy", "random"), "fpr": fpr.to_dict()}
+    cal: dict = {
+        "strategy": s.strategy,
+        "target_fpr": s.fpr,
+        "holdout_images": len(good),
+        "holdout_policy": fit_info.get("holdout_policy", "random"),
+        "fpr": fpr.to_dict(),
+    }
     threshold = fpr.threshold
     labelled = labelled_scores(model_dir, data)
     if labelled is not None:
         scores, labels = labelled
         best = f1_optimal(scores, labels)
         cal["labelled"] = {
-            "images": len(labels), "defects": int(labels.sum()),
+            "images": len(labels),
+            "defects": int(labels.sum()),
             "at_fpr_threshold": pr_at(scores, labels, fpr.threshold),
-            "f1_optimal": best, "curve": pr_curve(scores, labels),
+            "f1_optimal": best,
+            "curve": pr_curve(scores, labels),
         }
         if s.strategy == "f1":
             threshold = best["threshold"]
             fpr = fpr_estimate(good, threshold, s.fpr)
     elif s.strategy == "f1":
         raise InspectorError("strategy f1 needs labelled defect images (DATA/test/<defect>/); none found")
-    cal.update(threshold=threshold, expected_fpr=fpr.expected_fpr, fpr_interval_90=list(fpr.interval_90),
-               threshold_rule=fpr.rule)
+    cal.update(
+        threshold=threshold,
+        expected_fpr=fpr.expected_fpr,
+        fpr_interval_90=list(fpr.interval_90),
+        threshold_rule=fpr.rule,
+    )
     cal["meaning"] = meaning(cal, fpr)
     cal["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(staging(model_dir) / CALIBRATION_FILE, cal)
@@ -86,8 +97,10 @@ def meaning(cal: dict, fpr) -> str:
     )
     which = "the last by name" if cal.get("holdout_policy") == "last" else "drawn at random"
     if cal["strategy"] == "fpr":
-        text += (f"Chosen from {fpr.holdout} good images never used to fit ({which}), for a {fpr.target_fpr:.1%} "
-                 f"false-alarm target: ")
+        text += (
+            f"Chosen from {fpr.holdout} good images never used to fit ({which}), for a {fpr.target_fpr:.1%} "
+            f"false-alarm target: "
+        )
     else:
         text += f"Chosen for the best F1 on labelled images; on {fpr.holdout} held-out good images it would give: "
     text += (
@@ -96,8 +109,10 @@ def meaning(cal: dict, fpr) -> str:
     )
     if not fpr.attainable:
         need = math.ceil(1 / fpr.target_fpr - 1)
-        text += (f" {fpr.holdout} held-out images cannot promise {fpr.target_fpr:.1%} without assumptions: the threshold "
-                 f"is above every one of them, which promises at most {fpr.expected_fpr:.1%}")
+        text += (
+            f" {fpr.holdout} held-out images cannot promise {fpr.target_fpr:.1%} without assumptions: the threshold "
+            f"is above every one of them, which promises at most {fpr.expected_fpr:.1%}"
+        )
         if fpr.rule == "max+lognormal":
             text += f", and {fpr.target_fpr:.1%} if good scores are log-normal (a t prediction bound on their logs)"
         text += f"; {need} held-out good images (about {math.ceil(need / 0.2)} good images) promise it outright."

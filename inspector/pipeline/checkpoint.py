@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+
 from inspector.errors import InspectorError, refuse_older
 
 # 2: the network's settings (`NetworkSettings`) and patch grid; 1 (older fits) had a config of its own
@@ -50,7 +51,9 @@ def check_model_dir(model_dir: Path) -> None:
     if not model_dir.exists():
         raise InspectorError(f"model folder {model_dir} does not exist (run `inspector fit` first)")
     if not (staging(model_dir) / MODEL_FILE).is_file():
-        raise InspectorError(f"{model_dir} has no {STAGING}/{MODEL_FILE}: not a fitted model folder (run `inspector fit`)")
+        raise InspectorError(
+            f"{model_dir} has no {STAGING}/{MODEL_FILE}: not a fitted model folder (run `inspector fit`)"
+        )
 
 
 def save_model(path: Path, net, preprocess, extra: dict) -> None:
@@ -79,7 +82,9 @@ def load_model(model_dir: Path):
     try:
         blob = torch.load(staging(model_dir) / MODEL_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad pickle/zip
-        raise InspectorError(f"{staging(model_dir) / MODEL_FILE} is unreadable ({e.__class__.__name__}); refit the model") from None
+        raise InspectorError(
+            f"{staging(model_dir) / MODEL_FILE} is unreadable ({e.__class__.__name__}); refit the model"
+        ) from None
     fmt = blob.get("format") if isinstance(blob, dict) else None
     refuse_older(fmt, FORMAT_VERSION, model_dir, "model", "with `inspector fit`")
     if fmt != FORMAT_VERSION:

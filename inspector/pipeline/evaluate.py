@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging
-from inspector.files import atomic_write_json
 from inspector.data.datasets import MAX_FORMATS, LoadReport, discover, load_mask, name_order
-from inspector.errors import InspectorError
-from inspector.pipeline.infer import score_paths
-from inspector.data.preprocess import overlay
 from inspector.data.images import image_size
+from inspector.data.preprocess import overlay
+from inspector.errors import InspectorError
+from inspector.files import atomic_write_json
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging
+from inspector.pipeline.infer import score_paths
 from inspector.scoring.metrics import fpr_by_order, late_alarm_p, pr_at
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ def evaluate_model(model_dir: Path, data: Path | None = None, show: bool = True)
             preds.append(cv2.resize(item.amap, PIXEL_GRID[::-1], interpolation=cv2.INTER_LINEAR))
             masks.append(load_mask(s.mask, PIXEL_GRID))
     ms = (time.time() - t0) / max(len(items), 1) * 1000
-    metrics = image_metrics(items, fit_info.get("image_sizes")) | pixel_metrics(preds, masks, items) | {"ms_per_image": ms}
+    metrics = (
+        image_metrics(items, fit_info.get("image_sizes")) | pixel_metrics(preds, masks, items) | {"ms_per_image": ms}
+    )
     out = staging(model_dir) / EVAL_DIR
     out.mkdir(exist_ok=True)
     save_examples(items, out)
@@ -83,7 +85,11 @@ def image_metrics(items: list[Item], fitted: dict[str, int] | None = None) -> di
     scores = np.array([i.score for i in items])
     labels = np.array([i.label for i in items])
     good = scores[labels == 0]
-    res = {"images": len(items), "defects": int(labels.sum()), "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None}
+    res = {
+        "images": len(items),
+        "defects": int(labels.sum()),
+        "fpr_at_threshold": float((good >= 1.0).mean()) if len(good) else None,
+    }
     good_items = [i for i in items if i.label == 0]
     by_size = fpr_by_image_size(good_items, fitted)
     # a few camera formats (not sizes varying per part), or one the fit never saw: which one alarms?
@@ -136,9 +142,17 @@ def _pick(items: list[Item]) -> dict[str, Item]:
     bad = sorted((i for i in items if i.label == 1), key=lambda i: i.score)
     picks: dict[str, Item] = {}
     if bad:
-        picks |= {"best_defect": bad[-1], "worst_defect": bad[0], "borderline_defect": min(bad, key=lambda i: abs(i.score - 1))}
+        picks |= {
+            "best_defect": bad[-1],
+            "worst_defect": bad[0],
+            "borderline_defect": min(bad, key=lambda i: abs(i.score - 1)),
+        }
     if good:
-        picks |= {"worst_good": good[-1], "best_good": good[0], "borderline_good": min(good, key=lambda i: abs(i.score - 1))}
+        picks |= {
+            "worst_good": good[-1],
+            "best_good": good[0],
+            "borderline_good": min(good, key=lambda i: abs(i.score - 1)),
+        }
     return picks
 
 
@@ -173,8 +187,22 @@ def save_histogram(items: list[Item], path: Path) -> None:
 
 
 def format_table(m: dict) -> str:
-    rows = [(k, m[k]) for k in ("images", "defects", "image_auroc", "pixel_auroc", "aupro", "f1_at_threshold",
-                                "precision_at_threshold", "recall_at_threshold", "fpr_at_threshold", "ms_per_image") if k in m]
+    rows = [
+        (k, m[k])
+        for k in (
+            "images",
+            "defects",
+            "image_auroc",
+            "pixel_auroc",
+            "aupro",
+            "f1_at_threshold",
+            "precision_at_threshold",
+            "recall_at_threshold",
+            "fpr_at_threshold",
+            "ms_per_image",
+        )
+        if k in m
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
     for size, g in m.get("fpr_by_image_size", {}).items():
@@ -182,11 +210,15 @@ def format_table(m: dict) -> str:
         lines.append(f"{'  fpr ' + size:<{width}}  {g['fpr']:.4f}  ({g['images']} good images of this size{never})")
     runs = m.get("fpr_by_name_order", [])
     for n, g in enumerate(runs, 1):
-        lines.append(f"{f'  fpr names {n}/{len(runs)}':<{width}}  {g['fpr']:.4f}  ({g['images']} good images "
-                     f"{g['first']} .. {g['last']}, median score {g['median_score']:.2f}x)")
+        lines.append(
+            f"{f'  fpr names {n}/{len(runs)}':<{width}}  {g['fpr']:.4f}  ({g['images']} good images "
+            f"{g['first']} .. {g['last']}, median score {g['median_score']:.2f}x)"
+        )
     if runs and m["late_alarm_p"] < LATE_ALARM_P:
         early, n_early = sum(g["flagged"] for g in runs[:-1]), sum(g["images"] for g in runs[:-1])
-        lines.append(f"false alarms pile up in the last quarter by name ({runs[-1]['flagged']}/{runs[-1]['images']} against "
-                     f"{early}/{n_early} before, one-sided Fisher p = {m['late_alarm_p']:.1g}): if the names carry the capture time, the "
-                     "parts changed after the fit (wear, soiling, a new setting); refit on recent good parts")
+        lines.append(
+            f"false alarms pile up in the last quarter by name ({runs[-1]['flagged']}/{runs[-1]['images']} against "
+            f"{early}/{n_early} before, one-sided Fisher p = {m['late_alarm_p']:.1g}): if the names carry the capture "
+            "time, the parts changed after the fit (wear, soiling, a new setting); refit on recent good parts"
+        )
     return "\n".join(lines)

@@ -24,15 +24,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from inspector.runtime import registry
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging
-from inspector.files import atomic_write_json
+from inspector.data.images import load_image
+from inspector.data.preprocess import Preprocess, prepare
 from inspector.errors import ImageError, InspectorError
+from inspector.files import atomic_write_json
 from inspector.model.embedding import EmbeddedNet
 from inspector.model.net import InspectorNet
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, check_model_dir, load_model, read_json, staging
 from inspector.pipeline.latent import fit_latent_space
-from inspector.data.preprocess import Preprocess, prepare
-from inspector.data.images import load_image
+from inspector.runtime import registry
 from inspector.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, check_threshold, load_verified
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,16 @@ INPUT, MAP, SCORE, EMBEDDING = "image", "anomaly_map", "score", "embedding"
 PARITY_TOLERANCE = 1e-3  # max |score_onnx - score_torch| / threshold: verdicts can differ only this close to 1.0
 PARITY_FRAMES = 6
 EMBED_TOLERANCE = 1e-3  # max |embedding_onnx - embedding_torch| per component (unit vectors)
-CALIBRATION_KEYS = ("strategy", "target_fpr", "holdout_images", "expected_fpr", "fpr_interval_90", "meaning", "f1", "created")
+CALIBRATION_KEYS = (
+    "strategy",
+    "target_fpr",
+    "holdout_images",
+    "expected_fpr",
+    "fpr_interval_90",
+    "meaning",
+    "f1",
+    "created",
+)
 
 
 def export_model(model_dir: Path, opset: int = OPSET) -> Path:
@@ -78,7 +87,10 @@ def input_hw(pre: Preprocess) -> tuple[int, int]:
 
 
 def to_onnx(
-    net: InspectorNet | torch.nn.Module, path: Path, hw: tuple[int, int], opset: int = OPSET,
+    net: InspectorNet | torch.nn.Module,
+    path: Path,
+    hw: tuple[int, int],
+    opset: int = OPSET,
     names: tuple[str, ...] = (MAP, SCORE),
 ) -> None:
     """Trace the network once at its input size, dynamic batch; unused backbone stages pruned.
@@ -91,8 +103,15 @@ def to_onnx(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
         torch.onnx.export(
-            net, (x,), str(path), input_names=[INPUT], output_names=list(names), dynamic_axes=axes,
-            opset_version=opset, do_constant_folding=True, dynamo=False,
+            net,
+            (x,),
+            str(path),
+            input_names=[INPUT],
+            output_names=list(names),
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     onnx.checker.check_model(str(path))
 
@@ -132,7 +151,9 @@ def check_parity(net: InspectorNet, pre: Preprocess, path: Path, frames: list[np
             with torch.inference_mode():
                 ref = net.forward_embedded(torch.from_numpy(batch)) if with_embedding else net(torch.from_numpy(batch))
         except RuntimeError as e:
-            raise InspectorError(f"the model cannot score a {batch.shape[2]}x{batch.shape[3]} input ({str(e).splitlines()[0]})") from None
+            raise InspectorError(
+                f"the model cannot score a {batch.shape[2]}x{batch.shape[3]} input ({str(e).splitlines()[0]})"
+            ) from None
         outs = sess.run([MAP, SCORE, EMBEDDING] if with_embedding else [MAP, SCORE], {INPUT: batch})
         amap, score = outs[:2]
         d_score = max(d_score, float(np.abs(score - ref.score.numpy()).max()))
@@ -140,9 +161,12 @@ def check_parity(net: InspectorNet, pre: Preprocess, path: Path, frames: list[np
         if with_embedding:
             d_emb = max(d_emb, float(np.abs(outs[2] - ref.embedding.numpy()).max()))
     result = {
-        "frames": len(frames), "input_sizes": [list(s[1:]) for s in groups],
-        "max_abs_diff_score": d_score, "max_abs_diff_map": d_map,
-        "max_diff_normalized": d_score / threshold, "tolerance_normalized": PARITY_TOLERANCE,
+        "frames": len(frames),
+        "input_sizes": [list(s[1:]) for s in groups],
+        "max_abs_diff_score": d_score,
+        "max_abs_diff_map": d_map,
+        "max_diff_normalized": d_score / threshold,
+        "tolerance_normalized": PARITY_TOLERANCE,
     }
     if d_score / threshold > PARITY_TOLERANCE:
         raise InspectorError(
@@ -152,14 +176,25 @@ def check_parity(net: InspectorNet, pre: Preprocess, path: Path, frames: list[np
     if with_embedding:
         result.update(max_abs_diff_embedding=d_emb, tolerance_embedding=EMBED_TOLERANCE)
         if d_emb > EMBED_TOLERANCE:
-            raise InspectorError(f"export parity check failed: ONNX Runtime and torch embeddings differ by {d_emb:.2e} "
-                                 f"(tolerance {EMBED_TOLERANCE:.0e}); nothing was exported")
+            raise InspectorError(
+                f"export parity check failed: ONNX Runtime and torch embeddings differ by {d_emb:.2e} "
+                f"(tolerance {EMBED_TOLERANCE:.0e}); nothing was exported"
+            )
     return result
 
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("inspector", "torch", "timm", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy", "opencv-python-headless"):
+    for name in (
+        "inspector",
+        "torch",
+        "timm",
+        "onnx",
+        "onnxruntime-gpu",
+        "onnxruntime",
+        "numpy",
+        "opencv-python-headless",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -179,26 +214,47 @@ def _policy(pre: Preprocess) -> str:
     )
 
 
-def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dict, fit_info: dict, parity: dict, opset: int) -> dict:
+def build_manifest(
+    net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dict, fit_info: dict, parity: dict, opset: int
+) -> dict:
     cfg = net.cfg
     blob = onnx_path.read_bytes()
     return {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": {"file": MODEL_FILE, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob), "opset": opset},
+        "model": {
+            "file": MODEL_FILE,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "size_bytes": len(blob),
+            "opset": opset,
+        },
         "input": {
-            "name": INPUT, "layout": "NCHW", "dtype": "float32", "channels": "RGB",
-            "dynamic_axes": ["batch"], "size": list(input_hw(pre)), "multiple_of": 32,
+            "name": INPUT,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channels": "RGB",
+            "dynamic_axes": ["batch"],
+            "size": list(input_hw(pre)),
+            "multiple_of": 32,
         },
         "outputs": {
             "anomaly_map": {"name": MAP, "shape": "(B, 1, H, W)", "units": "raw, at the input size"},
             "score": {"name": SCORE, "shape": "(B,)", "units": "raw; score / threshold >= 1.0 means anomaly"},
-            "embedding": {"name": EMBEDDING, "shape": f"(B, {net.embedding_dim})",
-                          "units": "unit length; anomaly-weighted latent deviation, then the whole-part mean latent"},
+            "embedding": {
+                "name": EMBEDDING,
+                "shape": f"(B, {net.embedding_dim})",
+                "units": "unit length; anomaly-weighted latent deviation, then the whole-part mean latent",
+            },
         },
         "preprocess": pre.to_dict(),
         "resize_policy": _policy(pre),
-        "normalization": {"scale": 1 / 255, "mean": list(pre.mean), "std": list(pre.std), "order": "RGB", "from": "BGR uint8"},
+        "normalization": {
+            "scale": 1 / 255,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "order": "RGB",
+            "from": "BGR uint8",
+        },
         "backbone": {"name": cfg.backbone, "layers": list(cfg.layers), "feature_dim": net.feature_dim},
         "latent_size": cfg.latent,
         "reference": _reference(net),
@@ -206,7 +262,10 @@ def build_manifest(net: InspectorNet, pre: Preprocess, onnx_path: Path, cal: dic
         "grid": list(net.grid),
         "threshold": float(cal["threshold"]),
         "calibration": _calibration_summary(cal),
-        "training": {k: fit_info.get(k) for k in ("fingerprint", "fit_images", "holdout_images", "image_sizes", "data", "created")},
+        "training": {
+            k: fit_info.get(k)
+            for k in ("fingerprint", "fit_images", "holdout_images", "image_sizes", "data", "created")
+        },
         "parity": parity,
         "versions": _versions(),
     }
@@ -217,7 +276,9 @@ def _reference(net: InspectorNet) -> dict:
     batches from the memory bank: its kNN distance matrix is the largest tensor of a run)."""
     buffers = {n: b for n, b in net.named_buffers() if not n.startswith("backbone.")}
     return {
-        "bank_size": int(net.bank.shape[0]) if net.cfg.w_latent > 0 else 0, "dim": int(net.bank.shape[1]), "patch_stride": int(net.backbone.strides[0]),
+        "bank_size": int(net.bank.shape[0]) if net.cfg.w_latent > 0 else 0,
+        "dim": int(net.bank.shape[1]),
+        "patch_stride": int(net.backbone.strides[0]),
         "buffers": {n: list(b.shape) for n, b in buffers.items()},
         "bytes": int(sum(b.numel() * b.element_size() for b in buffers.values())),
     }

@@ -25,18 +25,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging
-from inspector.files import atomic_write_json
 from inspector.config.fit import FitSettings
 from inspector.config.network import DEFAULT_BACKBONE
 from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
+from inspector.data.images import image_size
+from inspector.data.preprocess import Preprocess, prepare
 from inspector.errors import InspectorError
-from inspector.pipeline import select
-from inspector.pipeline.infer import score_paths
+from inspector.files import atomic_write_json
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, to_cells
-from inspector.data.preprocess import Preprocess, prepare
-from inspector.data.images import image_size
+from inspector.pipeline import select
+from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging
+from inspector.pipeline.infer import score_paths
 
 log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
@@ -170,7 +170,9 @@ def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: t
 
 def encode(net: InspectorNet, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.cat([net.ae.encoder(x[i : i + chunk].float()[:, :, None, None])[:, :, 0, 0] for i in range(0, len(x), chunk)])
+        return torch.cat(
+            [net.ae.encoder(x[i : i + chunk].float()[:, :, None, None])[:, :, 0, 0] for i in range(0, len(x), chunk)]
+        )
 
 
 def greedy_coreset(z: torch.Tensor, k: int, gen: torch.Generator, max_candidates: int = 131072) -> torch.Tensor:
@@ -200,16 +202,28 @@ def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
 def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preprocess]:
     """The untrained network and the preprocessing fixed to the training images' shape."""
     n = s.network
-    weights = s.weights if s.weights is not None else (default_weights_path() if n.backbone == DEFAULT_BACKBONE else None)
+    weights = (
+        s.weights if s.weights is not None else (default_weights_path() if n.backbone == DEFAULT_BACKBONE else None)
+    )
     if weights is None or not Path(weights).is_file():
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {n.backbone}")
     sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
-    size = {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}  # else Preprocess's default short side, capped
-    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=s.exposure, **size).fixed_for(sizes)
+    size = (
+        {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}
+    )  # else Preprocess's default short side, capped
+    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=s.exposure, **size).fixed_for(
+        sizes
+    )
     latent = latent_for(s, len(fit_paths))
     if latent < n.latent:
-        log.warning("latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "
-                    "%d dimensions (more good images allow more)", latent, n.latent, len(fit_paths), latent)
+        log.warning(
+            "latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "
+            "%d dimensions (more good images allow more)",
+            latent,
+            n.latent,
+            len(fit_paths),
+            latent,
+        )
     try:
         net = InspectorNet(n.model_copy(update={"latent": latent}), (pre.height // 8, pre.width // 8), Path(weights))
     except (RuntimeError, ValueError) as e:
@@ -217,15 +231,22 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     return net, pre
 
 
-def fit(data: Path, out: Path, s: FitSettings, show: bool = True,
-        probe: Callable[[InspectorNet, Preprocess, list[select.Candidate]], None] | None = None) -> FitResult:
+def fit(
+    data: Path,
+    out: Path,
+    s: FitSettings,
+    show: bool = True,
+    probe: Callable[[InspectorNet, Preprocess, list[select.Candidate]], None] | None = None,
+) -> FitResult:
     """Fit a model on the good images of `data` into `out`. `probe` (benchmarks) sees the net with every
     candidate term before the selection prunes it, to score each candidate on its own labels."""
     t0 = time.time()
     ds = discover(data)
     fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout)
     if len(fit_paths) < MIN_FIT_IMAGES:
-        raise InspectorError(f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out")
+        raise InspectorError(
+            f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out"
+        )
     search, candidates = select.plan(s, len(fit_paths))
     net, pre, loss, formats, report = _fit_net(search, fit_paths, show)
     holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, search, show)
@@ -238,8 +259,9 @@ def fit(data: Path, out: Path, s: FitSettings, show: bool = True,
         chosen = search.model_copy(update={"network": search.network.model_copy(update=sel.chosen.overrides)})
         net, selection = select.prune(net, net.cfg.model_copy(update=sel.chosen.overrides)), sel.to_dict()
         holdout_scores = [(name, select.with_weights(net, {})(c)) for (name, _), c in zip(holdout_scores, comps)]
-    result_dir = _write(out, net, pre, chosen, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats,
-                        selection)
+    result_dir = _write(
+        out, net, pre, chosen, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection
+    )
     return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad), selection)
 
 
@@ -290,12 +312,16 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[st
             bar.update()
     if comps:
         med = lambda vals: max(float(np.median(vals)), 1e-6)  # noqa: E731
-        net.scales.copy_(torch.tensor([
-            med([c[0].max().item() for c in comps]) if net.cfg.w_latent > 0 else 1.0,
-            med([c[1].max().item() for c in comps]) if net.cfg.w_recon > 0 else 1.0,
-            med([c[2].max().item() for c in comps]) if net.cfg.w_gauss > 0 else 1.0,
-            med([c[3].item() for c in comps]) if net.cfg.global_bank > 0 else 1.0,
-        ]))
+        net.scales.copy_(
+            torch.tensor(
+                [
+                    med([c[0].max().item() for c in comps]) if net.cfg.w_latent > 0 else 1.0,
+                    med([c[1].max().item() for c in comps]) if net.cfg.w_recon > 0 else 1.0,
+                    med([c[2].max().item() for c in comps]) if net.cfg.w_gauss > 0 else 1.0,
+                    med([c[3].item() for c in comps]) if net.cfg.global_bank > 0 else 1.0,
+                ]
+            )
+        )
     with torch.inference_mode():
         scores = [float(net.combine(*c, c[0].shape[-2:]).score[0]) for c in comps]
     return list(zip(names, scores)), comps
@@ -307,19 +333,22 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
     tmp.chmod(0o755)  # mkdtemp makes it private; a watcher may run as another user
     save_model(tmp / MODEL_FILE, net, pre, {"settings": s.model_dump(mode="json")})
-    atomic_write_json(tmp / FIT_FILE, {
-        "data": str(Path(data).resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "fit_images": len(fit_paths),
-        "holdout_images": len(holdout_scores),
-        "holdout_policy": s.holdout,
-        "fingerprint": fingerprint(fit_paths),
-        "image_sizes": formats,  # {"WxH": images} for a few camera formats; null when sizes vary per part
-        "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
-        "autoencoder_loss": loss,
-        "fit_seconds": round(time.time() - t0, 2),
-        "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
-        "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
-    })
+    atomic_write_json(
+        tmp / FIT_FILE,
+        {
+            "data": str(Path(data).resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "fit_images": len(fit_paths),
+            "holdout_images": len(holdout_scores),
+            "holdout_policy": s.holdout,
+            "fingerprint": fingerprint(fit_paths),
+            "image_sizes": formats,  # {"WxH": images} for a few camera formats; null when sizes vary per part
+            "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
+            "autoencoder_loss": loss,
+            "fit_seconds": round(time.time() - t0, 2),
+            "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
+            "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
+        },
+    )
     replace_dir(tmp, final)
     return Path(out)

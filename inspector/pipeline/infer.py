@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from inspector.data.datasets import LoadReport, iter_images
-from inspector.model.net import InspectorNet
 from inspector.data.preprocess import Preprocess, prepare
+from inspector.model.net import InspectorNet
 
 
 @dataclass

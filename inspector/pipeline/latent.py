@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 MAX_LABELLED = 500  # labelled test images embedded for the projection fit
 
 
-def embed_paths(net: InspectorNet, pre: Preprocess, paths: Sequence[Path], max_bad_fraction: float = 1.0
-                ) -> tuple[list[Path], np.ndarray, np.ndarray]:
+def embed_paths(
+    net: InspectorNet, pre: Preprocess, paths: Sequence[Path], max_bad_fraction: float = 1.0
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(readable paths, raw scores (N,), embeddings (N, D)) of image files, one frame at a time."""
     net.eval()
     done, scores, embs = [], [], []
@@ -51,6 +52,7 @@ def fit_latent_space(net: InspectorNet, pre: Preprocess, fit_info: dict) -> Late
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(8)]
         with torch.inference_mode():
-            good = np.stack([net.forward_embedded(torch.from_numpy(prepare(f, pre))[None]).embedding[0].numpy()
-                             for f in frames])
+            good = np.stack(
+                [net.forward_embedded(torch.from_numpy(prepare(f, pre))[None]).embedding[0].numpy() for f in frames]
+            )
     return fit_space(good, labelled)

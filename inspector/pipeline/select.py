@@ -54,9 +54,15 @@ class Selection:
     labelled_defects: int
 
     def to_dict(self) -> dict:
-        return {"chosen": self.chosen.name, "settings": self.chosen.overrides, "reason": self.reason,
-                "synthetic_defects": self.synthetic_defects, "labelled_defects": self.labelled_defects,
-                "tried": self.tried, "rule": f"highest AUROC; a costlier candidate must gain more than {TIE}"}
+        return {
+            "chosen": self.chosen.name,
+            "settings": self.chosen.overrides,
+            "reason": self.reason,
+            "synthetic_defects": self.synthetic_defects,
+            "labelled_defects": self.labelled_defects,
+            "tried": self.tried,
+            "rule": f"highest AUROC; a costlier candidate must gain more than {TIE}",
+        }
 
 
 def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
@@ -121,8 +127,15 @@ def damaged(net: InspectorNet, pre: Preprocess, holdout: list[Path], seed: int) 
     return out
 
 
-def choose(net: InspectorNet, pre: Preprocess, cands: list[Candidate], good: list[tuple], holdout: list[Path],
-           labelled: list[Path], seed: int) -> Selection:
+def choose(
+    net: InspectorNet,
+    pre: Preprocess,
+    cands: list[Candidate],
+    good: list[tuple],
+    holdout: list[Path],
+    labelled: list[Path],
+    seed: int,
+) -> Selection:
     """Judge every candidate on the held-out good images' components `good` against synthetic defects on them
     (and labelled defect images, when given); the cheapest within TIE of the best wins."""
     synth = damaged(net, pre, holdout, seed)
@@ -142,8 +155,10 @@ def choose(net: InspectorNet, pre: Preprocess, cands: list[Candidate], good: lis
             best = i
     on = "synthetic defects" + (" and labelled defects" if real else "")
     others = ", ".join(f"{r['name']} {r['criterion']:.3f}" for i, r in enumerate(tried) if i != best)
-    reason = (f"{tried[best]['name']}: AUROC {tried[best]['criterion']:.3f} on {len(good)} held-out good images "
-              f"against {len(synth)} {on}" + (f" (others: {others})" if others else ""))
+    reason = (
+        f"{tried[best]['name']}: AUROC {tried[best]['criterion']:.3f} on {len(good)} held-out good images "
+        f"against {len(synth)} {on}" + (f" (others: {others})" if others else "")
+    )
     return Selection(cands[best], tried, reason, len(synth), len(real))
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inspector.errors import InspectorError, refuse_older
 from inspector.data.preprocess import Preprocess
+from inspector.errors import InspectorError, refuse_older
 
 # 2: `network` + `grid` (the network's settings) replace `model_config`; every graph has one input size
 FORMAT_VERSION = 2

@@ -148,9 +148,15 @@ def provider_options(providers: list[str], gpu: GpuOptions | None = None) -> lis
     if gpu.mem_limit_mb:
         cuda["gpu_mem_limit"] = gpu.mem_limit_mb * 2**20
     cache = gpu.trt_cache()
-    trt: dict = {"device_id": gpu.device_id, "trt_fp16_enable": gpu.trt_fp16, "trt_engine_cache_enable": True,
-                 "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
-                 "trt_timing_cache_path": str(cache), "trt_builder_optimization_level": gpu.trt_builder_level}
+    trt: dict = {
+        "device_id": gpu.device_id,
+        "trt_fp16_enable": gpu.trt_fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_builder_optimization_level": gpu.trt_builder_level,
+    }
     if gpu.trt_workspace_mb:
         trt["trt_max_workspace_size"] = gpu.trt_workspace_mb * 2**20
     if TENSORRT in providers:

@@ -153,7 +153,9 @@ def promote(model_dir: Path, version: str, reason: str = "promote") -> Path:
     name = Path(str(version)).name
     name = name if name.startswith("v") else f"v{name}"
     if version_number(name) is None:
-        raise InspectorError(f"{version!r} is not a version name: use e.g. v3 (have: {', '.join(list_versions(model_dir)) or 'none'})")
+        raise InspectorError(
+            f"{version!r} is not a version name: use e.g. v3 (have: {', '.join(list_versions(model_dir)) or 'none'})"
+        )
     target = model_dir / name
     if not target.is_dir():
         have = ", ".join(list_versions(model_dir)) or "none; run `inspector export`"

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from inspector.runtime import registry
-from inspector.errors import InspectorError
-from inspector.data.preprocess import prepare
 from inspector.data.images import image_size
+from inspector.data.preprocess import prepare
+from inspector.errors import InspectorError
+from inspector.runtime import registry
 from inspector.runtime.manifest import check_threshold
 from inspector.runtime.providers import GpuOptions, choose
 from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, run_batches, stamp_of, to_result
@@ -29,8 +29,15 @@ class Scorer:
     `threshold` (the watcher's per-source setting) in the same units as `manifest["threshold"]`.
     """
 
-    def __init__(self, model: LoadedModel, model_dir: Path | None, providers: list[str], threads: int, max_batch: int,
-                 gpu: GpuOptions | None = None):
+    def __init__(
+        self,
+        model: LoadedModel,
+        model_dir: Path | None,
+        providers: list[str],
+        threads: int,
+        max_batch: int,
+        gpu: GpuOptions | None = None,
+    ):
         self._model = model
         self._model_dir = model_dir
         self._providers = providers
@@ -42,8 +49,14 @@ class Scorer:
         self._unfitted_sizes: set[str] = set()  # frame sizes already warned about
 
     @classmethod
-    def load(cls, path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, max_batch: int = 8,
-             gpu: GpuOptions | None = None) -> "Scorer":
+    def load(
+        cls,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        max_batch: int = 8,
+        gpu: GpuOptions | None = None,
+    ) -> Scorer:
         """Load a version folder, or a model folder's `current` version (then `reload_if_changed` works).
 
         providers: e.g. ["cuda", "cpu"]; default TensorRT -> CUDA -> CPU (or $INSPECTOR_PROVIDERS).
@@ -89,7 +102,9 @@ class Scorer:
         """Score one BGR frame or image file; an unreadable file raises ImageError naming it."""
         return self.score_batch([frame], overlay, threshold)[0]
 
-    def score_batch(self, frames: Sequence[Frame], overlay: bool = False, threshold: float | None = None) -> list[FrameResult]:
+    def score_batch(
+        self, frames: Sequence[Frame], overlay: bool = False, threshold: float | None = None
+    ) -> list[FrameResult]:
         """Score frames together (frames of equal input size share one graph run), in order."""
         model = self._model  # one version for the whole batch, even if a reload swaps meanwhile
         thr = model.manifest.threshold if threshold is None else check_threshold(threshold)
@@ -105,8 +120,12 @@ class Scorer:
             return
         for size in {image_size(img) for img in images} - set(fitted) - self._unfitted_sizes:
             self._unfitted_sizes.add(size)
-            log.warning("frame size %s: no fit image had this size (fitted: %s); expect more false alarms "
-                        "until the model is fitted on this format", size, ", ".join(fitted))
+            log.warning(
+                "frame size %s: no fit image had this size (fitted: %s); expect more false alarms "
+                "until the model is fitted on this format",
+                size,
+                ", ".join(fitted),
+            )
 
     def reload_if_changed(self) -> bool:
         """Swap to the version `current` names now (or a re-edited manifest); True when swapped.

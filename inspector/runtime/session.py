@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from inspector.errors import InspectorError
-from inspector.data.preprocess import Preprocess, overlay
 from inspector.data.images import load_image, to_bgr8
+from inspector.data.preprocess import Preprocess, overlay
+from inspector.errors import InspectorError
 from inspector.runtime.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, load_verified
 from inspector.runtime.providers import CPU, TENSORRT, GpuOptions, provider_options
 from inspector.types import FrameResult
@@ -51,8 +51,9 @@ def stamp_of(version_dir: Path) -> tuple[str, int, int]:
     return version_dir.name, times[0], times[1]
 
 
-def open_session(blob: bytes, m: Manifest, providers: list[str], threads: int = 0,
-                 gpu: GpuOptions | None = None) -> ort.InferenceSession:
+def open_session(
+    blob: bytes, m: Manifest, providers: list[str], threads: int = 0, gpu: GpuOptions | None = None
+) -> ort.InferenceSession:
     """An ORT session on checked graph bytes; an unloadable or mismatched graph is one clear error."""
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT's warnings (e.g. shape ops placed on CPU) are not the user's business
@@ -67,7 +68,9 @@ def open_session(blob: bytes, m: Manifest, providers: list[str], threads: int = 
     inputs = [i.name for i in sess.get_inputs()]
     outputs = [o.name for o in sess.get_outputs()]
     if m.input_name not in inputs or any(n not in outputs for n in m.output_names):
-        raise InspectorError(f"{m.model_path} does not match its manifest (inputs {inputs}, outputs {outputs}); re-export")
+        raise InspectorError(
+            f"{m.model_path} does not match its manifest (inputs {inputs}, outputs {outputs}); re-export"
+        )
     if sess.get_providers()[0] != providers[0]:
         log.warning("%s could not start; running on %s", providers[0], sess.get_providers()[0])
     return sess
@@ -95,8 +98,9 @@ def fp16_parity(fast: np.ndarray, reference: np.ndarray, tolerance: float = FP16
     return None if worst <= tolerance else worst
 
 
-def load_version(version_dir: Path, providers: list[str], threads: int = 0,
-                 gpu: GpuOptions | None = None) -> LoadedModel:
+def load_version(
+    version_dir: Path, providers: list[str], threads: int = 0, gpu: GpuOptions | None = None
+) -> LoadedModel:
     stamp = stamp_of(version_dir)  # taken first: an edit during loading triggers another reload
     m, blob = load_verified(version_dir)
     model = LoadedModel(m, open_session(blob, m, providers, threads, gpu), m.preprocess, stamp)
@@ -112,11 +116,16 @@ def _fp16_or_fp32(model: LoadedModel, blob: bytes, providers: list[str], threads
     worst = fp16_parity(_probe(model), _probe(cpu))
     if worst is None:
         return model
-    log.warning("TensorRT fp16 scores differ from the CPU's by %.1f%% (over %.0f%%) on %s: running TensorRT in fp32",
-                100 * worst, 100 * FP16_TOLERANCE, model.manifest.version_dir.name)
+    log.warning(
+        "TensorRT fp16 scores differ from the CPU's by %.1f%% (over %.0f%%) on %s: running TensorRT in fp32",
+        100 * worst,
+        100 * FP16_TOLERANCE,
+        model.manifest.version_dir.name,
+    )
     fp32 = GpuOptions(**{**gpu.__dict__, "trt_fp16": False})
-    model = LoadedModel(model.manifest, open_session(blob, model.manifest, providers, threads, fp32), model.preprocess,
-                        model.stamp)
+    model = LoadedModel(
+        model.manifest, open_session(blob, model.manifest, providers, threads, fp32), model.preprocess, model.stamp
+    )
     _warm_up(model)
     return model
 
@@ -169,8 +178,14 @@ def run_batches(model: LoadedModel, tensors: list[np.ndarray], max_batch: int) -
     return out
 
 
-def to_result(img: np.ndarray, raw_score: float, raw_map: np.ndarray, threshold: float, want_overlay: bool,
-              embedding: np.ndarray | None = None) -> FrameResult:
+def to_result(
+    img: np.ndarray,
+    raw_score: float,
+    raw_map: np.ndarray,
+    threshold: float,
+    want_overlay: bool,
+    embedding: np.ndarray | None = None,
+) -> FrameResult:
     h, w = img.shape[:2]
     amap = cv2.resize((raw_map / threshold).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     return FrameResult(

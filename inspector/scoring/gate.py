@@ -28,7 +28,9 @@ class GateSettings(Settings):
     metrics: tuple[str, ...] = Field(GATED_METRICS, description="Metrics that must not get worse than `current`'s.")
     max_drop: float = Field(0.005, ge=0, le=1, description="Allowed drop of each metric below `current` (noise).")
     fpr_confidence: float = Field(
-        0.95, gt=0.5, lt=1,
+        0.95,
+        gt=0.5,
+        lt=1,
         description="Fail when the good test images' false alarms exceed the target FPR with this confidence.",
     )
 
@@ -78,8 +80,11 @@ def metric_check(name: str, candidate: float | None, current: float | None, max_
     delta = candidate - current
     if delta >= -max_drop:
         return Check(name, True, f"{name} {candidate:.4f}, current {current:.4f} ({delta:+.4f}): not worse")
-    return Check(name, False, f"{name} {candidate:.4f} is worse than current {current:.4f} ({delta:+.4f}; "
-                              f"allowed drop {max_drop:g})")
+    return Check(
+        name,
+        False,
+        f"{name} {candidate:.4f} is worse than current {current:.4f} ({delta:+.4f}; allowed drop {max_drop:g})",
+    )
 
 
 def compare(candidate: dict, current: dict | None, target_fpr: float, s: GateSettings | None = None) -> GateResult:
@@ -89,11 +94,18 @@ def compare(candidate: dict, current: dict | None, target_fpr: float, s: GateSet
     calibrated threshold, measured on the same evaluation set.
     """
     s = s or GateSettings()
-    checks = [c for name in s.metrics
-              if (c := metric_check(name, candidate.get(name), (current or {}).get(name), s.max_drop)) is not None]
+    checks = [
+        c
+        for name in s.metrics
+        if (c := metric_check(name, candidate.get(name), (current or {}).get(name), s.max_drop)) is not None
+    ]
     if not checks:
-        checks.append(Check("labelled", True,
-                            "no labelled defects in the evaluation set: only the false-alarm rate is gated"))
-    checks.append(fpr_check(int(candidate.get("false_alarms", 0)), int(candidate.get("good_images", 0)),
-                            target_fpr, s.fpr_confidence))
+        checks.append(
+            Check("labelled", True, "no labelled defects in the evaluation set: only the false-alarm rate is gated")
+        )
+    checks.append(
+        fpr_check(
+            int(candidate.get("false_alarms", 0)), int(candidate.get("good_images", 0)), target_fpr, s.fpr_confidence
+        )
+    )
     return GateResult(all(c.ok for c in checks), checks)

@@ -20,8 +20,12 @@ def cluster(vectors: np.ndarray, n_groups: int | None = None, cut: float = DEFAU
     x = np.asarray(vectors, np.float32)
     if len(x) < 2:
         return np.zeros(len(x), np.int64)
-    model = AgglomerativeClustering(n_clusters=min(n_groups, len(x)) if n_groups else None, metric="cosine",
-                                    linkage="average", distance_threshold=None if n_groups else cut)
+    model = AgglomerativeClustering(
+        n_clusters=min(n_groups, len(x)) if n_groups else None,
+        metric="cosine",
+        linkage="average",
+        distance_threshold=None if n_groups else cut,
+    )
     labels = model.fit_predict(x)
     order = np.argsort(-np.bincount(labels), kind="stable")  # relabel by size
     return np.argsort(order)[labels]

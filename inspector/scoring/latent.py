@@ -36,15 +36,28 @@ class LatentSpace:
         return float(np.linalg.norm(np.asarray(x, np.float64).mean(0) - self.good_mean) / max(self.good_spread, 1e-12))
 
     def to_dict(self) -> dict:
-        return {"dim": self.dim, "projection": "pca", "mean": self.mean.tolist(), "components": self.components.tolist(),
-                "good_mean": self.good_mean.tolist(), "good_spread": self.good_spread,
-                "cloud": np.round(self.cloud, 5).tolist(), "drift_statistic": "|mean - good_mean| / good_spread"}
+        return {
+            "dim": self.dim,
+            "projection": "pca",
+            "mean": self.mean.tolist(),
+            "components": self.components.tolist(),
+            "good_mean": self.good_mean.tolist(),
+            "good_spread": self.good_spread,
+            "cloud": np.round(self.cloud, 5).tolist(),
+            "drift_statistic": "|mean - good_mean| / good_spread",
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LatentSpace":
+    def from_dict(cls, d: dict) -> LatentSpace:
         f = lambda k: np.asarray(d[k], np.float32)  # noqa: E731
-        return cls(int(d["dim"]), f("mean"), f("components").reshape(2, -1), f("good_mean"), float(d["good_spread"]),
-                   f("cloud").reshape(-1, 2))
+        return cls(
+            int(d["dim"]),
+            f("mean"),
+            f("components").reshape(2, -1),
+            f("good_mean"),
+            float(d["good_spread"]),
+            f("cloud").reshape(-1, 2),
+        )
 
 
 def fit_space(good: np.ndarray, labelled: np.ndarray | None = None, seed: int = 0) -> LatentSpace:
@@ -64,9 +77,19 @@ def fit_space(good: np.ndarray, labelled: np.ndarray | None = None, seed: int = 
     comps = comps * np.sign(comps[:, :1] + 1e-12)  # a fixed sign: refits of the same data draw the same map
     g_mean = good.mean(0)
     spread = float(np.sqrt(((good - g_mean) ** 2).sum(1).mean())) if len(good) > 1 else 1.0
-    keep = good if len(good) <= MAX_CLOUD_POINTS else good[np.random.default_rng(seed).choice(len(good), MAX_CLOUD_POINTS, replace=False)]
-    space = LatentSpace(x.shape[1], mean.astype(np.float32), comps.astype(np.float32), g_mean.astype(np.float32),
-                        spread, np.zeros((0, 2), np.float32))
+    keep = (
+        good
+        if len(good) <= MAX_CLOUD_POINTS
+        else good[np.random.default_rng(seed).choice(len(good), MAX_CLOUD_POINTS, replace=False)]
+    )
+    space = LatentSpace(
+        x.shape[1],
+        mean.astype(np.float32),
+        comps.astype(np.float32),
+        g_mean.astype(np.float32),
+        spread,
+        np.zeros((0, 2), np.float32),
+    )
     return LatentSpace(space.dim, space.mean, space.components, space.good_mean, spread, space.project(keep))
 
 

@@ -49,8 +49,9 @@ def fpr_threshold(good_scores: np.ndarray, target_fpr: float) -> FprThreshold:
     k = math.floor(target_fpr * (n + 1) + 1e-9)
     if k >= 1:
         lo, hi = beta.ppf([0.05, 0.95], k, n + 1 - k)
-        return FprThreshold(float(s[k - 1]), n, int((s >= s[k - 1]).sum()), target_fpr, k / (n + 1),
-                            (float(lo), float(hi)), True)
+        return FprThreshold(
+            float(s[k - 1]), n, int((s >= s[k - 1]).sum()), target_fpr, k / (n + 1), (float(lo), float(hi)), True
+        )
     lo, hi = beta.ppf([0.05, 0.95], 1, n)
     if n >= MIN_LOGNORMAL and s[-1] > 0 and np.ptp(s) > 0:
         logs = np.log(s)
@@ -73,8 +74,17 @@ def pr_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     fpr = fp / (fp + tn) if fp + tn else 0.0
-    return {"threshold": float(threshold), "precision": precision, "recall": recall, "f1": f1, "fpr": fpr,
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    return {
+        "threshold": float(threshold),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "fpr": fpr,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
 
 
 def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -116,8 +126,17 @@ def fpr_by_order(names: list[str], scores: np.ndarray, parts: int = ORDER_PARTS)
     if len(s) < parts * MIN_PER_PART:
         return None
     runs = np.array_split(np.arange(len(s)), parts)
-    return [{"first": names[r[0]], "last": names[r[-1]], "images": len(r), "flagged": int((s[r] >= 1.0).sum()),
-             "fpr": float((s[r] >= 1.0).mean()), "median_score": float(np.median(s[r]))} for r in runs]
+    return [
+        {
+            "first": names[r[0]],
+            "last": names[r[-1]],
+            "images": len(r),
+            "flagged": int((s[r] >= 1.0).sum()),
+            "fpr": float((s[r] >= 1.0).mean()),
+            "median_score": float(np.median(s[r])),
+        }
+        for r in runs
+    ]
 
 
 def late_alarm_p(runs: list[dict]) -> float:

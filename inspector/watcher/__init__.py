@@ -38,7 +38,9 @@ def load_scorer(cfg: LineModel) -> Scorer:
         from inspector.runtime.providers import GpuOptions
     except ImportError as e:
         raise InspectorError(f"the ONNX runtime is not available ({e}); install inspector[runtime]") from None
-    gpu = GpuOptions(**{**cfg.gpu.model_dump(), "trt_cache_dir": str(cfg.gpu.trt_cache_dir) if cfg.gpu.trt_cache_dir else None})
+    gpu = GpuOptions(
+        **{**cfg.gpu.model_dump(), "trt_cache_dir": str(cfg.gpu.trt_cache_dir) if cfg.gpu.trt_cache_dir else None}
+    )
     return Scorer.load(cfg.path, providers=cfg.providers, threads=cfg.threads, gpu=gpu)
 
 
@@ -86,7 +88,9 @@ def run(config: Path) -> int:
             try:
                 ops = OpsServer(cfg.ops.host, cfg.ops.port, metrics, watcher.health)
             except OSError as e:
-                raise InspectorError(f"ops.port {cfg.ops.port}: cannot listen on {cfg.ops.host} ({e.strerror})") from None
+                raise InspectorError(
+                    f"ops.port {cfg.ops.port}: cannot listen on {cfg.ops.host} ({e.strerror})"
+                ) from None
             ops.start()
             log.info("health and metrics on http://%s:%d/health and /metrics", cfg.ops.host, ops.port)
         try:

@@ -44,7 +44,7 @@ def is_anomalous(raw_score: float, threshold: float) -> bool:
 
 def should_alert(prev: AlertState, anomalous: bool, now: float, rules: Rules) -> tuple[Decision, AlertState]:
     """Debounce (N of last M) and cooldown for one scored frame of one source."""
-    recent = (prev.recent + (anomalous,))[-rules.debounce_m:]
+    recent = (prev.recent + (anomalous,))[-rules.debounce_m :]
     raised = anomalous and sum(recent) >= rules.debounce_n
     cooling = prev.last_raised_at is not None and now - prev.last_raised_at < rules.cooldown_s
     alert = raised and not cooling
@@ -53,9 +53,22 @@ def should_alert(prev: AlertState, anomalous: bool, now: float, rules: Rules) ->
     return Decision(anomalous=anomalous, flag=flag, alert=alert), state
 
 
-def alert_payload(*, line: str, source: str, frame_key: str, created_at: datetime, score: float, raw_score: float,
-                  threshold: float, model_version: str, image_path: str | None, overlay_path: str | None, width: int, height: int,
-                  origin: str | None) -> dict:
+def alert_payload(
+    *,
+    line: str,
+    source: str,
+    frame_key: str,
+    created_at: datetime,
+    score: float,
+    raw_score: float,
+    threshold: float,
+    model_version: str,
+    image_path: str | None,
+    overlay_path: str | None,
+    width: int,
+    height: int,
+    origin: str | None,
+) -> dict:
     """The JSON document every sink receives; `idempotency_key` lets receivers drop redeliveries. The image paths
     (relative to the media folder) are null for a camera frame whose images could not be saved."""
     return {

@@ -53,7 +53,12 @@ class DiskWatch:
         self.gauge.set(free)
         self.free_mb = free / 2**20
         if self.low and not was_low:
-            log.error("only %.0f MB free on the disk of %s (store.min_free_mb %d): flagged images can soon not be "
-                      "saved; free space or move store.media_dir", self.free_mb, self.path, self.min_free_mb)
+            log.error(
+                "only %.0f MB free on the disk of %s (store.min_free_mb %d): flagged images can soon not be "
+                "saved; free space or move store.media_dir",
+                self.free_mb,
+                self.path,
+                self.min_free_mb,
+            )
         elif was_low and not self.low:
             log.info("%.0f MB free on the disk of %s again", self.free_mb, self.path)

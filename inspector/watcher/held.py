@@ -40,8 +40,11 @@ class HeldFrames:
         self.dropped = 0  # frames not kept because the spool (or memory) was full
         self._full_said = self._spool_failed = False  # each said once per outage
         if self._order:
-            log.info("%d camera frames from an earlier run wait in the spool %s; they are recorded first, in order",
-                     len(self._order), spool.dir)  # type: ignore[union-attr]
+            log.info(
+                "%d camera frames from an earlier run wait in the spool %s; they are recorded first, in order",
+                len(self._order),
+                spool.dir,
+            )  # type: ignore[union-attr]
 
     def __len__(self) -> int:
         return len(self._order)
@@ -65,8 +68,7 @@ class HeldFrames:
                 jobs.append(_job(self.spool.read(entry), entry))  # type: ignore[union-attr]
                 i += 1
             except SpoolCorrupt as e:
-                log.error("cannot read a held camera frame back (%s); moved to %s", e,
-                          self.spool.set_aside(entry))  # type: ignore[union-attr]
+                log.error("cannot read a held camera frame back (%s); moved to %s", e, self.spool.set_aside(entry))  # type: ignore[union-attr]
                 del self._order[i]
         return jobs
 
@@ -104,13 +106,21 @@ class HeldFrames:
             sf = spool.write(SpooledFrame(job.frame, job.record, job.alert, job.origin, job.model_version))
         except SpoolFull:
             if not self._full_said:
-                log.error("the spool %s is full (%d frames, store.spool_max_frames): camera frames scored from now on "
-                          "are not kept until the store answers again", spool.dir, spool.max_frames)
+                log.error(
+                    "the spool %s is full (%d frames, store.spool_max_frames): camera frames scored from now on "
+                    "are not kept until the store answers again",
+                    spool.dir,
+                    spool.max_frames,
+                )
                 self._full_said = True
             return None
         except OSError as e:
-            log.error("cannot write to the spool %s (%s): held camera frames are kept in memory only, and a kill "
-                      "would lose them", spool.dir, e)
+            log.error(
+                "cannot write to the spool %s (%s): held camera frames are kept in memory only, and a kill "
+                "would lose them",
+                spool.dir,
+                e,
+            )
             self._spool_failed = True
             return self._to_memory(job)
         job.frame, job.spooled = sf.frame, Path(sf.frame.path)  # type: ignore[arg-type]
@@ -119,8 +129,10 @@ class HeldFrames:
     def _to_memory(self, job: Job) -> Job | None:
         if self._in_memory >= self.max_in_memory:
             if not self._full_said:
-                log.error("%d camera frames held in memory while the store is unreachable: newer ones are not kept",
-                          self.max_in_memory)
+                log.error(
+                    "%d camera frames held in memory while the store is unreachable: newer ones are not kept",
+                    self.max_in_memory,
+                )
                 self._full_said = True
             return None
         self._in_memory += 1
@@ -134,5 +146,15 @@ def _same(a: Path | Job, b: Path | Job) -> bool:
 def _job(sf: SpooledFrame, path: Path) -> Job:
     from inspector.watcher.writer import Job  # the writer imports this module: its Job only at run time
 
-    return Job(_From(sf.frame.source), None, sf.frame, flag=sf.flag is not None, alert=sf.alert, origin=sf.origin,
-               model_version=sf.model_version, record=sf.flag, held=True, spooled=path)  # type: ignore[arg-type]
+    return Job(
+        _From(sf.frame.source),
+        None,
+        sf.frame,
+        flag=sf.flag is not None,
+        alert=sf.alert,
+        origin=sf.origin,
+        model_version=sf.model_version,
+        record=sf.flag,
+        held=True,
+        spooled=path,
+    )  # type: ignore[arg-type]

@@ -29,8 +29,9 @@ class LatentKeeper:
         self._registered: set[str] = set()
         self._good_seen: dict[str, int] = {}
 
-    def point(self, scorer: Any, source: str, embedding: np.ndarray | None, flagged: bool,
-              when: datetime) -> LatentPoint | None:
+    def point(
+        self, scorer: Any, source: str, embedding: np.ndarray | None, flagged: bool, when: datetime
+    ) -> LatentPoint | None:
         """The frame's point to keep, or None (not sampled, or a version exported without an embedding)."""
         if embedding is None:
             return None
@@ -58,7 +59,7 @@ class LatentKeeper:
         space = self._spaces[version]
         if space is not None and version not in self._registered:
             try:
-                self.store.put_latent_space(version, getattr(scorer, "latent"), when)
+                self.store.put_latent_space(version, scorer.latent, when)
                 self._registered.add(version)
             except SQLAlchemyError as e:  # tried again with the next point; the points themselves are kept
                 log.debug("latent space of %s not registered yet (%s)", version, e)

@@ -75,8 +75,9 @@ class Watcher:
     DISK_CHECK_S = 5.0  # how often the media disk's free space is measured
     STORE_RETRY_S = 2.0  # files released by a store failure are offered again after this
 
-    def __init__(self, cfg: WatchConfig, scorer: Scorer, store: Store, sinks: dict[str, Sink],
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, cfg: WatchConfig, scorer: Scorer, store: Store, sinks: dict[str, Sink], metrics: Metrics | None = None
+    ) -> None:
         self.cfg, self.scorer, self.store, self.sinks = cfg, scorer, store, sinks
         self.metrics = metrics or Metrics()
         self.sources = [_Source(open_source(c), source_rules(cfg, c)) for c in cfg.sources]
@@ -84,8 +85,16 @@ class Watcher:
         self.outage = StoreOutage(self.STORE_RETRY_S)
         self.disk = DiskWatch(store.media_dir, cfg.store.min_free_mb, self.metrics.media_free, self.DISK_CHECK_S)
         self.sender = Sender(store, sinks, cfg.outbox.backoff_min_s, cfg.outbox.backoff_max_s, self._on_alert, self.own)
-        self.writer = Writer(store, cfg.line, list(sinks), cfg.store.save_map, self.metrics, self.sender.notify,
-                             self.outage.failed, spool=open_spool(cfg, store.media_dir))
+        self.writer = Writer(
+            store,
+            cfg.line,
+            list(sinks),
+            cfg.store.save_map,
+            self.metrics,
+            self.sender.notify,
+            self.outage.failed,
+            spool=open_spool(cfg, store.media_dir),
+        )
         self.latent = LatentKeeper(store, cfg.store.embed_good_every)
         self.wake = threading.Event()
         self.heartbeat = time.monotonic()
@@ -101,8 +110,12 @@ class Watcher:
         self.disk.start(stop)
         for s in self.sources:
             s.src.start(self.wake)
-        log.info("watching line %s: %s with model %s", self.cfg.line,
-                 ", ".join(f"{s.src.kind} {s.src.name}" for s in self.sources), self.scorer.version)
+        log.info(
+            "watching line %s: %s with model %s",
+            self.cfg.line,
+            ", ".join(f"{s.src.kind} {s.src.name}" for s in self.sources),
+            self.scorer.version,
+        )
         try:
             while not stop.is_set():
                 self.heartbeat = time.monotonic()
@@ -226,10 +239,18 @@ class Watcher:
         anomalous = is_anomalous(res.raw_score, thr)
         decision, s.state = should_alert(s.state, anomalous, now, s.rules)
         point = self.latent.point(self.scorer, s.src.name, getattr(res, "embedding", None), decision.flag, _utc(now))
-        frame = ScoredFrame(s.src.name, inp.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous,
-                            inp.path, point)
-        job = Job(s.src, inp if s.src.replayable else None, frame, decision.flag, decision.alert,
-                  model_version=self.scorer.version, origin=inp.origin)
+        frame = ScoredFrame(
+            s.src.name, inp.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous, inp.path, point
+        )
+        job = Job(
+            s.src,
+            inp if s.src.replayable else None,
+            frame,
+            decision.flag,
+            decision.alert,
+            model_version=self.scorer.version,
+            origin=inp.origin,
+        )
         if decision.flag:
             job.img, job.amap, job.original, job.ext = r.img, res.anomaly_map, r.original, inp.ext
         self.writer.submit(job)
@@ -273,8 +294,9 @@ class Watcher:
                 self.metrics.outbox.labels(sink).set(n)
             if mono >= self._due["prune"]:
                 self._due["prune"] = mono + 600
-                self.store.prune(_utc(time.time()), self.cfg.store.keep_scores_days, self.cfg.store.max_score_rows,
-                                 sources=self.own)
+                self.store.prune(
+                    _utc(time.time()), self.cfg.store.keep_scores_days, self.cfg.store.max_score_rows, sources=self.own
+                )
         except SQLAlchemyError as e:
             self.outage.failed(e)
             return
@@ -301,7 +323,14 @@ class Watcher:
             pending: dict[str, int] | None = self.store.pending_count(self.own)
         except SQLAlchemyError:
             pending = None
-        return health.report(line=self.cfg.line, model_version=self.scorer.version,
-                             loop_age_s=time.monotonic() - self.heartbeat, pending=pending,
-                             media_free_mb=self.disk.free_mb, disk_low=self.disk.low, writer_queue=self.writer.depth(),
-                             held=self.writer.held(), sources={s.src.name: s.src.health() for s in self.sources})
+        return health.report(
+            line=self.cfg.line,
+            model_version=self.scorer.version,
+            loop_age_s=time.monotonic() - self.heartbeat,
+            pending=pending,
+            media_free_mb=self.disk.free_mb,
+            disk_low=self.disk.low,
+            writer_queue=self.writer.depth(),
+            held=self.writer.held(),
+            sources={s.src.name: s.src.health() for s in self.sources},
+        )

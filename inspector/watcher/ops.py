@@ -7,8 +7,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,17 +22,30 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.scored = Counter("inspector_frames_scored", "Frames scored", ["source"], registry=r)
         self.flagged = Counter("inspector_frames_flagged", "Frames stored as flagged items", ["source"], registry=r)
-        self.dropped = Counter("inspector_frames_dropped", "Camera frames skipped because scoring was busy", ["source"], registry=r)
+        self.dropped = Counter(
+            "inspector_frames_dropped", "Camera frames skipped because scoring was busy", ["source"], registry=r
+        )
         self.errors = Counter("inspector_frame_errors", "Unreadable or unscorable inputs", ["source"], registry=r)
         self.alerts = Counter("inspector_alerts", "Alert delivery attempts", ["sink", "result"], registry=r)
         self.queue = Gauge("inspector_queue_depth", "Inputs waiting to be scored", ["source"], registry=r)
         self.outbox = Gauge("inspector_outbox_pending", "Alerts not yet acknowledged", ["sink"], registry=r)
-        self.latency = Histogram("inspector_frame_seconds", "Time from reading a frame to its committed result",
-                                 ["source"], registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.latency = Histogram(
+            "inspector_frame_seconds",
+            "Time from reading a frame to its committed result",
+            ["source"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.model = Gauge("inspector_model_info", "Model version in use (value 1)", ["version"], registry=r)
-        self.media_unsaved = Counter("inspector_media_unsaved", "Flagged camera frames recorded without their images "
-                                     "(the media folder could not be written)", ["source"], registry=r)
-        self.media_free = Gauge("inspector_media_free_bytes", "Free space on the media folder's file system", registry=r)
+        self.media_unsaved = Counter(
+            "inspector_media_unsaved",
+            "Flagged camera frames recorded without their images (the media folder could not be written)",
+            ["source"],
+            registry=r,
+        )
+        self.media_free = Gauge(
+            "inspector_media_free_bytes", "Free space on the media folder's file system", registry=r
+        )
 
     def set_model(self, version: str) -> None:
         self.model.clear()
@@ -51,7 +64,11 @@ class OpsServer:
                     body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
                 elif self.path.startswith("/health"):
                     h = ops.health()
-                    body, ctype, code = json.dumps(h, default=str).encode(), "application/json", 200 if h.get("ok") else 503
+                    body, ctype, code = (
+                        json.dumps(h, default=str).encode(),
+                        "application/json",
+                        200 if h.get("ok") else 503,
+                    )
                 else:
                     body, ctype, code = b"not found\n", "text/plain", 404
                 self.send_response(code)
@@ -83,8 +100,12 @@ class JsonFormatter(logging.Formatter):
     _skip = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         doc.update({k: v for k, v in vars(record).items() if k not in self._skip})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)

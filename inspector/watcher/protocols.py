@@ -31,8 +31,9 @@ class Scorer(Protocol):
 
     def score(self, frame: np.ndarray, overlay: bool = False, threshold: float | None = None) -> FrameResult: ...
 
-    def score_batch(self, frames: Sequence[np.ndarray], overlay: bool = False,
-                    threshold: float | None = None) -> list[FrameResult]: ...
+    def score_batch(
+        self, frames: Sequence[np.ndarray], overlay: bool = False, threshold: float | None = None
+    ) -> list[FrameResult]: ...
 
     def reload_if_changed(self) -> bool:
         """Swap to a newer version when the model folder's `current` moved; True when it did."""

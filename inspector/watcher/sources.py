@@ -63,8 +63,14 @@ class HotFolder:
             return False
         # maybe still being written: never quarantine a file its writer still holds
         if self.folder.defer(item):
-            log.info("folder %s: %s is not readable yet (%s); waiting until it is closed or unchanged for %.0f s",
-                     self.name, inp.origin, error, self.folder.cfg.incomplete_wait_s, extra={"source": self.name})
+            log.info(
+                "folder %s: %s is not readable yet (%s); waiting until it is closed or unchanged for %.0f s",
+                self.name,
+                inp.origin,
+                error,
+                self.folder.cfg.incomplete_wait_s,
+                extra={"source": self.name},
+            )
         return True
 
     def depth(self) -> int:
@@ -124,8 +130,12 @@ class Camera:
         return self.camera.take_dropped()
 
     def health(self) -> dict:
-        return {"kind": self.kind, "waiting": self.depth(), "connected": self.camera.connected,
-                "finished": self.camera.finished}
+        return {
+            "kind": self.kind,
+            "waiting": self.depth(),
+            "connected": self.camera.connected,
+            "finished": self.camera.finished,
+        }
 
     def finish(self, inp: Input) -> None:
         pass  # nothing to move: the frame is recorded

@@ -15,17 +15,17 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from inspector.io.spool import Spool
-from inspector.io.media import MediaPaths, media_paths, save_media
-from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 from inspector.data.preprocess import overlay
+from inspector.io.media import MediaPaths, media_paths, save_media
+from inspector.io.spool import Spool
+from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 from inspector.watcher.decisions import alert_payload
 from inspector.watcher.held import HeldFrames
 from inspector.watcher.ops import Metrics
@@ -61,9 +61,19 @@ class Job:
 class Writer:
     """One writer thread behind a short FIFO queue; `submit` blocks when it is full (back-pressure)."""
 
-    def __init__(self, store: Store, line: str, sinks: list[str], save_map: bool, metrics: Metrics,
-                 on_alerts: Callable[[], None], on_store_error: Callable[[Exception], None], depth: int = 16,
-                 max_batch: int = 16, spool: Spool | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        line: str,
+        sinks: list[str],
+        save_map: bool,
+        metrics: Metrics,
+        on_alerts: Callable[[], None],
+        on_store_error: Callable[[Exception], None],
+        depth: int = 16,
+        max_batch: int = 16,
+        spool: Spool | None = None,
+    ) -> None:
         self.store, self.line, self.sinks, self.save_map = store, line, sinks, save_map
         self.metrics, self.on_alerts, self.on_store_error = metrics, on_alerts, on_store_error
         self._q: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
@@ -118,11 +128,20 @@ class Writer:
                 break  # still unreachable
         lost, spooled = self._held.in_memory(), len(self._held) - self._held.in_memory()
         if spooled:
-            log.info("%d camera frames wait in the spool %s; they are recorded when the watcher starts again and the "
-                     "store answers", spooled, self._held.spool.dir)  # type: ignore[union-attr]
+            log.info(
+                "%d camera frames wait in the spool %s; they are recorded when the watcher starts again and the "
+                "store answers",
+                spooled,
+                self._held.spool.dir,
+            )  # type: ignore[union-attr]
         if lost or self._held.dropped:
-            log.error("%d camera frames scored while the store was unreachable were not recorded (%d not kept, %d "
-                      "held in memory at stop)", lost + self._held.dropped, self._held.dropped, lost)
+            log.error(
+                "%d camera frames scored while the store was unreachable were not recorded (%d not kept, %d "
+                "held in memory at stop)",
+                lost + self._held.dropped,
+                self._held.dropped,
+                lost,
+            )
 
     def _write(self, batch: list[Job]) -> None:
         """Media, then one transaction for the batch, then the file moves; a failed batch is retried one by one."""
@@ -143,7 +162,9 @@ class Writer:
             self._set_aside(batch, hold=_store_unreachable(e))
             return
         except Exception:  # noqa: BLE001 - the writer must outlive any single frame
-            log.exception("%s: could not record %d frames; folder inputs will be retried", batch[0].src.name, len(batch))
+            log.exception(
+                "%s: could not record %d frames; folder inputs will be retried", batch[0].src.name, len(batch)
+            )
             self._set_aside(batch, hold=False)
             return
         self._held_failed = False
@@ -192,8 +213,15 @@ class Writer:
         self.metrics.scored.labels(job.src.name).inc()
         if flag is not None:
             self.metrics.flagged.labels(job.src.name).inc()
-            log.info("%s: flagged %s score %.2f (item %d%s)", job.src.name, job.origin, job.frame.score, flagged_id,
-                     ", alert" if job.alert else ", in cooldown", extra={"source": job.src.name, "score": job.frame.score})
+            log.info(
+                "%s: flagged %s score %.2f (item %d%s)",
+                job.src.name,
+                job.origin,
+                job.frame.score,
+                flagged_id,
+                ", alert" if job.alert else ", in cooldown",
+                extra={"source": job.src.name, "score": job.frame.score},
+            )
             if flag.alerts:
                 self.on_alerts()
         try:
@@ -223,10 +251,21 @@ class Writer:
             self._media_recovered()
         h, w = job.img.shape[:2]
         image, over = (paths.image, paths.overlay) if paths else (None, None)
-        payload = alert_payload(line=self.line, source=f.source, frame_key=f.frame_key, created_at=f.created_at,
-                                score=f.score, raw_score=f.raw_score, threshold=f.threshold,
-                                model_version=job.model_version, image_path=image, overlay_path=over,
-                                width=w, height=h, origin=job.origin)
+        payload = alert_payload(
+            line=self.line,
+            source=f.source,
+            frame_key=f.frame_key,
+            created_at=f.created_at,
+            score=f.score,
+            raw_score=f.raw_score,
+            threshold=f.threshold,
+            model_version=job.model_version,
+            image_path=image,
+            overlay_path=over,
+            width=w,
+            height=h,
+            origin=job.origin,
+        )
         alerts = {name: payload for name in self.sinks} if job.alert else {}
         return FlagRecord(job.model_version, image, over, paths.map if paths else None, w, h, job.origin, alerts)
 
@@ -235,8 +274,13 @@ class Writer:
         once per outage. Its row and alert go ahead without images (save_media left none half-written)."""
         self.metrics.media_unsaved.labels(job.src.name).inc()
         if not self._media_down:
-            log.error("%s: cannot save the images of flagged frames in %s (%s); camera frames are recorded and "
-                      "alerted without them until saving works again", job.src.name, self.store.media_dir, e)
+            log.error(
+                "%s: cannot save the images of flagged frames in %s (%s); camera frames are recorded and "
+                "alerted without them until saving works again",
+                job.src.name,
+                self.store.media_dir,
+                e,
+            )
         self._media_down = True
 
     def _media_recovered(self) -> None:

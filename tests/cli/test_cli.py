@@ -14,7 +14,10 @@ from inspector.cli.main import main
         (["calibrate", "{tmp}/empty"], "not a fitted model folder"),
         (["evaluate", "{tmp}/nope"], "does not exist"),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--short-side", "5"], "short_side"),
-        (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cel=1"], "gauss_cel: unknown key (did you mean 'gauss_cell'?)"),
+        (
+            ["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cel=1"],
+            "gauss_cel: unknown key (did you mean 'gauss_cell'?)",
+        ),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cell=0"], "gauss_cell: Input should be greater"),
     ],
 )
@@ -28,12 +31,31 @@ def test_user_errors_are_one_line(tmp_path, capsys, argv, words):
 
 def test_fit_calibrate_evaluate_score_from_the_command_line(synthetic_data, tmp_path, capsys):
     out = tmp_path / "m"
-    argv = ["fit", str(synthetic_data), "--out", str(out), "--short-side", "96", "--steps", "100", "--holdout", "random",
-            "--exposure", "none", "-q", "--set", "gauss_cell=1", "--set", "hidden=64"]
+    argv = [
+        "fit",
+        str(synthetic_data),
+        "--out",
+        str(out),
+        "--short-side",
+        "96",
+        "--steps",
+        "100",
+        "--holdout",
+        "random",
+        "--exposure",
+        "none",
+        "-q",
+        "--set",
+        "gauss_cell=1",
+        "--set",
+        "hidden=64",
+    ]
     assert main(argv) == 0
     from inspector.pipeline.checkpoint import FIT_FILE, load_model, read_json, staging
 
-    assert read_json(staging(out) / FIT_FILE, "")["holdout_policy"] == "random" and load_model(out)[1].exposure == "none"
+    assert (
+        read_json(staging(out) / FIT_FILE, "")["holdout_policy"] == "random" and load_model(out)[1].exposure == "none"
+    )
     net = load_model(out)[0]
     assert (net.cfg.gauss_cell, net.cfg.hidden) == (1, 64)
     assert net.gauss_prec.shape[0] == net.grid[0] * net.grid[1]  # one covariance per position, as asked

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inspector.errors import InspectorError
 from inspector.config.line import CameraSourceConfig, FolderSourceConfig, WatchConfig, load_config, source_rules
+from inspector.errors import InspectorError
 from tests.support import PYTHON, ROOT, watcher_env
 
 BASE = {"line": "line1", "model": {"path": "models/part"}, "sources": [{"kind": "folder", "name": "in", "path": "in"}]}
@@ -29,18 +29,30 @@ def test_minimal_config_resolves_paths_against_its_folder(tmp_path):
     assert cfg.store.url == f"sqlite:///{tmp_path}/store/store.db"
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({**BASE, "sorces": []}, "sorces: unknown key (did you mean 'sources'?)"),
-    ({**BASE, "sources": [{"kind": "folder", "name": "in", "pth": "x"}]}, "sources[0].pth: unknown key (did you mean 'path'?)"),
-    ({**BASE, "sources": [{"kind": "webcam", "name": "c"}]}, "sources[0]"),
-    ({**BASE, "rules": {"debounce_n": 5, "debounce_m": 2}}, "rules: Value error, debounce_n (5) must not exceed debounce_m (2)"),
-    ({**BASE, "sinks": [{"kind": "mqtt", "name": "m", "topic": "a/{line}/#"}]}, "sinks[0].topic"),
-    ({**BASE, "sources": BASE["sources"] * 2}, "source names must be unique: in"),
-    ({**BASE, "sources": [{"kind": "camera", "name": "c", "uri": 0, "every_nth": 0}]}, "sources[0].every_nth: Input should be greater than or equal to 1"),
-    ({**BASE, "line": "bad line/name"}, "line: String should match pattern"),
-    ("line: [unclosed", "not valid YAML"),
-    ("- just\n- a list\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({**BASE, "sorces": []}, "sorces: unknown key (did you mean 'sources'?)"),
+        (
+            {**BASE, "sources": [{"kind": "folder", "name": "in", "pth": "x"}]},
+            "sources[0].pth: unknown key (did you mean 'path'?)",
+        ),
+        ({**BASE, "sources": [{"kind": "webcam", "name": "c"}]}, "sources[0]"),
+        (
+            {**BASE, "rules": {"debounce_n": 5, "debounce_m": 2}},
+            "rules: Value error, debounce_n (5) must not exceed debounce_m (2)",
+        ),
+        ({**BASE, "sinks": [{"kind": "mqtt", "name": "m", "topic": "a/{line}/#"}]}, "sinks[0].topic"),
+        ({**BASE, "sources": BASE["sources"] * 2}, "source names must be unique: in"),
+        (
+            {**BASE, "sources": [{"kind": "camera", "name": "c", "uri": 0, "every_nth": 0}]},
+            "sources[0].every_nth: Input should be greater than or equal to 1",
+        ),
+        ({**BASE, "line": "bad line/name"}, "line: String should match pattern"),
+        ("line: [unclosed", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
 def test_errors_are_one_line_naming_file_and_field(tmp_path, doc, message):
     path = write(tmp_path, doc)
     with pytest.raises(InspectorError) as e:
@@ -55,10 +67,15 @@ def test_missing_file_is_one_line(tmp_path):
 
 
 def test_camera_defaults_and_source_overrides(tmp_path):
-    doc = {**BASE, "rules": {"cooldown_s": 5},
-           "sources": [{"kind": "camera", "name": "cam", "uri": "rtsp://10.0.0.9/s"},
-                       {"kind": "folder", "name": "f", "path": "f", "rules": {"threshold_scale": 1.2}},
-                       {"kind": "camera", "name": "vid", "uri": "clips/a.mp4"}]}
+    doc = {
+        **BASE,
+        "rules": {"cooldown_s": 5},
+        "sources": [
+            {"kind": "camera", "name": "cam", "uri": "rtsp://10.0.0.9/s"},
+            {"kind": "folder", "name": "f", "path": "f", "rules": {"threshold_scale": 1.2}},
+            {"kind": "camera", "name": "vid", "uri": "clips/a.mp4"},
+        ],
+    }
     cfg = load_config(write(tmp_path, doc))
     cam, folder, vid = cfg.sources
     assert isinstance(cam, CameraSourceConfig) and isinstance(folder, FolderSourceConfig)
@@ -97,7 +114,13 @@ def test_example_config_is_valid(tmp_path):
 
 def test_cli_config_typo_stops_with_one_line(tmp_path):
     path = write(tmp_path, {**BASE, "sourcez": []})
-    r = subprocess.run([PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(path)], cwd=ROOT, env=watcher_env(),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(path)],
+        cwd=ROOT,
+        env=watcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == f"inspector: error: {path}: sourcez: unknown key (did you mean 'sources'?)"

@@ -10,4 +10,5 @@ def test_configuration_reference_is_current():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert (ROOT / "docs" / "configuration.md").read_text() == mod.reference(), (
-        "docs/configuration.md is behind the settings: run `python scripts/config_reference.py`")
+        "docs/configuration.md is behind the settings: run `python scripts/config_reference.py`"
+    )

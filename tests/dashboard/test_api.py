@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from inspector.dashboard.app import create_app
+from inspector.data.preprocess import overlay
 from inspector.io.media import media_paths, save_media
 from inspector.io.schema import RetrainCopy
 from inspector.io.store import FlagRecord, ScoredFrame, Store
-from inspector.data.preprocess import overlay
 from tests.support import PYTHON, ROOT, watcher_env
 
 TOKEN = "test-token-0123456789abcdef"
@@ -113,7 +113,10 @@ def test_filters_match_the_rows_they_describe(client, seeded):
     cases = [
         ({"source": "scan"}, lambda r: r["source"] == "scan"),
         ({"min_score": 2.0}, lambda r: r["score"] >= 2.0),
-        ({"min_score": 1.5, "max_score": 2.5, "source": "cam1"}, lambda r: 1.5 <= r["score"] <= 2.5 and r["source"] == "cam1"),
+        (
+            {"min_score": 1.5, "max_score": 2.5, "source": "cam1"},
+            lambda r: 1.5 <= r["score"] <= 2.5 and r["source"] == "cam1",
+        ),
         ({"since": mid.isoformat()}, lambda r: r["created_at"] >= mid),
         ({"until": mid.replace(tzinfo=None).isoformat()}, lambda r: r["created_at"] < mid),  # no zone = UTC
         ({"status": "confirmed"}, lambda r: False),
@@ -138,30 +141,41 @@ def test_item_detail_has_neighbours_of_the_same_source_in_time(client, seeded):
     mid = scan[len(scan) // 2]
     body = client.get(f"/api/items/{mid['id']}").json()
     k = scan.index(mid)
-    assert [i["id"] for i in body["older"]] == [r["id"] for r in reversed(scan[max(k - 4, 0):k])]
-    assert [i["id"] for i in body["newer"]] == [r["id"] for r in scan[k + 1:k + 5]]
+    assert [i["id"] for i in body["older"]] == [r["id"] for r in reversed(scan[max(k - 4, 0) : k])]
+    assert [i["id"] for i in body["newer"]] == [r["id"] for r in scan[k + 1 : k + 5]]
     assert body["item"]["score"] == pytest.approx(mid["score"]) and body["item"]["source"] == "scan"
     assert body["urls"]["heatmap"] == f"/heatmaps/{mid['id']}.png"
     for name in ("original", "overlay", "heatmap", "thumb"):
         img = client.get(body["urls"][name])
         assert img.status_code == 200, name
         decoded = cv2.imdecode(np.frombuffer(img.content, np.uint8), cv2.IMREAD_COLOR)
-        assert decoded is not None and (max(decoded.shape[:2]) <= 360 if name == "thumb" else decoded.shape[:2] == (240, 320))
+        assert decoded is not None and (
+            max(decoded.shape[:2]) <= 360 if name == "thumb" else decoded.shape[:2] == (240, 320)
+        )
 
 
 def test_false_alarm_is_copied_for_retrain_and_undo_removes_the_copy(client, store, seeded, tmp_path):
     item = seeded.flagged[3]
-    r = client.post(f"/api/items/{item['id']}/review", headers=AUTH,
-                    json={"status": "false_alarm", "reviewer": "Ana", "note": "dust on the lens"})
+    r = client.post(
+        f"/api/items/{item['id']}/review",
+        headers=AUTH,
+        json={"status": "false_alarm", "reviewer": "Ana", "note": "dust on the lens"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["review_status"], body["reviewed_by"], body["review_note"]) == ("false_alarm", "Ana", "dust on the lens")
+    assert (body["review_status"], body["reviewed_by"], body["review_note"]) == (
+        "false_alarm",
+        "Ana",
+        "dust on the lens",
+    )
     copies = list((tmp_path / "retrain" / "good").iterdir())
     original = store.media_dir / body["image_path"]
     assert len(copies) == 1 and copies[0].read_bytes() == original.read_bytes()
     with store.engine.connect() as c:
         assert c.execute(sa.select(RetrainCopy.flagged_id, RetrainCopy.path)).all() == [(item["id"], str(copies[0]))]
-    again = client.post(f"/api/items/{item['id']}/review", headers=AUTH, json={"status": "false_alarm", "reviewer": "Ana"})
+    again = client.post(
+        f"/api/items/{item['id']}/review", headers=AUTH, json={"status": "false_alarm", "reviewer": "Ana"}
+    )
     assert again.status_code == 200 and len(list(copies[0].parent.iterdir())) == 1  # idempotent
     rates = {x["source"]: x for x in client.get("/api/stats").json()["reviews"]}
     assert rates[item["source"]]["false_alarm"] == 1 and rates[item["source"]]["false_alarm_rate"] == 1.0
@@ -178,8 +192,14 @@ def test_item_whose_images_were_never_saved_renders_and_reviews(client, store, s
     """A camera frame flagged while the media folder was full is recorded without image paths: the pages say so
     instead of showing broken images, the API gives null URLs, and a false-alarm review records without a copy."""
     t = datetime.now(timezone.utc)
-    [fid] = store.record_frames([(ScoredFrame("cam1", "nomedia-1", t, 1.8, 4.5, 2.5, True, None),
-                                  FlagRecord("v7", None, None, None, 640, 480, "rtsp://cam1"))])
+    [fid] = store.record_frames(
+        [
+            (
+                ScoredFrame("cam1", "nomedia-1", t, 1.8, 4.5, 2.5, True, None),
+                FlagRecord("v7", None, None, None, 640, 480, "rtsp://cam1"),
+            )
+        ]
+    )
     body = client.get(f"/api/items/{fid}").json()
     assert body["urls"] == {"original": None, "overlay": None, "heatmap": None, "thumb": None}
     assert body["item"]["image_path"] is None
@@ -201,7 +221,9 @@ def test_stats_count_what_was_recorded(client, seeded):
     s = client.get("/api/stats", params={"hours": 24, "days": 7}).json()
     per_source = {k: sum(h["flagged"] for h in v) for k, v in s["per_hour"].items()}
     assert sum(per_source.values()) == len(seeded.flagged)
-    assert s["histogram"]["n"] == 120 and s["histogram"]["above_threshold"] == 24 and sum(s["histogram"]["counts"]) == 120
+    assert (
+        s["histogram"]["n"] == 120 and s["histogram"]["above_threshold"] == 24 and sum(s["histogram"]["counts"]) == 120
+    )
     for src in ("cam1", "scan"):
         good = [x for sname, x in seeded.good if sname == src]
         days = s["drift"][src]
@@ -209,13 +231,17 @@ def test_stats_count_what_was_recorded(client, seeded):
         mean = sum(d["mean"] * d["n"] for d in days) / sum(d["n"] for d in days)
         assert mean == pytest.approx(float(np.mean(good)), rel=1e-6)
     assert {r["source"]: r["pending"] for r in s["reviews"]} == {
-        src: sum(1 for r in seeded.flagged if r["source"] == src) for src in {r["source"] for r in seeded.flagged}}
+        src: sum(1 for r in seeded.flagged if r["source"] == src) for src in {r["source"] for r in seeded.flagged}
+    }
 
 
 def test_csv_export_streams_the_filtered_items_and_defuses_formulas(client, seeded):
     item = seeded.flagged[0]
-    client.post(f"/api/items/{item['id']}/review", headers=AUTH,
-                json={"status": "confirmed", "reviewer": "Ana", "note": "=HYPERLINK(\"http://x\")"})
+    client.post(
+        f"/api/items/{item['id']}/review",
+        headers=AUTH,
+        json={"status": "confirmed", "reviewer": "Ana", "note": '=HYPERLINK("http://x")'},
+    )
     r = client.get("/api/export.csv", params={"min_score": 2.0})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
@@ -232,10 +258,16 @@ def test_pages_render_the_items_and_charts(client, seeded):
     assert all(f'href="/items/{i}"' in html for i in scan_ids) and len(scan_ids) == 12
     assert html.count('class="card') == 12 and "12</strong> flagged items match" in html
     page = client.get(f"/items/{scan_ids[0]}").text
-    for url in (f"/heatmaps/{scan_ids[0]}.png", f"/thumbs/{scan_ids[0]}.jpg", "Original", "Overlay", "of the threshold"):
+    for url in (
+        f"/heatmaps/{scan_ids[0]}.png",
+        f"/thumbs/{scan_ids[0]}.jpg",
+        "Original",
+        "Overlay",
+        "of the threshold",
+    ):
         assert url in page
     stats = client.get("/stats").text
-    assert stats.count("<svg class=\"chart\"") == 3 and "False-alarm rate" in stats
+    assert stats.count('<svg class="chart"') == 3 and "False-alarm rate" in stats
     assert "/api/items" in client.get("/api/docs").text
     assert client.get("/", params={"min_score": "lots", "status": "bogus"}).status_code == 200  # noted, not fatal
 
@@ -265,7 +297,9 @@ def test_settings_from_line_config_and_one_line_errors(tmp_path, monkeypatch):
     from inspector.errors import InspectorError
 
     cfg = tmp_path / "line1.yaml"
-    cfg.write_text("store:\n  url: sqlite:///store/line1.db\ndashboard:\n  token_env: LINE1_TOKEN\n  retrain_dir: rt/good\n")
+    cfg.write_text(
+        "store:\n  url: sqlite:///store/line1.db\ndashboard:\n  token_env: LINE1_TOKEN\n  retrain_dir: rt/good\n"
+    )
     monkeypatch.setenv("LINE1_TOKEN", "t" * 20)
     s = resolve(None, cfg)
     assert s.store_url == f"sqlite:///{tmp_path}/store/line1.db" and s.token == "t" * 20
@@ -283,9 +317,12 @@ def test_settings_from_line_config_and_one_line_errors(tmp_path, monkeypatch):
 
 
 def test_dashboard_never_imports_torch():
-    code = ("import sys\nimport inspector.dashboard, inspector.dashboard.app, inspector.dashboard.settings\n"
-            "import inspector.cli.main\nbad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'torchvision')))\n"
-            "assert not bad, bad\nprint('ok')")
+    code = (
+        "import sys\nimport inspector.dashboard, inspector.dashboard.app, inspector.dashboard.settings\n"
+        "import inspector.cli.main\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'torchvision')))\n"
+        "assert not bad, bad\nprint('ok')"
+    )
     r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=watcher_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

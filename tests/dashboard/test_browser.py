@@ -21,11 +21,20 @@ from tests.support import ROOT, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-output" / "dashboard"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
-                                                             "(apt-get install chromium; scripts/setup.sh does it)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium; scripts/setup.sh does it)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +63,12 @@ def browser_context(tmp_path_factory):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM), headless=True,
-            args=ARGS, viewport={"width": 1440, "height": 900})
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1440, "height": 900},
+        )
         yield ctx
         ctx.close()
 
@@ -81,7 +94,9 @@ def false_alarms(page, url: str, source: str) -> int:
 
 
 def images_loaded(page, selector: str) -> bool:
-    return page.eval_on_selector_all(selector, "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)")
+    return page.eval_on_selector_all(
+        selector, "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)"
+    )
 
 
 def test_list_filter_open_review_and_see_stats_change(server, page):

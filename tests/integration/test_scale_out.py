@@ -16,8 +16,21 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.support import (PYTHON, ROOT, MqttCollector, drop, free_port, line_config, part_image,
-                                      spawn_watcher, temp_database, wait_for, watcher_env, write_config, write_double)
+from tests.support import (
+    PYTHON,
+    ROOT,
+    MqttCollector,
+    drop,
+    free_port,
+    line_config,
+    part_image,
+    spawn_watcher,
+    temp_database,
+    wait_for,
+    watcher_env,
+    write_config,
+    write_double,
+)
 
 N = 10
 BRIGHT = {1: {2, 5}, 2: {0, 3, 7}}  # per line: which of its N parts are anomalous
@@ -32,9 +45,13 @@ def two_lines(tmp_path: Path, url: str, sinks: dict[int, dict]) -> list[tuple[st
     """Line configs 1 and 2 on one store and one shared model and media folder; their parts dropped."""
     configs = []
     for line in (1, 2):
-        doc = line_config(tmp_path / f"l{line}", write_double(tmp_path / "models" / "shared"),
-                          [{"kind": "folder", "name": f"l{line}-scan", "path": str(tmp_path / f"in{line}")}],
-                          [sinks[line]], line=f"scale{line}{tmp_path.name[-6:]}")
+        doc = line_config(
+            tmp_path / f"l{line}",
+            write_double(tmp_path / "models" / "shared"),
+            [{"kind": "folder", "name": f"l{line}-scan", "path": str(tmp_path / f"in{line}")}],
+            [sinks[line]],
+            line=f"scale{line}{tmp_path.name[-6:]}",
+        )
         doc["store"] = {"url": url, "media_dir": str(tmp_path / "shared-media")}
         configs.append((doc["line"], write_config(tmp_path / f"line{line}.yaml", doc)))
         for i in range(N):
@@ -56,6 +73,7 @@ def test_two_watchers_share_one_postgres_store_without_conflicts(tmp_path):
         alerts = lambda: [m for c in cols for m in c.messages]  # noqa: E731
         procs = [spawn_watcher(cfg, tmp_path / f"{name}.log") for name, cfg in configs]  # same moment, new store
         try:
+
             def scored() -> list[tuple]:  # the watchers are still creating the store at first
                 if not sa.inspect(engine).has_table("frames"):
                     return []
@@ -64,12 +82,20 @@ def test_two_watchers_share_one_postgres_store_without_conflicts(tmp_path):
             wait_for(lambda: scored() == [("l1-scan", N), ("l2-scan", N)], 120, step=0.3, what="both lines scored")
             wait_for(lambda: len(alerts()) == 5, 60, what="5 alerts")
             write_double(tmp_path / "models" / "shared", version="v2")  # promoted in the shared registry
-            wait_for(lambda: all("now scoring with model v2" in (tmp_path / f"{name}.log").read_text()
-                                 for name, _ in configs), 60, what="both watchers on v2")
+            wait_for(
+                lambda: all(
+                    "now scoring with model v2" in (tmp_path / f"{name}.log").read_text() for name, _ in configs
+                ),
+                60,
+                what="both watchers on v2",
+            )
             for line in (1, 2):
                 drop(tmp_path / f"in{line}", "late.png", part_image(900 + line, bright=True))
-            wait_for(lambda: len(count(engine, "SELECT id FROM flagged WHERE model_version = 'v2'")) == 2, 60,
-                     what="both lines scoring with v2")
+            wait_for(
+                lambda: len(count(engine, "SELECT id FROM flagged WHERE model_version = 'v2'")) == 2,
+                60,
+                what="both lines scoring with v2",
+            )
             wait_for(lambda: len(alerts()) == 7, 60, what="7 alerts")
             time.sleep(1.0)  # a duplicate delivery would arrive now
         finally:
@@ -100,8 +126,11 @@ def test_lines_with_the_same_sink_name_deliver_only_their_own_alerts(tmp_path):
         col = MqttCollector(f"inspector/{configs[1][0]}/+/alert")
         procs = [spawn_watcher(cfg, tmp_path / f"{name}.log") for name, cfg in configs]
         try:
-            wait_for(lambda: {p["origin"] for _, p in col.messages} >= {f"p{i:02d}.png" for i in BRIGHT[2]}, 120,
-                     what="line 2's alerts")
+            wait_for(
+                lambda: {p["origin"] for _, p in col.messages} >= {f"p{i:02d}.png" for i in BRIGHT[2]},
+                120,
+                what="line 2's alerts",
+            )
             time.sleep(5)  # long enough for line 2's sender to poll the shared outbox several times
         finally:
             stop_all(procs)
@@ -132,8 +161,17 @@ def test_stores_opened_together_on_a_new_database(tmp_path):
         barrier = tmp_path / f"round{round_}"
         barrier.mkdir()
         with temp_database() as url:
-            procs = [subprocess.Popen([PYTHON, "-c", OPEN_TOGETHER, url, str(barrier), str(i)], cwd=ROOT,
-                                      env=watcher_env(), stderr=subprocess.PIPE, text=True) for i in range(2)]
-            failures += [err.strip().splitlines()[-1] for p in procs
-                         if (err := p.communicate(timeout=120)[1]) and p.returncode]
+            procs = [
+                subprocess.Popen(
+                    [PYTHON, "-c", OPEN_TOGETHER, url, str(barrier), str(i)],
+                    cwd=ROOT,
+                    env=watcher_env(),
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for i in range(2)
+            ]
+            failures += [
+                err.strip().splitlines()[-1] for p in procs if (err := p.communicate(timeout=120)[1]) and p.returncode
+            ]
     assert not failures, failures

@@ -21,9 +21,21 @@ import numpy as np
 import pytest
 
 from inspector.config.line import WatchConfig
+from tests.support import (
+    HookServer,
+    MqttCollector,
+    big_png,
+    drop,
+    free_port,
+    line_config,
+    part_image,
+    port_open,
+    spawn_watcher,
+    wait_for,
+    write_config,
+    write_double,
+)
 from tests.watcher.test_loop import flagged, running
-from tests.support import (HookServer, MqttCollector, big_png, drop, free_port, line_config, part_image,
-                                port_open, spawn_watcher, wait_for, write_config, write_double)
 
 
 def db_rows(db: Path, sql: str) -> list[tuple]:
@@ -35,8 +47,12 @@ def test_kill_9_during_backlog_scores_every_file_exactly_once(tmp_path):
     n, bright = 300, {i for i in range(300) if i % 5 == 0}
     for i in range(n):
         drop(tmp_path / "in", f"p{i:03d}.png", part_image(i, i in bright, size=24))
-    doc = line_config(tmp_path, write_double(tmp_path / "model", delay_s=0.01),
-                      [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}], [{"kind": "mqtt", "name": "mq"}])
+    doc = line_config(
+        tmp_path,
+        write_double(tmp_path / "model", delay_s=0.01),
+        [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+        [{"kind": "mqtt", "name": "mq"}],
+    )
     config = write_config(tmp_path / "line.yaml", doc)
     col = MqttCollector(f"inspector/{doc['line']}/+/alert")
     processed = tmp_path / "in" / "processed"
@@ -45,8 +61,11 @@ def test_kill_9_during_backlog_scores_every_file_exactly_once(tmp_path):
         for _ in range(5):  # kill -9 at random moments while the backlog is being worked off
             before = len(list(processed.glob("*.png"))) if processed.exists() else 0
             proc = spawn_watcher(config, tmp_path / "watch.log")
-            wait_for(lambda: len(list(processed.glob("*.png"))) > before + 5 or proc.poll() is not None, 60,
-                     what="progress")
+            wait_for(
+                lambda: len(list(processed.glob("*.png"))) > before + 5 or proc.poll() is not None,  # noqa: B023
+                60,
+                what="progress",
+            )
             time.sleep(rng.uniform(0, 0.4))
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
@@ -54,8 +73,11 @@ def test_kill_9_during_backlog_scores_every_file_exactly_once(tmp_path):
         proc = spawn_watcher(config, tmp_path / "watch.log")
         db = tmp_path / "store" / "store.db"
         wait_for(lambda: len(list(processed.glob("*.png"))) == n, 120, what="whole backlog")
-        wait_for(lambda: db_rows(db, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == [(0,)], 60,
-                 what="outbox drained")
+        wait_for(
+            lambda: db_rows(db, "SELECT count(*) FROM outbox WHERE delivered_at IS NULL") == [(0,)],
+            60,
+            what="outbox drained",
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         keys = {k for (k,) in db_rows(db, "SELECT frame_key FROM flagged")}
@@ -74,8 +96,10 @@ def test_kill_9_during_backlog_scores_every_file_exactly_once(tmp_path):
 
 def _mosquitto(port: int, data: Path) -> subprocess.Popen:
     conf = data / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                    f"persistence_location {data}/\nautosave_interval 1\n")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {data}/\nautosave_interval 1\n"
+    )
     proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: port_open(port), 10, what="mosquitto")
     return proc
@@ -140,8 +164,13 @@ def _bad_inputs(d: Path) -> dict[str, str]:
     big_png(d / "huge.png")
     cv2.imwrite(str(d / "noperm.png"), part_image(2, False))
     os.chmod(d / "noperm.png", 0)
-    return {"zero.png": "file is empty", "trunc.jpg": "truncated JPEG", "text.png": "not a PNG, JPEG, BMP or TIFF",
-            "huge.png": "20000x20000 pixels is over", "noperm.png": "permission denied"}
+    return {
+        "zero.png": "file is empty",
+        "trunc.jpg": "truncated JPEG",
+        "text.png": "not a PNG, JPEG, BMP or TIFF",
+        "huge.png": "20000x20000 pixels is over",
+        "noperm.png": "permission denied",
+    }
 
 
 def test_bad_inputs_are_quarantined_with_one_line_each_and_the_watcher_goes_on(tmp_path):
@@ -150,15 +179,20 @@ def test_bad_inputs_are_quarantined_with_one_line_each_and_the_watcher_goes_on(t
     cv2.imwrite(str(tmp_path / "in/rgba.png"), np.full((30, 40, 4), 60, np.uint8))
     cv2.imwrite(str(tmp_path / "in/deep.png"), np.full((30, 40), 60 * 257, np.uint16))
     # written before the watcher starts, so never seen closed: quarantined once unchanged for incomplete_wait_s
-    sources = [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in"), "stable_s": 0.2, "incomplete_wait_s": 1},
-               {"kind": "camera", "name": "deadcam", "uri": f"rtsp://127.0.0.1:{free_port()}/s", "reconnect_max_s": 1}]
+    sources = [
+        {"kind": "folder", "name": "scan", "path": str(tmp_path / "in"), "stable_s": 0.2, "incomplete_wait_s": 1},
+        {"kind": "camera", "name": "deadcam", "uri": f"rtsp://127.0.0.1:{free_port()}/s", "reconnect_max_s": 1},
+    ]
     config = write_config(tmp_path / "line.yaml", line_config(tmp_path, write_double(tmp_path / "model"), sources))
     log_path = tmp_path / "watch.log"
     proc = spawn_watcher(config, log_path, preexec_fn=_drop_file_read_override if os.geteuid() == 0 else None)
     q, done = tmp_path / "in/quarantine", tmp_path / "in/processed"
     try:
-        wait_for(lambda: len(list(q.glob("*.reason.txt"))) == 5 and len(list(done.iterdir())) == 3, 60,
-                 what="quarantine and scoring")
+        wait_for(
+            lambda: len(list(q.glob("*.reason.txt"))) == 5 and len(list(done.iterdir())) == 3,
+            60,
+            what="quarantine and scoring",
+        )
         drop(tmp_path / "in", "later.png", part_image(3, True))  # still running and scoring
         wait_for(lambda: (done / "later.png").exists(), 30, what="a file after the bad ones")
         wait_for(lambda: log_path.read_text().count("camera deadcam: cannot open") >= 1, 30, what="camera retries")
@@ -175,4 +209,6 @@ def test_bad_inputs_are_quarantined_with_one_line_each_and_the_watcher_goes_on(t
     assert sorted(p.name for p in done.iterdir()) == ["deep.png", "gray.png", "later.png", "rgba.png"]
     assert "Traceback" not in log
     db = tmp_path / "store" / "store.db"
-    assert db_rows(db, "SELECT source, scored, flagged, errors FROM frames WHERE source = 'scan'") == [("scan", 4, 2, 5)]
+    assert db_rows(db, "SELECT source, scored, flagged, errors FROM frames WHERE source = 'scan'") == [
+        ("scan", 4, 2, 5)
+    ]

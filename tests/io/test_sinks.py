@@ -11,11 +11,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from inspector.config.line import AppriseSinkConfig, MqttSinkConfig, WebhookSinkConfig
 from inspector.errors import InspectorError
 from inspector.io.outbox import Sender
 from inspector.io.sinks import AppriseSink, MqttSink, SinkError, WebhookSink, build_sink, sign
 from inspector.io.store import FlagRecord, ScoredFrame, Store
-from inspector.config.line import AppriseSinkConfig, MqttSinkConfig, WebhookSinkConfig
 from tests.support import HookServer, MqttCollector, free_port, wait_for
 
 
@@ -71,7 +71,9 @@ def test_webhook_signs_the_body_and_retries_on_500(monkeypatch):
     finally:
         hook.close()
     with pytest.raises(SinkError, match="POST failed"):
-        WebhookSink(WebhookSinkConfig(kind="webhook", name="h", url=f"http://127.0.0.1:{free_port()}/x", timeout_s=2), "l").send(alert(3))
+        WebhookSink(
+            WebhookSinkConfig(kind="webhook", name="h", url=f"http://127.0.0.1:{free_port()}/x", timeout_s=2), "l"
+        ).send(alert(3))
 
 
 def test_missing_secret_env_is_a_config_error(monkeypatch):
@@ -102,8 +104,10 @@ def alerts_of(tmp_path, sources: list[str]) -> tuple[Store, datetime]:
     store = Store.open(f"sqlite:///{tmp_path}/s.db")
     t0 = datetime.now(timezone.utc)
     for i, src in enumerate(sources):
-        store.record_frame(ScoredFrame(src, f"k{i}", t0, 2.0, 4.0, 2.0, True),
-                           FlagRecord("v1", "i.png", "o.jpg", None, 8, 8, None, {"h": {"idempotency_key": f"k{i}", "n": i}}))
+        store.record_frame(
+            ScoredFrame(src, f"k{i}", t0, 2.0, 4.0, 2.0, True),
+            FlagRecord("v1", "i.png", "o.jpg", None, 8, 8, None, {"h": {"idempotency_key": f"k{i}", "n": i}}),
+        )
     return store, t0
 
 

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
+from inspector.config.line import CameraSourceConfig, FolderSourceConfig
+from inspector.data.images import header_size, read_image, truncation
 from inspector.errors import ImageError
 from inspector.io.camera import CameraSource
-from inspector.data.images import header_size, read_image, truncation
 from inspector.io.sources import FolderSource
-from inspector.config.line import CameraSourceConfig, FolderSourceConfig
 from tests.support import PYTHON, ROOT, big_png, drop, part_image, wait_for, watcher_env, write_video
 
 MB = 2**20
@@ -30,13 +30,16 @@ def test_header_size_matches_decoder(tmp_path, ext):
     assert header_size(buf.tobytes()) == (37, 40) and truncation(buf.tobytes()) is None
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: p.write_bytes(b""), "file is empty"),
-    (lambda p: p.write_text("this is not an image"), "not a PNG, JPEG, BMP or TIFF image"),
-    (lambda p: p.write_bytes(cv2.imencode(".jpg", part_image(1, False, 64))[1].tobytes()[:900]), "truncated JPEG"),
-    (lambda p: p.write_bytes(cv2.imencode(".png", part_image(1, False, 64))[1].tobytes()[:500]), "truncated PNG"),
-    (lambda p: big_png(p), "20000x20000 pixels is over the 100000000 pixel limit"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b""), "file is empty"),
+        (lambda p: p.write_text("this is not an image"), "not a PNG, JPEG, BMP or TIFF image"),
+        (lambda p: p.write_bytes(cv2.imencode(".jpg", part_image(1, False, 64))[1].tobytes()[:900]), "truncated JPEG"),
+        (lambda p: p.write_bytes(cv2.imencode(".png", part_image(1, False, 64))[1].tobytes()[:500]), "truncated PNG"),
+        (lambda p: big_png(p), "20000x20000 pixels is over the 100000000 pixel limit"),
+    ],
+)
 def test_bad_files_raise_image_error_with_reason(tmp_path, make, reason):
     p = tmp_path / "bad.png"
     make(p)
@@ -47,22 +50,28 @@ def test_bad_files_raise_image_error_with_reason(tmp_path, make, reason):
 def test_huge_image_is_refused_without_memory(tmp_path):
     """The 20000x20000 PNG (1.2 GB decoded) is refused from its header: the process stays small."""
     p = big_png(tmp_path / "huge.png")
-    code = ("import resource, sys\nfrom pathlib import Path\nfrom inspector.errors import ImageError\n"
-            "from inspector.data.images import load_image, read_image\n"
-            f"for f in (lambda: read_image(Path({str(p)!r}), 10**8, 2**30), lambda: load_image({str(p)!r})):\n"
-            "    try:\n        f(); sys.exit('decoded!')\n    except ImageError:\n        pass\n"
-            # VmHWM, not ru_maxrss: the latter keeps the (large) pytest parent's peak across fork+exec
-            "print([int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    code = (
+        "import resource, sys\nfrom pathlib import Path\nfrom inspector.errors import ImageError\n"
+        "from inspector.data.images import load_image, read_image\n"
+        f"for f in (lambda: read_image(Path({str(p)!r}), 10**8, 2**30), lambda: load_image({str(p)!r})):\n"
+        "    try:\n        f(); sys.exit('decoded!')\n    except ImageError:\n        pass\n"
+        # VmHWM, not ru_maxrss: the latter keeps the (large) pytest parent's peak across fork+exec
+        "print([int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    )
     r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=watcher_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.split()[-1]) < 400  # MB peak, vs 1200 MB for the decoded pixels
 
 
-@pytest.mark.parametrize("img", [
-    np.full((20, 30), 90, np.uint8),  # grayscale
-    np.full((20, 30, 4), 90, np.uint8),  # RGBA
-    np.full((20, 30), 90 * 257, np.uint16),  # 16-bit
-], ids=["gray", "rgba", "16bit"])
+@pytest.mark.parametrize(
+    "img",
+    [
+        np.full((20, 30), 90, np.uint8),  # grayscale
+        np.full((20, 30, 4), 90, np.uint8),  # RGBA
+        np.full((20, 30), 90 * 257, np.uint16),  # 16-bit
+    ],
+    ids=["gray", "rgba", "16bit"],
+)
 def test_odd_pixel_formats_become_bgr8(tmp_path, img):
     p = tmp_path / "x.png"
     cv2.imwrite(str(p), img)
@@ -153,8 +162,11 @@ def test_video_file_as_fast_as_scoring_allows_loses_nothing(tmp_path):
     cam = camera(str(video), realtime=False, every_nth=2)
     got: list = []
     try:
-        wait_for(lambda: (got.append(it) if (it := cam.poll()) else None) or cam.finished and cam.depth() == 0, 20,
-                 what="end of video")
+        wait_for(
+            lambda: (got.append(it) if (it := cam.poll()) else None) or cam.finished and cam.depth() == 0,
+            20,
+            what="end of video",
+        )
     finally:
         cam.stop()
     assert [it.index for it in got] == list(range(0, 40, 2))

@@ -18,13 +18,23 @@ from inspector.io.store import DuplicateFrame, FlagRecord, ScoredFrame, Store
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 
-def frame(key: str, source: str = "cam", score: float = 0.5, path: str | None = "in/a.png", t: datetime = T0) -> ScoredFrame:
+def frame(
+    key: str, source: str = "cam", score: float = 0.5, path: str | None = "in/a.png", t: datetime = T0
+) -> ScoredFrame:
     return ScoredFrame(source, key, t, score, score * 2, 2.0, score >= 1, path)
 
 
 def flag(sinks=("mq",), source: str = "cam") -> FlagRecord:
-    return FlagRecord("v1", f"{source}/a.png", f"{source}/a.overlay.jpg", None, 64, 48, "a.png",
-                      {s: {"idempotency_key": "x", "source": source} for s in sinks})
+    return FlagRecord(
+        "v1",
+        f"{source}/a.png",
+        f"{source}/a.overlay.jpg",
+        None,
+        64,
+        48,
+        "a.png",
+        {s: {"idempotency_key": "x", "source": source} for s in sinks},
+    )
 
 
 def test_schema_matches_migrations(store):
@@ -123,9 +133,13 @@ def test_prune_of_one_line_leaves_other_lines_rows(store):
     """Lines sharing a store prune by their own bounds: another line's samples and deliveries are its own."""
     for i in range(10):
         for src in ("cam", "other"):
-            store.record_frame(frame(f"{src}{i}", source=src, path=f"{src}/p{i}", t=T0 - timedelta(days=40 if i < 2 else 0)))
+            store.record_frame(
+                frame(f"{src}{i}", source=src, path=f"{src}/p{i}", t=T0 - timedelta(days=40 if i < 2 else 0))
+            )
     for src in ("cam", "other"):
-        store.record_frame(frame(f"{src}f", source=src, score=2.0, path=f"{src}/f", t=T0 - timedelta(days=60)), flag(source=src))
+        store.record_frame(
+            frame(f"{src}f", source=src, score=2.0, path=f"{src}/f", t=T0 - timedelta(days=60)), flag(source=src)
+        )
         store.mark_delivered(store.pending_heads("mq", [src])[0].id, T0 - timedelta(days=60))
     store.prune(T0, keep_scores_days=30, max_score_rows=5, sources=["cam"])
     with Session(store.engine) as s:

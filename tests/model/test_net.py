@@ -16,6 +16,7 @@ def test_fixed_grid_resizes_place_cells_where_the_backbone_responds():
     net = InspectorNet(NetworkSettings(gauss_cell=4), (6, 10), default_weights_path())
     impulse = torch.zeros(1, 1, 6, 10)
     impulse[0, 0, 2, 3] = 1.0
+
     def centre(m: torch.Tensor) -> tuple[float, float]:
         ys, xs = torch.meshgrid(torch.arange(m.shape[0]), torch.arange(m.shape[1]), indexing="ij")
         return float((m * ys).sum() / m.sum()), float((m * xs).sum() / m.sum())
@@ -64,8 +65,8 @@ def test_gaussian_term_equals_the_mahalanobis_distance():
     """Whitened per block (the encoder's last layer folded in where the hidden layer is no wider than the
     latent), the term is (z - mean)^T P (z - mean), exactly, for whole and partial blocks, and follows the
     statistics when they change (a refit)."""
-    from inspector.model.backbone import default_weights_path
     from inspector.config.network import NetworkSettings
+    from inspector.model.backbone import default_weights_path
     from inspector.model.net import InspectorNet
 
     for hidden in (16, 4):  # wider than the latent: the term reads the latent map; narrower: the hidden layer

@@ -13,12 +13,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from inspector.pipeline import export
-from inspector.runtime import registry
-from inspector.pipeline.checkpoint import load_model, read_json
-from inspector.errors import InspectorError
-from inspector.pipeline.export import PARITY_TOLERANCE, export_model
 from inspector.data.preprocess import Preprocess
+from inspector.errors import InspectorError
+from inspector.pipeline import export
+from inspector.pipeline.checkpoint import load_model, read_json
+from inspector.pipeline.export import PARITY_TOLERANCE, export_model
+from inspector.runtime import registry
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,12 @@ def test_export_publishes_a_self_describing_version(v1, model_dir):
     m = json.loads((v1 / "manifest.json").read_text())
     blob = (v1 / "model.onnx").read_bytes()
     assert m["format_version"] == 2
-    assert m["model"] == {"file": "model.onnx", "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob), "opset": 17}
+    assert m["model"] == {
+        "file": "model.onnx",
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size_bytes": len(blob),
+        "opset": 17,
+    }
     cal = read_json(model_dir / "staging" / "calibration.json", "")
     assert m["threshold"] == cal["threshold"]
     assert m["calibration"]["meaning"] == cal["meaning"] and "curve" not in json.dumps(m["calibration"])
@@ -99,14 +104,25 @@ def test_graph_is_its_weights_not_a_blown_up_reference(v1, model_dir):
 
 def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
     """kNN bank, reconstruction, image-level distance and smoothing: all inside the graph, parity checked."""
-    from inspector.pipeline.calibrate import calibrate_model
     from inspector.config.fit import CalibrateSettings, FitSettings
+    from inspector.pipeline.calibrate import calibrate_model
     from inspector.pipeline.fit import fit
-
     from tests.conftest import FAST_FIT
 
-    s = FitSettings(**{**FAST_FIT, "steps": 30, "w_latent": 1.0, "w_recon": 0.5, "global_bank": 40, "w_global": 0.5,
-                       "pool": 3, "smooth": 3, "pos_weight": 0.5, "gauss_cell": 5})  # 5x5 cells: partial ones at the edges
+    s = FitSettings(
+        **{
+            **FAST_FIT,
+            "steps": 30,
+            "w_latent": 1.0,
+            "w_recon": 0.5,
+            "global_bank": 40,
+            "w_global": 0.5,
+            "pool": 3,
+            "smooth": 3,
+            "pos_weight": 0.5,
+            "gauss_cell": 5,
+        }
+    )  # 5x5 cells: partial ones at the edges
     fit(synthetic_data, tmp_path / "m", s, show=False)
     calibrate_model(tmp_path / "m", CalibrateSettings(fpr=0.05))
     v = export_model(tmp_path / "m")  # refuses to publish unless torch and ORT agree
@@ -149,7 +165,9 @@ def test_parity_failure_stops_the_export_and_leaves_nothing(model_dir, monkeypat
 
     monkeypatch.setattr(export, "to_onnx", drifted)
     before = sorted(p.name for p in model_dir.iterdir())
-    with pytest.raises(InspectorError, match=r"parity check failed: .* differ by .* of the threshold \(tolerance 1e-03\)"):
+    with pytest.raises(
+        InspectorError, match=r"parity check failed: .* differ by .* of the threshold \(tolerance 1e-03\)"
+    ):
         export_model(model_dir)
     assert sorted(p.name for p in model_dir.iterdir()) == before
 

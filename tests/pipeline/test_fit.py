@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.pipeline.calibrate import calibrate_model
-from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, MODEL_FILE, load_model, staging
 from inspector.config.fit import CalibrateSettings, FitSettings
 from inspector.data.datasets import LoadReport, discover
 from inspector.errors import InspectorError
+from inspector.pipeline.calibrate import calibrate_model
+from inspector.pipeline.checkpoint import CALIBRATION_FILE, FIT_FILE, MODEL_FILE, load_model, staging
 from inspector.pipeline.evaluate import auroc
-from inspector.pipeline.infer import score_paths
 from inspector.pipeline.fit import fit, split_holdout
-
+from inspector.pipeline.infer import score_paths
 from tests.conftest import FAST_FIT
 
 
@@ -97,9 +96,12 @@ def test_f1_strategy_uses_labelled_defects(fitted_model, tmp_path):
 def test_too_few_good_images_to_calibrate(tmp_path):
     from inspector.data.synthetic import write_dataset
 
-    data = write_dataset(tmp_path / "small", n_train=30, n_test_good=0, n_test_defect=0)
+    data = write_dataset(tmp_path / "small", n_train=20, n_test_good=0, n_test_defect=0)
     fit(data, tmp_path / "m", FitSettings(**{**FAST_FIT, "steps": 5}), show=False)
-    with pytest.raises(InspectorError, match="only 6 held-out good images: calibration needs at least 20"):
+    with pytest.raises(
+        InspectorError,
+        match="only 4 held-out good images: calibration needs at least 5; fit again with at least 25 good images",
+    ):
         calibrate_model(tmp_path / "m", CalibrateSettings())
 
 
@@ -173,14 +175,18 @@ def test_false_alarms_are_broken_down_by_name_order():
     from inspector.pipeline.evaluate import Item, format_table, image_metrics
 
     scores = [0.3] * 15 + [1.4] * 5
-    items = [Item(Path(f"good/cam_{n}.png"), 0, sc, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32))
-             for n, sc in enumerate(scores)]
+    items = [
+        Item(Path(f"good/cam_{n}.png"), 0, sc, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32))
+        for n, sc in enumerate(scores)
+    ]
     m = image_metrics(items[::-1] + [Item(Path("bad/cam_0.png"), 1, 3.0, items[0].image, items[0].amap)])
     assert [g["fpr"] for g in m["fpr_by_name_order"]] == [0.0, 0.0, 0.0, 1.0]
     assert (m["fpr_by_name_order"][3]["first"], m["fpr_by_name_order"][3]["last"]) == ("cam_15.png", "cam_19.png")
     last = [line for line in format_table(m).splitlines() if "fpr names 4/4" in line]
     assert last and last[0].endswith("1.0000  (5 good images cam_15.png .. cam_19.png, median score 1.40x)")
-    assert m["late_alarm_p"] < 1e-4 and "false alarms pile up in the last quarter by name (5/5 against 0/15" in format_table(m)
+    assert m[
+        "late_alarm_p"
+    ] < 1e-4 and "false alarms pile up in the last quarter by name (5/5 against 0/15" in format_table(m)
     even = image_metrics([Item(i.path, 0, 1.4 if n % 4 == 0 else 0.3, i.image, i.amap) for n, i in enumerate(items)])
     assert even["late_alarm_p"] > 0.5 and "pile up" not in format_table(even)  # alarms spread over the quarters
     assert "fpr_by_name_order" not in image_metrics(items[:19])  # fewer than 5 good images a quarter: no breakdown
@@ -204,7 +210,11 @@ def test_fit_overrides_from_a_command_line_are_checked():
     from inspector.config.fit import fit_overrides
 
     assert fit_overrides(["latent=96", "hidden=128"]) == {"latent": "96", "hidden": "128"}
-    for pairs, message in ((["latent"], "KEY=VALUE"), (["latnt=3"], "latnt"), (["latent=x"], "latent: Input should be")):
+    for pairs, message in (
+        (["latent"], "KEY=VALUE"),
+        (["latnt=3"], "latnt"),
+        (["latent=x"], "latent: Input should be"),
+    ):
         with pytest.raises(ValueError, match=message):
             fit_overrides(pairs)
 

@@ -20,8 +20,9 @@ def _rigged(monkeypatch, separation: dict[str, float]):
 
     def with_weights(net, overrides):
         name = next(c.name for c in CANDS if c.overrides == overrides)
-        return lambda comps: noise[name][comps[1] + (100 if comps[0] == "bad" else 0)] + (
-            separation[name] if comps[0] == "bad" else 0.0)
+        return lambda comps: (
+            noise[name][comps[1] + (100 if comps[0] == "bad" else 0)] + (separation[name] if comps[0] == "bad" else 0.0)
+        )
 
     monkeypatch.setattr(select, "with_weights", with_weights)
     good = [("good", i) for i in range(30)]
@@ -65,7 +66,8 @@ def test_fit_records_its_choice_and_the_model_carries_it(synthetic_data, tmp_pat
 
 
 def test_a_term_set_by_hand_is_not_searched(synthetic_data, tmp_path):
-    r = fit(synthetic_data, tmp_path / "m", FitSettings(**FAST_FIT, w_latent=0.0, global_bank=0, w_global=0.0),
-            show=False)
+    r = fit(
+        synthetic_data, tmp_path / "m", FitSettings(**FAST_FIT, w_latent=0.0, global_bank=0, w_global=0.0), show=False
+    )
     assert r.selection is None
     assert load_model(tmp_path / "m")[0].cfg.w_latent == 0.0

@@ -96,8 +96,13 @@ def test_line_config_gpu_block_is_checked_and_reaches_the_scorer(model_dir, tmp_
         LineModel(path=model_dir, gpu={"fp16": True})  # misspelt keys are refused, not ignored
     seen = {}
     real = sess_mod.open_session
-    monkeypatch.setattr(sess_mod, "open_session", lambda blob, m, providers, threads=0, gpu=None:
-                        seen.setdefault("gpu", gpu) and real(blob, m, providers, threads, gpu))
+    monkeypatch.setattr(
+        sess_mod,
+        "open_session",
+        lambda blob, m, providers, threads=0, gpu=None: (
+            seen.setdefault("gpu", gpu) and real(blob, m, providers, threads, gpu)
+        ),
+    )
     cfg = LineModel(path=model_dir, providers=["cpu"], gpu={"device_id": 2, "trt_cache_dir": str(tmp_path / "c")})
     assert load_scorer(cfg).providers == [CPU]
     assert seen["gpu"] == GpuOptions(device_id=2, trt_cache_dir=str(tmp_path / "c"))
@@ -110,8 +115,11 @@ def test_gpu_providers_that_cannot_load_fall_back_to_the_cpu_in_one_line(model_d
 
     _said.clear()
     caplog.set_level(logging.INFO, logger="inspector")
-    s = Scorer.load(model_dir, providers=["tensorrt", "cuda", "cpu"],
-                    gpu=GpuOptions(trt_fp16=True, trt_cache_dir=str(tmp_path / "trt")))
+    s = Scorer.load(
+        model_dir,
+        providers=["tensorrt", "cuda", "cpu"],
+        gpu=GpuOptions(trt_fp16=True, trt_cache_dir=str(tmp_path / "trt")),
+    )
     assert s.providers == [CPU] and s.score(np.zeros((96, 96, 3), np.uint8)).score >= 0
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and lines[0].startswith(f"{TENSORRT}, {CUDA} unavailable (") and lines[0].endswith(CPU)

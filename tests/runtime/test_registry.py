@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from inspector.runtime import registry
-from inspector.errors import InspectorError
 from inspector.data.preprocess import Preprocess
+from inspector.errors import InspectorError
+from inspector.runtime import registry
 from inspector.runtime.manifest import FORMAT_VERSION
 
 

@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.runtime import registry
-from inspector.errors import ImageError, InspectorError
 from inspector.data.preprocess import prepare
-from inspector.runtime import Scorer
-from inspector.runtime.providers import CPU, CUDA, TENSORRT, gpu_problem, requested
 from inspector.data.synthetic import add_defect, good_part
+from inspector.errors import ImageError, InspectorError
+from inspector.runtime import Scorer, registry
+from inspector.runtime.providers import CPU, CUDA, TENSORRT, gpu_problem, requested
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +67,7 @@ s = Scorer.load({str(model_dir)!r})
 r = s.score({str(img)!r}, overlay=True)
 s.score_batch([{str(img)!r}] * 3)
 s.reload_if_changed()
-assert score_images(Path({str(model_dir)!r}), [Path({str(img)!r})], {str(tmp_path / 'maps')!r}) == 0
+assert score_images(Path({str(model_dir)!r}), [Path({str(img)!r})], {str(tmp_path / "maps")!r}) == 0
 leaked = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))
 print('TORCH', leaked, 'SCORE', r.score)
 """)
@@ -86,7 +85,7 @@ from inspector.runtime import Scorer
 a = Scorer.load({str(model_dir)!r})
 b = Scorer.load({str(model_dir)!r})  # a second load (a reload) does not repeat the line
 a.score(np.zeros((96, 96, 3), np.uint8))
-open({str(model_dir / 'providers.txt')!r}, 'w').write(','.join(a.providers))
+open({str(model_dir / "providers.txt")!r}, 'w').write(','.join(a.providers))
 """)
     assert proc.returncode == 0, proc.stderr
     output = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -181,8 +180,10 @@ def test_a_frame_size_never_fitted_is_warned_once(model_dir, frames, caplog):
         fresh.score_batch(frames["good"] + frames["wide"] + frames["wide"])
         fresh.score(frames["wide"][0])
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warned == ["frame size 160x96: no fit image had this size (fitted: 96x96); expect more false alarms until "
-                      "the model is fitted on this format"]
+    assert warned == [
+        "frame size 160x96: no fit image had this size (fitted: 96x96); expect more false alarms until "
+        "the model is fitted on this format"
+    ]
 
 
 def test_long_strips_are_split_to_bound_ort_memory(scorer, frames, monkeypatch):
@@ -241,21 +242,28 @@ def _edit_manifest(**changes):
             else:
                 m[k] = val
         (v / "manifest.json").write_text(json.dumps(m))
+
     return apply
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda v: (v / "manifest.json").unlink(), r"has no manifest\.json: not an exported model"),
-    (lambda v: (v / "manifest.json").write_text("{oops"), r"manifest\.json is corrupt \(JSONDecodeError\)"),
-    (_edit_manifest(format_version=99), r"has manifest format 99; this inspector reads format 2"),
-    (_edit_manifest(format_version=1), r"fitted by an older inspector version \(manifest format 1\): refit it"),
-    (_edit_manifest(threshold=None), r"lacks threshold"),
-    (_edit_manifest(threshold=-2), r"threshold in .* must be a positive number"),
-    (lambda v: _flip_byte(v / "model.onnx"), r"model\.onnx does not match its manifest \(sha256"),
-    (lambda v: (v / "model.onnx").write_bytes((v / "model.onnx").read_bytes()[:1000]), r"model\.onnx is truncated \(1000 of \d+ bytes\)"),
-    (lambda v: (v / "model.onnx").unlink(), r"model\.onnx is missing"),
-    (_truncate_consistently, r"model\.onnx cannot be loaded by ONNX Runtime"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda v: (v / "manifest.json").unlink(), r"has no manifest\.json: not an exported model"),
+        (lambda v: (v / "manifest.json").write_text("{oops"), r"manifest\.json is corrupt \(JSONDecodeError\)"),
+        (_edit_manifest(format_version=99), r"has manifest format 99; this inspector reads format 2"),
+        (_edit_manifest(format_version=1), r"fitted by an older inspector version \(manifest format 1\): refit it"),
+        (_edit_manifest(threshold=None), r"lacks threshold"),
+        (_edit_manifest(threshold=-2), r"threshold in .* must be a positive number"),
+        (lambda v: _flip_byte(v / "model.onnx"), r"model\.onnx does not match its manifest \(sha256"),
+        (
+            lambda v: (v / "model.onnx").write_bytes((v / "model.onnx").read_bytes()[:1000]),
+            r"model\.onnx is truncated \(1000 of \d+ bytes\)",
+        ),
+        (lambda v: (v / "model.onnx").unlink(), r"model\.onnx is missing"),
+        (_truncate_consistently, r"model\.onnx cannot be loaded by ONNX Runtime"),
+    ],
+)
 def test_damaged_versions_give_one_clear_error(model_dir, tmp_path, damage, message):
     v = shutil.copytree(model_dir / "v1", tmp_path / "v1")
     damage(v)
@@ -345,10 +353,14 @@ def test_score_command_runs_the_onnx_model(model_dir, scorer, frames, tmp_path, 
         paths.append(tmp_path / f"p{i}.png")
         cv2.imwrite(str(paths[-1]), img)
     (tmp_path / "junk.png").write_bytes(b"not an image")
-    rc = main(["score", str(model_dir), *map(str, paths), str(tmp_path / "junk.png"), "--save-map", str(tmp_path / "maps")])
+    rc = main(
+        ["score", str(model_dir), *map(str, paths), str(tmp_path / "junk.png"), "--save-map", str(tmp_path / "maps")]
+    )
     out, err = capsys.readouterr()
     assert rc == 1  # one image was unreadable
-    assert [l for l in err.splitlines() if "junk.png" in l] == [f"error: {tmp_path / 'junk.png'}: not a readable image: not a PNG, JPEG, BMP or TIFF image"]
+    assert [l for l in err.splitlines() if "junk.png" in l] == [
+        f"error: {tmp_path / 'junk.png'}: not a readable image: not a PNG, JPEG, BMP or TIFF image"
+    ]
     rows = [_LINE.match(l).groups() for l in out.splitlines()]
     expected = scorer.score_batch(paths)
     assert [(Path(p), float(s), v) for p, s, v in rows] == [

@@ -4,6 +4,7 @@ import pytest
 
 from inspector.scoring.gate import GateSettings, binomial_tail, compare, fpr_check
 
+
 def test_binomial_tail_matches_direct_sum():
     assert binomial_tail(0, 20, 0.05) == 1.0
     assert binomial_tail(1, 20, 0.05) == pytest.approx(1 - 0.95**20)

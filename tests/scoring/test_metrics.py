@@ -57,8 +57,10 @@ def test_few_held_out_images_keep_the_promise_they_state(n):
     """Below 1/target - 1 images no rank promises 1%: the rule promises 1/(n+1) whatever the scores' shape and
     the target itself when they are log-normal; both promises hold on fresh good scores, averaged over hold-outs."""
     rng = np.random.default_rng(1)
-    for draw, promise_holds_at in ((lambda size: rng.lognormal(0.0, 0.3, size), "target"),
-                                   (lambda size: rng.gamma(0.5, 1.0, size) + 1e-3, "bound")):
+    for draw, promise_holds_at in (
+        (lambda size: rng.lognormal(0.0, 0.3, size), "target"),
+        (lambda size: rng.gamma(0.5, 1.0, size) + 1e-3, "bound"),
+    ):
         fresh = draw(200_000)
         realized = []
         for _ in range(300):

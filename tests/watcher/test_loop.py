@@ -15,15 +15,23 @@ import sqlalchemy as sa
 from prometheus_client import generate_latest
 from sqlalchemy.orm import Session
 
+from inspector.config.line import WatchConfig
 from inspector.io.schema import Flagged, Processed
 from inspector.io.sinks import build_sink
 from inspector.io.store import Store
-from inspector.config.line import WatchConfig
 from inspector.watcher import load_scorer
 from inspector.watcher.loop import Watcher
 from inspector.watcher.ops import OpsServer
-from tests.support import (MqttCollector, drop, line_config, part_image, temp_database, wait_for, write_double,
-                                write_video)
+from tests.support import (
+    MqttCollector,
+    drop,
+    line_config,
+    part_image,
+    temp_database,
+    wait_for,
+    write_double,
+    write_video,
+)
 
 
 @contextlib.contextmanager
@@ -49,9 +57,13 @@ def flagged(store: Store) -> list[Flagged]:
 
 
 def folder_cfg(tmp_path: Path, store_url: str | None = None, **extra) -> WatchConfig:
-    doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                      [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
-                      [{"kind": "mqtt", "name": "mq"}], **extra)
+    doc = line_config(
+        tmp_path,
+        write_double(tmp_path / "model"),
+        [{"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
+        [{"kind": "mqtt", "name": "mq"}],
+        **extra,
+    )
     if store_url:
         doc["store"] = {"url": store_url, "media_dir": str(tmp_path / "media")}
     return WatchConfig(**doc)
@@ -72,9 +84,13 @@ def test_folder_to_store_and_mqtt(tmp_path, backend, request):
             rows = flagged(w.store)
             assert [r.origin for r in rows] == ["p03.png", "p07.png", "p08.png"]
             for r in rows:
-                assert (w.store.media_dir / r.image_path).read_bytes() == (tmp_path / "in/processed" / r.origin).read_bytes()
+                assert (w.store.media_dir / r.image_path).read_bytes() == (
+                    tmp_path / "in/processed" / r.origin
+                ).read_bytes()
                 assert (w.store.media_dir / r.overlay_path).stat().st_size > 0
-                assert r.score > 1 and r.threshold == 1.0 and r.model_version == "v1" and (r.width, r.height) == (32, 32)
+                assert (
+                    r.score > 1 and r.threshold == 1.0 and r.model_version == "v1" and (r.width, r.height) == (32, 32)
+                )
             assert sorted(p["origin"] for _, p in col.messages) == ["p03.png", "p07.png", "p08.png"]
             assert {p["idempotency_key"] for _, p in col.messages} == {r.frame_key for r in rows}
             assert w.store.pending_count() == {}
@@ -84,16 +100,23 @@ def test_folder_to_store_and_mqtt(tmp_path, backend, request):
 
 
 def test_per_source_threshold_and_ledger_keep_mode(tmp_path):
-    doc = line_config(tmp_path, write_double(tmp_path / "model"), [
-        {"kind": "folder", "name": "strict", "path": str(tmp_path / "a"), "after": "keep"},
-        {"kind": "folder", "name": "lenient", "path": str(tmp_path / "b"), "rules": {"threshold_scale": 2.0}},
-    ])
+    doc = line_config(
+        tmp_path,
+        write_double(tmp_path / "model"),
+        [
+            {"kind": "folder", "name": "strict", "path": str(tmp_path / "a"), "after": "keep"},
+            {"kind": "folder", "name": "lenient", "path": str(tmp_path / "b"), "rules": {"threshold_scale": 2.0}},
+        ],
+    )
     for d in ("a", "b"):
         drop(tmp_path / d, "bright.png", part_image(1, True))
     cfg = WatchConfig(**doc)
     with running(cfg) as w:
-        wait_for(lambda: all(w.store.counters().get(s, {}).get("scored") == 1 for s in ("strict", "lenient")), 30,
-                 what="both scored")
+        wait_for(
+            lambda: all(w.store.counters().get(s, {}).get("scored") == 1 for s in ("strict", "lenient")),
+            30,
+            what="both scored",
+        )
         rows = flagged(w.store)
         assert [(r.source, r.threshold) for r in rows] == [("strict", 1.0)]
     assert (tmp_path / "a/bright.png").exists()  # kept in place ...
@@ -108,9 +131,12 @@ def test_camera_debounce_and_cooldown_make_one_alert(tmp_path):
     """A video file (written here with OpenCV) showing one defect for 12 frames: one flagged item, one alert."""
     frames = [part_image(i, 10 <= i < 22, size=48) for i in range(40)]
     video = write_video(tmp_path / "line.avi", frames)
-    doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                      [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False}],
-                      [{"kind": "mqtt", "name": "mq"}])
+    doc = line_config(
+        tmp_path,
+        write_double(tmp_path / "model"),
+        [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False}],
+        [{"kind": "mqtt", "name": "mq"}],
+    )
     cfg = WatchConfig(**doc)
     col = MqttCollector(f"inspector/{cfg.line}/cam/alert")
     try:
@@ -143,9 +169,13 @@ def test_hot_reload_between_frames_and_ops_endpoints(tmp_path):
             assert health["ok"] and health["model_version"] == "v2" and health["sources"]["scan"]["kind"] == "folder"
             wait_for(lambda: w.store.pending_count() == {}, 20, what="alerts delivered")
             text = urllib.request.urlopen(f"http://127.0.0.1:{ops.port}/metrics").read().decode()
-            for line in ('inspector_frames_scored_total{source="scan"} 2.0', 'inspector_frames_flagged_total{source="scan"} 2.0',
-                         'inspector_model_info{version="v2"} 1.0', 'inspector_alerts_total{result="delivered",sink="mq"} 2.0',
-                         'inspector_frame_seconds_count{source="scan"} 2.0'):
+            for line in (
+                'inspector_frames_scored_total{source="scan"} 2.0',
+                'inspector_frames_flagged_total{source="scan"} 2.0',
+                'inspector_model_info{version="v2"} 1.0',
+                'inspector_alerts_total{result="delivered",sink="mq"} 2.0',
+                'inspector_frame_seconds_count{source="scan"} 2.0',
+            ):
                 assert line in text
         finally:
             ops.stop()
@@ -204,7 +234,9 @@ def test_json_log_lines_carry_extra_fields():
 
     from inspector.watcher.ops import JsonFormatter
 
-    rec = logging.LogRecord("inspector.watch", logging.WARNING, __file__, 1, "folder %s: quarantined %s", ("scan", "a.png"), None)
+    rec = logging.LogRecord(
+        "inspector.watch", logging.WARNING, __file__, 1, "folder %s: quarantined %s", ("scan", "a.png"), None
+    )
     rec.source = "scan"
     doc = json.loads(JsonFormatter().format(rec))
     assert doc["msg"] == "folder scan: quarantined a.png" and doc["level"] == "warning" and doc["source"] == "scan"
@@ -219,11 +251,17 @@ def test_low_disk_space_for_media_turns_health_red_once_and_back(tmp_path, monke
     usage = namedtuple("usage", "total used free")
     free = {"mb": 5000}
     real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, free["mb"] * 2**20)
-                        if Path(p).resolve() == (tmp_path / "media").resolve() else real(p))
+    monkeypatch.setattr(
+        shutil,
+        "disk_usage",
+        lambda p: (
+            usage(10**12, 0, free["mb"] * 2**20) if Path(p).resolve() == (tmp_path / "media").resolve() else real(p)
+        ),
+    )
     monkeypatch.setattr(Watcher, "DISK_CHECK_S", 0.1)
-    cfg = folder_cfg(tmp_path, store={"url": f"sqlite:///{tmp_path}/s.db", "media_dir": str(tmp_path / "media"),
-                                      "min_free_mb": 1000})
+    cfg = folder_cfg(
+        tmp_path, store={"url": f"sqlite:///{tmp_path}/s.db", "media_dir": str(tmp_path / "media"), "min_free_mb": 1000}
+    )
     with caplog.at_level("INFO", logger="inspector.watch"), running(cfg) as w:
         wait_for(lambda: w.health()["media_free_mb"] == 5000, 10, what="first measurement")
         assert w.health()["ok"] and not w.health()["disk_low"]
@@ -233,7 +271,7 @@ def test_low_disk_space_for_media_turns_health_red_once_and_back(tmp_path, monke
         time.sleep(0.5)  # measured several times more: still one error line
         free["mb"] = 3000
         wait_for(lambda: w.health()["ok"], 10, what="recovered")
-        assert 'inspector_media_free_bytes 3.145728e+09' in generate_latest(w.metrics.registry).decode()
+        assert "inspector_media_free_bytes 3.145728e+09" in generate_latest(w.metrics.registry).decode()
     errors = [r for r in caplog.records if "only 200 MB free" in r.getMessage()]
     assert len(errors) == 1 and errors[0].levelname == "ERROR"
     assert "3000 MB free on the disk" in caplog.text
@@ -254,10 +292,15 @@ def test_full_media_disk_records_camera_frames_without_images_and_folder_files_w
 
     monkeypatch.setattr(media, "atomic_write", atomic_write)
     video = write_video(tmp_path / "line.avi", [part_image(i, 10 <= i < 22, size=48) for i in range(40)])
-    doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                      [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False},
-                       {"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
-                      [{"kind": "mqtt", "name": "mq"}])
+    doc = line_config(
+        tmp_path,
+        write_double(tmp_path / "model"),
+        [
+            {"kind": "camera", "name": "cam", "uri": str(video), "realtime": False},
+            {"kind": "folder", "name": "scan", "path": str(tmp_path / "in")},
+        ],
+        [{"kind": "mqtt", "name": "mq"}],
+    )
     cfg = WatchConfig(**doc)
     col = MqttCollector(f"inspector/{cfg.line}/cam/alert")
     try:
@@ -288,8 +331,11 @@ def test_a_backlog_is_scored_in_batches_across_sources_in_order_and_a_bad_frame_
     """Two folders with a backlog: rounds score several files in one call, each folder's files are decided in
     their order (flagged ids follow the file order), and a file the scorer refuses is quarantined while the
     others of its batch are recorded."""
-    doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                      [{"kind": "folder", "name": s, "path": str(tmp_path / s)} for s in ("a", "b")])
+    doc = line_config(
+        tmp_path,
+        write_double(tmp_path / "model"),
+        [{"kind": "folder", "name": s, "path": str(tmp_path / s)} for s in ("a", "b")],
+    )
     for s in ("a", "b"):
         for i in range(10):
             drop(tmp_path / s, f"p{i:02d}.png", part_image(i, i % 3 == 0))
@@ -308,8 +354,9 @@ def test_a_backlog_is_scored_in_batches_across_sources_in_order_and_a_bad_frame_
     scorer.score_batch = score_batch
     scorer.score = lambda img, **kw: real_one(img, **kw) if img.shape[0] > 1 else 1 / 0
     with running(cfg, scorer) as w:
-        wait_for(lambda: all(w.store.counters().get(s, {}).get("scored") == 10 for s in ("a", "b")), 30,
-                 what="both backlogs")
+        wait_for(
+            lambda: all(w.store.counters().get(s, {}).get("scored") == 10 for s in ("a", "b")), 30, what="both backlogs"
+        )
         wait_for(lambda: (tmp_path / "a/quarantine/p10x.png.reason.txt").exists(), 10, what="the bad file")
         rows = flagged(w.store)
     assert max(sizes) > 2  # scored together

@@ -34,10 +34,14 @@ def test_watch_with_real_scorer_flags_defects_and_follows_current(fitted_model, 
         cv2.imwrite(str(inbox / f"bad{i}.png"), img)
         names[f"good{i}.png"], names[f"bad{i}.png"] = False, True
     line = f"rt{tmp_path.name[-6:].replace('_', '')}"
-    doc = {"line": line, "model": {"path": str(model), "providers": ["cpu"], "reload_check_s": 0.5},
-           "sources": [{"kind": "folder", "name": "scan", "path": str(inbox), "stable_s": 0.2}],
-           "sinks": [{"kind": "mqtt", "name": "mq"}], "store": {"url": f"sqlite:///{tmp_path}/store/s.db"},
-           "ops": {"port": 0}}
+    doc = {
+        "line": line,
+        "model": {"path": str(model), "providers": ["cpu"], "reload_check_s": 0.5},
+        "sources": [{"kind": "folder", "name": "scan", "path": str(inbox), "stable_s": 0.2}],
+        "sinks": [{"kind": "mqtt", "name": "mq"}],
+        "store": {"url": f"sqlite:///{tmp_path}/store/s.db"},
+        "ops": {"port": 0},
+    }
     config = write_config(tmp_path / "line.yaml", doc)
     col = MqttCollector(f"inspector/{line}/+/alert")
     proc = spawn_watcher(config, tmp_path / "watch.log")

@@ -39,8 +39,9 @@ DOWN = OperationalError("INSERT", {}, ConnectionRefusedError("connection refused
 
 
 def _frame(i: int) -> SpooledFrame:
-    return SpooledFrame(ScoredFrame("cam", f"k{i}", T0 + timedelta(seconds=i), 0.3, 0.6, 2.0, False), None, False,
-                        "rtsp://cam", "v1")
+    return SpooledFrame(
+        ScoredFrame("cam", f"k{i}", T0 + timedelta(seconds=i), 0.3, 0.6, 2.0, False), None, False, "rtsp://cam", "v1"
+    )
 
 
 def test_spool_files_keep_order_and_bound_and_survive_reopening(tmp_path):
@@ -60,8 +61,18 @@ def test_spool_files_keep_order_and_bound_and_survive_reopening(tmp_path):
 def _writer(store, spool_dir, monkeypatch):
     monkeypatch.setattr(writer_mod, "RETRY_HELD_S", 0.05)
     flaky = FlakyStore(store)
-    w = Writer(flaky, "l1", ["mq"], False, Metrics(), lambda: None, lambda e: None, depth=4, max_batch=3,
-               spool=Spool(spool_dir, 1000))
+    w = Writer(
+        flaky,
+        "l1",
+        ["mq"],
+        False,
+        Metrics(),
+        lambda: None,
+        lambda e: None,
+        depth=4,
+        max_batch=3,
+        spool=Spool(spool_dir, 1000),
+    )
     w.start()
     return w, flaky
 
@@ -83,8 +94,9 @@ def test_frames_held_in_the_spool_are_committed_by_the_next_writer_in_order(stor
         wait_for(lambda: store.counters().get("cam", {}).get("scored") == 20 and w2.held() == 0, 10, what="the backlog")
     finally:
         w2.stop(10)
-    assert [r.created_at for r in rows(store, ScoreSample, ScoreSample.id)] == [T0 + timedelta(seconds=i)
-                                                                               for i in range(20)]
+    assert [r.created_at for r in rows(store, ScoreSample, ScoreSample.id)] == [
+        T0 + timedelta(seconds=i) for i in range(20)
+    ]
     assert [r.frame_key for r in rows(store, Flagged, Flagged.id)] == ["cam-005", "cam-012"]
     assert [r.sink for r in rows(store, Outbox, Outbox.id)] == ["mq", "mq"]
     assert len(rows(store, Processed, Processed.id)) == 20  # the spool files are their ledger entries
@@ -109,8 +121,18 @@ def test_a_full_spool_says_so_once_and_keeps_the_oldest(store, tmp_path, monkeyp
     monkeypatch.setattr(writer_mod, "RETRY_HELD_S", 0.05)
     flaky = FlakyStore(store)
     flaky.fail = DOWN
-    w = Writer(flaky, "l1", [], False, Metrics(), lambda: None, lambda e: None, depth=4, max_batch=3,
-               spool=Spool(tmp_path / "spool", 100))
+    w = Writer(
+        flaky,
+        "l1",
+        [],
+        False,
+        Metrics(),
+        lambda: None,
+        lambda e: None,
+        depth=4,
+        max_batch=3,
+        spool=Spool(tmp_path / "spool", 100),
+    )
     w.start()
     with caplog.at_level(logging.ERROR, logger="inspector.watch"):
         for i in range(130):
@@ -142,10 +164,22 @@ def test_kill_9_during_a_store_outage_loses_no_held_frame_and_no_alert(tmp_path)
     video = tmp_path / "line.avi"
     port = free_port()
     with contextlib.closing(CuttableProxy()) as proxy, temp_database() as direct_url:
-        doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                          [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False,
-                            "reconnect_min_s": 0.1, "reconnect_max_s": 0.2}],
-                          [{"kind": "mqtt", "name": "mq"}], ops={"port": port})
+        doc = line_config(
+            tmp_path,
+            write_double(tmp_path / "model"),
+            [
+                {
+                    "kind": "camera",
+                    "name": "cam",
+                    "uri": str(video),
+                    "realtime": False,
+                    "reconnect_min_s": 0.1,
+                    "reconnect_max_s": 0.2,
+                }
+            ],
+            [{"kind": "mqtt", "name": "mq"}],
+            ops={"port": port},
+        )
         doc["store"] = {"url": direct_url.replace(":5432/", f":{proxy.port}/"), "media_dir": str(tmp_path / "media")}
         config = write_config(tmp_path / "line.yaml", doc)
         col = MqttCollector(f"inspector/{doc['line']}/+/alert")

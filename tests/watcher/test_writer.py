@@ -50,7 +50,9 @@ class Folder:
 def camera_job(i: int, flagged: bool = False) -> Job:
     score = 1.5 if flagged else 0.3
     frame = ScoredFrame("cam", f"cam-{i:03d}", T0 + timedelta(seconds=i), score, score * 2, 2.0, flagged)
-    job = Job(SimpleNamespace(name="cam"), None, frame, flag=flagged, alert=flagged, model_version="v1", origin="rtsp://cam")
+    job = Job(
+        SimpleNamespace(name="cam"), None, frame, flag=flagged, alert=flagged, model_version="v1", origin="rtsp://cam"
+    )
     if flagged:
         img = np.full((24, 32, 3), 90, np.uint8)
         job.img, job.amap, job.original, job.ext = img, np.ones((24, 32), np.float32), img, ".png"
@@ -105,7 +107,9 @@ def test_a_row_the_store_refuses_is_not_held(writer, caplog):
     flaky.fail = DataError("INSERT", {}, ValueError("value too long"))
     with caplog.at_level(logging.ERROR, logger="inspector.watch"):
         w.submit(camera_job(0))
-        wait_for(lambda: "camera frames not recorded (the store refused them)" in caplog.text, 10, what="the error line")
+        wait_for(
+            lambda: "camera frames not recorded (the store refused them)" in caplog.text, 10, what="the error line"
+        )
     assert w.held() == 0
     flaky.fail = None
     w.submit(camera_job(1))  # later frames are not blocked behind it
@@ -174,27 +178,31 @@ class CuttableProxy:
 
 
 def test_postgresql_cut_while_a_camera_runs_loses_no_frame_and_no_alert(tmp_path, caplog):
-    """The watcher's connection to PostgreSQL is cut before a camera starts: its frames are scored and held, a hot-folder
-    file waits in its folder, and once the database answers again all of them are recorded and each defect's alert
-    is delivered once. One error line when the store goes away, one info line when it is back."""
+    """The watcher's connection to PostgreSQL is cut before a camera starts: its frames are scored and held, a
+    hot-folder file waits in its folder, and once the database answers again all of them are recorded and each
+    defect's alert is delivered once. One error line when the store goes away, one info line when it is back."""
     import threading
 
+    from inspector.config.line import WatchConfig
     from inspector.io.sinks import build_sink
     from inspector.io.store import Store
-    from inspector.config.line import WatchConfig
     from inspector.watcher import load_scorer
     from inspector.watcher.loop import Watcher
-    from tests.support import (MqttCollector, drop, line_config, part_image, temp_database, write_double,
-                                          write_video)
+    from tests.support import MqttCollector, drop, line_config, part_image, temp_database, write_double, write_video
 
     frames = [part_image(i, 60 <= i < 72, size=48) for i in range(120)]
     video = write_video(tmp_path / "line.avi", frames)
     with contextlib.closing(CuttableProxy()) as proxy, temp_database() as direct_url:
         via_proxy = direct_url.replace(":5432/", f":{proxy.port}/")
-        doc = line_config(tmp_path, write_double(tmp_path / "model"),
-                          [{"kind": "camera", "name": "cam", "uri": str(video), "realtime": False},
-                           {"kind": "folder", "name": "scan", "path": str(tmp_path / "in")}],
-                          [{"kind": "mqtt", "name": "mq"}])
+        doc = line_config(
+            tmp_path,
+            write_double(tmp_path / "model"),
+            [
+                {"kind": "camera", "name": "cam", "uri": str(video), "realtime": False},
+                {"kind": "folder", "name": "scan", "path": str(tmp_path / "in")},
+            ],
+            [{"kind": "mqtt", "name": "mq"}],
+        )
         doc["store"] = {"url": via_proxy, "media_dir": str(tmp_path / "media")}
         cfg = WatchConfig(**doc)
         col = MqttCollector(f"inspector/{cfg.line}/+/alert")

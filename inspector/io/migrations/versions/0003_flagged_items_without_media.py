@@ -6,23 +6,22 @@ Revises: 0002
 Create Date: 2026-12-02
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
-
-revision = '0003'
-down_revision = '0002'
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('flagged') as batch:  # SQLite rebuilds the table; PostgreSQL alters in place
-        batch.alter_column('image_path', existing_type=sa.String(length=512), nullable=True)
-        batch.alter_column('overlay_path', existing_type=sa.String(length=512), nullable=True)
+    with op.batch_alter_table("flagged") as batch:  # SQLite rebuilds the table; PostgreSQL alters in place
+        batch.alter_column("image_path", existing_type=sa.String(length=512), nullable=True)
+        batch.alter_column("overlay_path", existing_type=sa.String(length=512), nullable=True)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('flagged') as batch:
-        batch.alter_column('overlay_path', existing_type=sa.String(length=512), nullable=False)
-        batch.alter_column('image_path', existing_type=sa.String(length=512), nullable=False)
+    with op.batch_alter_table("flagged") as batch:
+        batch.alter_column("overlay_path", existing_type=sa.String(length=512), nullable=False)
+        batch.alter_column("image_path", existing_type=sa.String(length=512), nullable=False)
