@@ -63,7 +63,7 @@ def fit_seconds(data: Path, out: Path, device: str) -> float:
 
 def test_frames(data: Path) -> tuple[list[np.ndarray], list[int]]:
     from inspector.data.datasets import discover
-    from inspector.data.preprocess import load_image
+    from inspector.data.images import load_image
 
     samples = discover(data).test
     return [load_image(s.path) for s in samples], [s.label for s in samples]

@@ -39,7 +39,8 @@ def test_feature_cells_sit_where_the_backbone_responds():
     s/8 px; at s*i (the "centers" placement) they centre 2.5-8 px down-right of it."""
     import numpy as np
 
-    from inspector.model.backbone import DEFAULT_BACKBONE, Backbone, default_weights_path
+    from inspector.config.network import DEFAULT_BACKBONE
+    from inspector.model.backbone import Backbone, default_weights_path
 
     bb = Backbone(DEFAULT_BACKBONE, (2, 3), default_weights_path()).eval()
     base = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 0.1
