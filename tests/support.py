@@ -34,6 +34,8 @@ PYTHON = sys.executable
 class BrightnessScorer:
     """Scorer double: raw score = mean gray level / 128; anomaly map = gray level / 128 / threshold."""
 
+    latent = None  # no latent map: frames keep no embedding
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._stamp: int | None = None

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from inspector.io.store import LatentPoint, Store
 from inspector.scoring.latent import LatentSpace
+from inspector.watcher.protocols import Scorer
 
 log = logging.getLogger("inspector.watch")
 
@@ -30,7 +30,7 @@ class LatentKeeper:
         self._good_seen: dict[str, int] = {}
 
     def point(
-        self, scorer: Any, source: str, embedding: np.ndarray | None, flagged: bool, when: datetime
+        self, scorer: Scorer, source: str, embedding: np.ndarray | None, flagged: bool, when: datetime
     ) -> LatentPoint | None:
         """The frame's point to keep, or None (not sampled, or a version exported without an embedding)."""
         if embedding is None:
@@ -48,9 +48,9 @@ class LatentKeeper:
         x, y = space.project(v[None])[0]
         return LatentPoint(version, v.tobytes(), float(x), float(y))
 
-    def _space(self, scorer: Any, version: str, when: datetime) -> LatentSpace | None:
+    def _space(self, scorer: Scorer, version: str, when: datetime) -> LatentSpace | None:
         if version not in self._spaces:
-            data = getattr(scorer, "latent", None)
+            data = scorer.latent
             try:
                 self._spaces[version] = LatentSpace.from_dict(data) if data else None
             except (KeyError, TypeError, ValueError) as e:

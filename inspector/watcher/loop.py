@@ -238,7 +238,7 @@ class Watcher:
         now = time.time()
         anomalous = is_anomalous(res.raw_score, thr)
         decision, s.state = should_alert(s.state, anomalous, now, s.rules)
-        point = self.latent.point(self.scorer, s.src.name, getattr(res, "embedding", None), decision.flag, _utc(now))
+        point = self.latent.point(self.scorer, s.src.name, res.embedding, decision.flag, _utc(now))
         frame = ScoredFrame(
             s.src.name, inp.key, _utc(now), res.raw_score / thr, res.raw_score, thr, anomalous, inp.path, point
         )

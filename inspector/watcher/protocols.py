@@ -29,6 +29,10 @@ class Scorer(Protocol):
     def threshold(self) -> float:
         """The calibrated threshold in raw model units."""
 
+    @property
+    def latent(self) -> dict | None:
+        """The version's latent map from its manifest (projection, good cloud); None when it has none."""
+
     def score(self, frame: np.ndarray, overlay: bool = False, threshold: float | None = None) -> FrameResult: ...
 
     def score_batch(
