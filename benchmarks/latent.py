@@ -165,8 +165,8 @@ def embed_cost(work: Path, data: Path) -> dict:  # noqa: ARG001 - the model fitt
 
 
 def map_first_paint(n: int = 100_000) -> dict:
-    """A store with n good-frame embeddings and 2,000 flagged ones; Chromium opens /latent; the page's own
-    time from the payload request to the drawn canvas, and the payload's size."""
+    """A store with n good-frame embeddings and 2,000 flagged ones; Chromium opens /latent; the page's own time
+    from navigation start to the frame that shows the points, and the payload's size."""
     import threading
     from datetime import datetime, timedelta, timezone
 
@@ -234,9 +234,11 @@ def map_first_paint(n: int = 100_000) -> dict:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         import urllib.request
 
-        t = time.perf_counter()
-        size = len(urllib.request.urlopen(f"{url}/api/latent/map.bin").read())
-        server_ms = (time.perf_counter() - t) * 1000
+        requests = []
+        for _ in range(2):  # the first request reads the store into the columns; the second is the cached bytes
+            t = time.perf_counter()
+            size = len(urllib.request.urlopen(f"{url}/api/latent/map.bin").read())
+            requests.append(round((time.perf_counter() - t) * 1000, 1))
         args = [
             "--headless",
             "--no-sandbox",
@@ -245,14 +247,15 @@ def map_first_paint(n: int = 100_000) -> dict:
             "--disable-component-update",
             "--disable-sync",
         ]
-        paints = []
+        paints, loads = [], []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=args)
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            for _ in range(3):
+            for _ in range(5):
                 page.goto(f"{url}/latent")
                 page.wait_for_selector("#map[data-points]", timeout=120_000)
                 paints.append(float(page.get_attribute("#map", "data-first-paint-ms")))
+                loads.append(float(page.get_attribute("#map", "data-load-ms")))
             draw = page.evaluate("""() => { const c = document.getElementById('colour'); const t = performance.now();
                 c.value = 'group'; c.dispatchEvent(new Event('change')); return performance.now() - t; }""")
             points = int(page.get_attribute("#map", "data-points"))
@@ -263,8 +266,11 @@ def map_first_paint(n: int = 100_000) -> dict:
         "points": points,
         "payload_bytes": size,
         "first_paint_ms": paints,
+        "payload_to_paint_ms": loads,
         "redraw_ms": round(draw, 1),
-        "payload_request_ms": round(server_ms, 1),
+        "payload_request_ms": {"first": requests[0], "cached": requests[1]},
+        "method": "Chromium headless (Playwright, /usr/bin/chromium), 5 page loads: first_paint_ms from navigation "
+        "start to the frame after the points are drawn; payload_to_paint_ms from the payload request to that frame",
     }
 
 

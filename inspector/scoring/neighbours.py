@@ -4,9 +4,10 @@ Measured on this machine's 2 shared cores with 128-float vectors (benchmarks/lat
 float32 matrix-vector product over a contiguous, preallocated matrix plus `argpartition` answers in a few
 milliseconds at 100k rows, with no build step, so a new item is searchable as soon as it is appended. The
 product runs on one BLAS thread: it is memory-bound, and on a loaded machine a second thread mostly waits for
-the first (100k x 128: p50 2.3 / p99 7 ms on one thread against 8 / 16 ms on two; at 1M two threads were faster
-on a quiet machine, 23 against 33 ms p50, and up to ten times slower at p99 under load). An approximate index (hnswlib, pgvector) would be faster at 1M but needs a build and a dependency;
-`VectorIndex` is the one place to swap it in.
+the first (100k x 128: p50 2.3 / p99 7 ms on one thread against 8 / 16 ms on two; at 1M two threads were
+faster on a quiet machine, 23 against 33 ms p50, and up to ten times slower at p99 under load). An approximate
+index (hnswlib, pgvector) would be faster at 1M but needs a build and a dependency; `VectorIndex` is the one
+place to swap it in.
 """
 
 from __future__ import annotations
