@@ -29,7 +29,10 @@ from inspector.scoring.neighbours import VectorIndex, suggest
 from tests.dashboard.test_api import AUTH, TOKEN, part
 
 KINDS = ("scratch", "blob", "missing")
-T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+# local noon two days ago: the seeded frames (T0 + up to 40 minutes) fall in one local day whatever the hour the
+# tests run at (from T0 = now - 2 days, the drift test failed in the last 20 minutes before midnight)
+T0 = (datetime.now().astimezone() - timedelta(days=2)).replace(hour=12, minute=0, second=0, microsecond=0)
+T0 = T0.astimezone(timezone.utc)
 
 
 @pytest.fixture(scope="module")
