@@ -7,8 +7,6 @@ topped up from the store (rows with a higher id) on every query, so a new item i
 
 from __future__ import annotations
 
-import json
-import struct
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,14 +16,12 @@ import numpy as np
 import sqlalchemy as sa
 
 from inspector.dashboard import queries as q
+from inspector.dashboard.latent_map import MAP_MAX_POINTS, MapPoints, build_payload, group_columns
 from inspector.io.latent import latest_version, read_space
 from inspector.io.schema import Embedding, Flagged, LatentSpaceRow
 from inspector.scoring.kinds import MAX_CLUSTERED, cluster, exemplars, stable_ids
 from inspector.scoring.latent import LatentSpace
 from inspector.scoring.neighbours import VectorIndex, suggest
-
-STATUS_CODE = {"reference": 0, "good": 1, "pending": 2, "confirmed": 3, "false_alarm": 4}
-MAP_MAX_POINTS = 200_000
 
 
 @dataclass
@@ -51,6 +47,7 @@ class _Version:
     groups_key: tuple = ()
     previous: dict[int, set[int]] = field(default_factory=dict)
     next_group: int = 1
+    points: MapPoints = field(default_factory=MapPoints)
 
 
 class Latent:
@@ -172,47 +169,22 @@ class Latent:
 
     # ---- the map ----------------------------------------------------------------------------
     def map_payload(self, version: str, recent: int = 100_000) -> bytes:
-        """Binary map: uint32 header length, JSON header, pad to 4 bytes, then per point x, y (float32),
-        item id (int32, -1 for good frames), group id (int32, -1 none), kind (uint8, STATUS_CODE)."""
-        space = self.space(version)
-        cloud = space.cloud if space is not None else np.zeros((0, 2), np.float32)
-        with self.engine.connect() as c:
-            rows = c.execute(
-                sa.select(Embedding.x, Embedding.y, Embedding.flagged_id, Flagged.review_status)
-                .outerjoin(Flagged, Flagged.id == Embedding.flagged_id)
-                .where(Embedding.model_version == version)
-                .order_by(Embedding.id.desc())
-                .limit(min(recent, MAP_MAX_POINTS))
-            ).all()
-        group_of = {i: g.id for g in self.groups(version) for i in g.members}
-        n = len(cloud) + len(rows)
-        xs = np.concatenate([cloud[:, 0], np.array([r[0] for r in rows], np.float32)]).astype(np.float32)
-        ys = np.concatenate([cloud[:, 1], np.array([r[1] for r in rows], np.float32)]).astype(np.float32)
-        ids = np.array([-1] * len(cloud) + [r[2] if r[2] is not None else -1 for r in rows], np.int32)
-        groups = np.array([-1] * len(cloud) + [group_of.get(r[2], -1) for r in rows], np.int32)
-        kind = np.array([0] * len(cloud) + [STATUS_CODE[r[3]] if r[2] is not None else 1 for r in rows], np.uint8)
-        header = json.dumps(
-            {
-                "version": version,
-                "n": n,
-                "kinds": STATUS_CODE,
-                "reference": len(cloud),
-                "layout": ["x:f32", "y:f32", "id:i32", "group:i32", "kind:u8"],
-            }
-        ).encode()
-        pad = (-(4 + len(header))) % 4
-        return b"".join(
-            [
-                struct.pack("<I", len(header) + pad),
-                header,
-                b" " * pad,
-                xs.tobytes(),
-                ys.tobytes(),
-                ids.tobytes(),
-                groups.tobytes(),
-                kind.tobytes(),
-            ]
-        )
+        """The map's binary payload (`latent_map` has the layout) of the reference cloud and the newest `recent`
+        stored points; rebuilt only when a row was added, a review changed or the groups moved."""
+        recent = min(recent, MAP_MAX_POINTS)
+        groups = group_columns(self.groups(version))
+        with self._lock:
+            pts = self._v[version].points
+            with self.engine.connect() as c:
+                pts.top_up(c, version)
+                status = pts.statuses(c, recent)
+            key = (pts.last_id, recent, *(a.tobytes() for a in (*status, *groups)))
+            if key != pts.key:
+                space = self.space(version)
+                cloud = space.cloud if space is not None else np.zeros((0, 2), np.float32)
+                pts.payload = build_payload(version, cloud, pts.xy[-recent:], pts.fid[-recent:], status, groups)
+                pts.key = key
+            return pts.payload
 
     # ---- drift ------------------------------------------------------------------------------
     def drift(self, version: str, tz: tzinfo, days: int = 30, now: datetime | None = None) -> dict[str, list[dict]]:

@@ -14,6 +14,7 @@ from inspector.dashboard.pages import _render
 from inspector.dashboard.review import NotFound, ReviewConflict, review_many
 
 router = APIRouter(tags=["latent"])
+GROUPS_SHOWN = 50  # rows of the page's group table (the API lists all)
 Version = Annotated[
     str | None, Query(max_length=64, pattern=r"^[\w.\-]+$", description="Model version (default: the newest).")
 ]
@@ -127,4 +128,8 @@ def drift(request: Request, version: Version = None, days: Annotated[int, Query(
 def latent_page(request: Request, version: Version = None) -> HTMLResponse:
     ctx = request.app.state.ctx
     v = version or ctx.latent.latest_version()
-    return _render(request, "latent.html", version=v, groups=ctx.latent.groups(v) if v else [])
+    groups = ctx.latent.groups(v) if v else []
+    # the largest groups only: thousands of table rows (each with thumbnails) would hold the page back
+    return _render(
+        request, "latent.html", version=v, groups=groups[:GROUPS_SHOWN], more_groups=len(groups) - GROUPS_SHOWN
+    )

@@ -29,7 +29,10 @@ from inspector.scoring.neighbours import VectorIndex, suggest
 from tests.dashboard.test_api import AUTH, TOKEN, part
 
 KINDS = ("scratch", "blob", "missing")
-T0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=2)
+# local noon two days ago: the seeded frames (T0 + up to 40 minutes) fall in one local day whatever the hour the
+# tests run at (from T0 = now - 2 days, the drift test failed in the last 20 minutes before midnight)
+T0 = (datetime.now().astimezone() - timedelta(days=2)).replace(hour=12, minute=0, second=0, microsecond=0)
+T0 = T0.astimezone(timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -240,17 +243,30 @@ def test_groups_and_bulk_review_record_each_item_and_copy_false_alarms(client, s
     assert all(client.get(f"/api/items/{i}").json()["item"]["review_status"] == "pending" for i in rest)
 
 
-def test_map_payload_and_drift(client, store):
-    seed_latent(store)
-    data = client.get("/api/latent/map.bin").content
+def parse_map(data: bytes) -> dict:
+    """The map payload's columns (layout in inspector/dashboard/latent_map.py), as the page reads them."""
     (hlen,) = struct.unpack("<I", data[:4])
     head = json.loads(data[4 : 4 + hlen])
-    n, o = head["n"], 4 + hlen
-    assert n == head["reference"] + 18 + 20 and len(data) == o + n * 17
-    kind = np.frombuffer(data, np.uint8, n, o + 16 * n)
-    ids = np.frombuffer(data, np.int32, n, o + 8 * n)
+    n, m, o = head["n"], head["m"], 4 + hlen
+    assert len(data) == o + 9 * n + 8 * m
+    cols = {
+        "head": head,
+        "x": np.frombuffer(data, np.float32, n, o),
+        "y": np.frombuffer(data, np.float32, n, o + 4 * n),
+    }
+    cols["id"] = np.frombuffer(data, np.int32, m, o + 8 * n)
+    cols["group"] = np.frombuffer(data, np.int32, m, o + 8 * n + 4 * m)
+    cols["kind"] = np.frombuffer(data, np.uint8, n, o + 8 * n + 8 * m)
+    return cols
+
+
+def test_map_payload_and_drift(client, store):
+    seeded = seed_latent(store)
+    p = parse_map(client.get("/api/latent/map.bin").content)
+    head, kind = p["head"], p["kind"]
+    assert head["n"] == head["reference"] + 18 + 20 and head["m"] == 18 and head["good"] == 20
     assert (kind == 0).sum() == head["reference"] and (kind == 1).sum() == 20 and (kind == 2).sum() == 18
-    assert np.all((ids >= 0) == (kind >= 2))
+    assert np.all(kind[head["n"] - head["m"] :] >= 2) and sorted(p["id"].tolist()) == sorted(seeded["ids"])
     drift = client.get("/api/latent/drift", params={"days": 365}).json()
     day = drift["sources"]["cam"][0]
     assert day["n"] == 20 and day["shift"] >= 0 and day["noise_floor"] == round(1 / np.sqrt(20), 4)
@@ -319,3 +335,48 @@ def test_the_watcher_keeps_every_flagged_embedding_and_one_in_n_good(store):
     from inspector.io.latent import read_space
 
     assert read_space(store.engine, "v9").dim == space.dim  # registered once for the dashboard
+
+
+def test_map_payload_round_trips_the_stored_points_and_follows_new_rows_and_reviews(client, store):
+    from inspector.io.schema import Embedding
+
+    seeded = seed_latent(store)
+    first = client.get("/api/latent/map.bin").content
+    assert client.get("/api/latent/map.bin").content == first  # nothing changed: the same bytes
+    p = parse_map(first)
+    with store.engine.connect() as c:
+        rows = c.execute(
+            sa.select(Embedding.flagged_id, Embedding.x, Embedding.y).where(Embedding.model_version == "v3")
+        )
+        stored = {r[0]: (r[1], r[2]) for r in rows if r[0] is not None}
+    start = p["head"]["n"] - p["head"]["m"]
+    for j, item in enumerate(p["id"].tolist()):  # every flagged point where the store has it, with its group
+        assert np.allclose((p["x"][start + j], p["y"][start + j]), stored[item], atol=1e-6)
+    groups = {i: g["id"] for g in client.get("/api/latent/groups").json() for i in g["members"]}
+    assert p["group"].tolist() == [groups[i] for i in p["id"].tolist()]
+    item = seeded["ids"][0]
+    body = {"status": "false_alarm", "reviewer": "ann"}
+    assert client.post(f"/api/items/{item}/review", json=body, headers=AUTH).status_code == 200
+    p2 = parse_map(client.get("/api/latent/map.bin").content)
+    at = start + p2["id"].tolist().index(item)
+    assert p2["kind"][at] == 4 and (p2["kind"] == 2).sum() == 17  # the review shows on the next request
+    v = _vectors(6)[0][0]
+    store.record_frame(
+        ScoredFrame("cam", "new-good", T0, 0.3, 0.6, 2.0, False, None, LatentPoint("v3", v.tobytes(), 9.5, -9.5)), None
+    )
+    p3 = parse_map(client.get("/api/latent/map.bin").content)
+    assert p3["head"]["good"] == 21 and (9.5, -9.5) in set(zip(p3["x"].tolist(), p3["y"].tolist()))
+    few = parse_map(client.get("/api/latent/map.bin", params={"recent": 5}).content)["head"]
+    assert few["n"] == few["reference"] + 5
+
+
+def test_the_map_page_lists_the_largest_groups_and_counts_the_rest(client, store, monkeypatch):
+    from inspector.dashboard import latent_api
+
+    seed_latent(store)
+    groups = client.get("/api/latent/groups").json()
+    assert len(groups) >= 2
+    monkeypatch.setattr(latent_api, "GROUPS_SHOWN", 1)
+    page = client.get("/latent", headers={"Accept": "text/html"}).text
+    assert page.count('<tr data-group="') == 1 and f'data-group="{groups[0]["id"]}"' in page
+    assert f"{len(groups) - 1} smaller groups not shown" in page
