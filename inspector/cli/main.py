@@ -49,7 +49,10 @@ def _fit(a: argparse.Namespace) -> int:
         f"in {r.seconds:.0f} s"
     )
     if r.selection:
-        print(f"settings: {r.selection['reason']}; see fit.json 'selection' (--set w_latent=/w_global= fixes them)")
+        print(
+            f"settings: {r.selection['reason']}; see fit.json 'selection' "
+            "(--set exposure=/w_latent=/w_global=/score_top= fixes them)"
+        )
     return 0
 
 
