@@ -224,6 +224,17 @@ def loso_lines(results: dict) -> list[str]:
     return out
 
 
+def merge(out: Path, parts: list[Path]) -> None:
+    """Rows of `parts` (later files win) over those of `out`; the leave-one-set-out table recomputed."""
+    results = json.loads(out.read_text()) if out.exists() else {"sets": {}}
+    for part in parts:
+        for name, methods in json.loads(part.read_text())["sets"].items():
+            results["sets"].setdefault(name, {}).update(methods)
+    results["loso"] = loso(results)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="", help="comma-separated substrings of set names (default: all)")
@@ -240,7 +251,18 @@ def main() -> None:
         help="inspector fit settings other than the defaults (e.g. latent=96), recorded in the JSON",
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="no run: rows (per set and method) of these result files replace those in --out, then the table "
+        "(runs split over several processes, or inspector re-run beside kept baseline rows)",
+    )
     a = ap.parse_args()
+    if a.merge:
+        merge(a.out, a.merge)
+        return
     try:
         overrides = fit_overrides(a.fit)  # a bad key or value: one clear error before any work
     except ValueError as e:

@@ -5,7 +5,8 @@
 3. train the patch autoencoder on them;
 4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
    k-center coreset of them as a memory bank);
-5. score the hold-out to learn the typical size of each score component.
+5. score the hold-out to learn the typical size of each score component;
+6. (selection on) repeat 2-5 for each exposure policy and keep the best candidate (`inspector.pipeline.select`).
 """
 
 from __future__ import annotations

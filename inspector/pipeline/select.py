@@ -1,16 +1,18 @@
 """Per-product setting selection inside `fit`: try a small fixed list of candidates, keep the best on this
 product's own held-out good images.
 
-Why: defaults tuned on two data sets lost to PaDiM on unseen ones (issue 16); which score terms help depends
-on the product (a latent kNN helped thin cracks on long parts, a whole-image latent distance a cast part).
-So `fit` trains once with every searched score term switched on, and then judges each candidate weighting
-on the hold-out against synthetic defects made on those same images (`inspector.data.defects`), plus
-labelled defects when the user has some (DATA/test/<defect>). The candidates share one backbone pass, one
-autoencoder and one set of reference statistics: judging them costs one forward pass per damaged image.
+Why: defaults tuned on two data sets lost to PaDiM on unseen ones (issue 16); which settings help depends on
+the product (a latent kNN helped thin cracks on long parts, a whole-image latent distance a cast part, the
+product's own exposure level and a top-cells mean paper in reflected light). So `fit` fits once per exposure
+policy (`EXPOSURES`), each with every searched score term switched on, and then judges each candidate (score
+terms x map reduction) on each fit's hold-out against synthetic defects made on those same images
+(`inspector.data.defects`, the same defects for every fit), plus labelled defects when the user has some
+(DATA/test/<defect>). Within one fit the candidates share one backbone pass, one autoencoder and one set of
+reference statistics: judging them costs one forward pass per damaged image.
 
-The rule, fixed before any benchmark: the highest AUROC wins; a costlier candidate must beat every cheaper
-one by more than `TIE` (noise on a few dozen images), else the cheaper one is kept. A setting given by hand
-(`--set w_latent=...`) is not searched.
+The rule, fixed before any benchmark: the highest AUROC wins; a costlier candidate (later in the list: the fixed
+exposure level's candidates first) must beat every cheaper one by more than `TIE`, else the cheaper one is kept.
+A setting given by hand (`--set w_latent=...`, `--exposure ...`) is not searched.
 """
 
 from __future__ import annotations
