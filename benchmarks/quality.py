@@ -150,6 +150,7 @@ def table(results: dict) -> str:
         if vals:
             lines.append(f"| mean ({len(vals)} sets) | {method} | | {sum(vals) / len(vals):.3f} | | | | | | | |")
     lines += loso_lines(results)
+    lines += list_lines(results)
     for name, methods in results["sets"].items():  # where test/good mixes camera formats, FPR per format
         for method, m in methods.items():
             parts = [
@@ -204,6 +205,53 @@ def loso(results: dict) -> dict | None:
     return {"sets": rows, "mean": mean}
 
 
+LISTS = {  # candidate lists the selection could have searched: which rows of `tried` each one holds
+    "score terms only (fixed exposure, map maximum)": lambda r: (
+        r["exposure"] == "standardize" and not r["settings"].get("score_top")
+    ),
+    "+ top-cells mean": lambda r: r["exposure"] == "standardize",
+    "+ top-cells mean + exposure level (what fit searches)": lambda r: True,
+}
+
+
+def candidate_lists(results: dict) -> dict:
+    """What the selection rule would have chosen from smaller candidate lists, and that choice's test AUROC (the
+    probe's): whether a candidate dimension earns its place across sets. No test label chooses anything."""
+    out: dict = {}
+    for name, m in results["sets"].items():
+        ins = m.get("inspector", {})
+        tried, probed = ins.get("selection", {}).get("tried"), ins.get("candidates_test_auroc", {})
+        if not tried or "exposure" not in tried[0]:
+            continue
+        for label, keep in LISTS.items():
+            rows = [r for r in tried if keep(r)]  # in cost order, as the selection judged them
+            best = rows[0]
+            for r in rows[1:]:
+                if r["criterion"] > best["criterion"] + select_tie():
+                    best = r
+            out.setdefault(label, {})[name] = {"chosen": best["name"], "test_auroc": probed.get(best["name"])}
+    return out
+
+
+def select_tie() -> float:
+    from inspector.pipeline.select import TIE
+
+    return TIE
+
+
+def list_lines(results: dict) -> list[str]:
+    lists = candidate_lists(results)
+    if not lists:
+        return []
+    names = list(next(iter(lists.values())))
+    out = ["", "| candidate list | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1)]
+    for label, per_set in lists.items():
+        vals = [per_set.get(n, {}).get("test_auroc") for n in names]
+        mean = np.mean(vals) if all(v is not None for v in vals) else None
+        out.append(f"| {label} | " + " | ".join(_fmt(v, ".3f") for v in vals) + f" | {_fmt(mean, '.3f')} |")
+    return out
+
+
 def loso_lines(results: dict) -> list[str]:
     lo = results.get("loso")
     if not lo:
@@ -224,6 +272,17 @@ def loso_lines(results: dict) -> list[str]:
     return out
 
 
+def merge(out: Path, parts: list[Path]) -> None:
+    """Rows of `parts` (later files win) over those of `out`; the leave-one-set-out table recomputed."""
+    results = json.loads(out.read_text()) if out.exists() else {"sets": {}}
+    for part in parts:
+        for name, methods in json.loads(part.read_text())["sets"].items():
+            results["sets"].setdefault(name, {}).update(methods)
+    results["loso"] = loso(results)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="", help="comma-separated substrings of set names (default: all)")
@@ -240,7 +299,18 @@ def main() -> None:
         help="inspector fit settings other than the defaults (e.g. latent=96), recorded in the JSON",
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="no run: rows (per set and method) of these result files replace those in --out, then the table "
+        "(runs split over several processes, or inspector re-run beside kept baseline rows)",
+    )
     a = ap.parse_args()
+    if a.merge:
+        merge(a.out, a.merge)
+        return
     try:
         overrides = fit_overrides(a.fit)  # a bad key or value: one clear error before any work
     except ValueError as e:

@@ -49,7 +49,10 @@ def _fit(a: argparse.Namespace) -> int:
         f"in {r.seconds:.0f} s"
     )
     if r.selection:
-        print(f"settings: {r.selection['reason']}; see fit.json 'selection' (--set w_latent=/w_global= fixes them)")
+        print(
+            f"settings: {r.selection['reason']}; see fit.json 'selection' "
+            "(--set exposure=/w_latent=/w_global=/score_top= fixes them)"
+        )
     return 0
 
 
@@ -128,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="autoencoder training steps")
     s.add_argument(
         "--exposure",
-        choices=["standardize", "none"],
-        help="standardize (default): every image's intensity "
-        "mean and spread set alike, so camera gain or lighting drift is not an anomaly; none: as captured "
-        "(when brightness itself is the defect)",
+        choices=["standardize", "product", "none"],
+        help="standardize: every image's intensity "
+        "mean and spread set alike (to a fixed level), so camera gain or lighting drift is not an anomaly; "
+        "product: alike too, at the fit images' own typical level; none: as captured (when brightness itself "
+        "is the defect). Default: fit tries standardize and product and keeps the better",
     )
     s.add_argument(
         "--holdout",

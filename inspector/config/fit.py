@@ -28,9 +28,11 @@ class FitSettings(Settings):
     keep_aspect: bool = Field(True, description="Keep aspect ratio (False squashes into a square).")
     exposure: str = Field(
         "standardize",
-        pattern="^(none|standardize)$",
+        pattern="^(none|standardize|product)$",
         description="standardize: each image's intensity "
-        "mean and spread are set alike before the network (camera gain / lighting drift).",
+        "mean and spread are set alike before the network (camera gain / lighting drift), to a fixed level; "
+        "product: alike too, at the fit images' own typical level (low-contrast products keep their contrast); "
+        "none: as captured. Unless given, selection tries standardize and product.",
     )
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     network: NetworkSettings = Field(
@@ -39,9 +41,9 @@ class FitSettings(Settings):
     )
     select: bool = Field(
         True,
-        description="Try the candidate score terms (latent kNN, whole-image latent distance) "
-        "on held-out good images against synthetic defects and keep the best (inspector.pipeline.select); "
-        "a term set by hand is not searched.",
+        description="Try the candidate settings (exposure level, score terms latent kNN and whole-image latent "
+        "distance, map maximum or top-cells mean) on held-out good images against synthetic defects and keep the "
+        "best (inspector.pipeline.select); a setting given by hand is not searched.",
     )
     select_labelled: bool = Field(
         True,

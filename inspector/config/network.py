@@ -41,6 +41,13 @@ class NetworkSettings(Settings):
     )
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
     smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
+    score_top: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Image score = mean of this fraction of the map's highest cells (0 = the map maximum): "
+        "steadier where good images have scattered single high cells (textures).",
+    )
 
     @model_validator(mode="after")
     def _some_patch_term(self) -> NetworkSettings:

@@ -310,11 +310,23 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         patch = patch.unsqueeze(1)  # (B, 1, h, w)
         if cfg.smooth > 1:
             patch = F.conv2d(patch, self.kernel, padding=cfg.smooth // 2)  # (B, 1, h, w)
-        score = patch.flatten(1).max(1).values  # (B,)
+        score = self.reduce(patch.flatten(1))  # (B,)
         if cfg.w_global > 0:  # else no zeros-times-weight ops in the graph
             score = score + cfg.w_global * glob / sc[3]
         amap = self.resize(patch, size)  # (B, 1, H, W)
         return Output(amap, score)
+
+    def reduce(self, flat: torch.Tensor) -> torch.Tensor:
+        """(B, cells) map -> (B,) image score: its maximum, or the mean of its `score_top` highest cells.
+
+        Why a mean: on a texture every good image has a few scattered high cells somewhere, so the maximum of a
+        good image is noisy; a defect lifts a cluster of cells. Which one works is a per-product choice
+        (`inspector.pipeline.select`). k counts cells of the model's grid (a plain int: a constant in ONNX TopK).
+        """
+        k = int(round(self.cfg.score_top * self.grid[0] * self.grid[1]))
+        if k <= 1:
+            return flat.max(1).values
+        return flat.topk(k, dim=1).values.mean(1)
 
     def forward(self, x: torch.Tensor) -> Output:
         return self.combine(*self.components(x), x.shape[-2:])

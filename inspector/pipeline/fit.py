@@ -5,7 +5,8 @@
 3. train the patch autoencoder on them;
 4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
    k-center coreset of them as a memory bank);
-5. score the hold-out to learn the typical size of each score component.
+5. score the hold-out to learn the typical size of each score component;
+6. (selection on) repeat 2-5 for each exposure policy and keep the best candidate (`inspector.pipeline.select`).
 """
 
 from __future__ import annotations
@@ -211,9 +212,13 @@ def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preproce
     size = (
         {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}
     )  # else Preprocess's default short side, capped
-    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=s.exposure, **size).fixed_for(
+    exposure = "none" if s.exposure == "none" else "standardize"
+    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=exposure, **size).fixed_for(
         sizes
     )
+    if s.exposure == "product":  # standardized to the product's own typical intensity, from images across the fit set
+        spread = [fit_paths[i] for i in np.linspace(0, len(fit_paths) - 1, min(len(fit_paths), 32)).round().astype(int)]
+        pre = pre.with_exposure_of(img for _, img in iter_images(spread, LoadReport(), 1.0))
     latent = latent_for(s, len(fit_paths))
     if latent < n.latent:
         log.warning(
@@ -248,21 +253,38 @@ def fit(
             f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out"
         )
     search, candidates = select.plan(s, len(fit_paths))
-    net, pre, loss, formats, report = _fit_net(search, fit_paths, show)
-    holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, search, show)
-    chosen, selection = search, None
-    if len(candidates) > 1 and comps:
+    fits = [_fit_one(search.model_copy(update={"exposure": e}), fit_paths, holdout, show) for e in select.exposures(s)]
+    best, selection = fits[0], None
+    chosen = best.settings
+    if (len(candidates) > 1 or len(fits) > 1) and best.comps:
         if probe is not None:
-            probe(net, pre, candidates)
+            for f in fits:
+                named = [
+                    select.Candidate(select.label(c.name, f.settings.exposure, len(fits)), c.overrides)
+                    for c in candidates
+                ]
+                probe(f.net, f.pre, named)
         labelled = [x.path for x in ds.test if x.label] if s.select_labelled else []
-        sel = select.choose(net, pre, candidates, comps, holdout, labelled, s.seed)
-        chosen = search.model_copy(update={"network": search.network.model_copy(update=sel.chosen.overrides)})
-        net, selection = select.prune(net, net.cfg.model_copy(update=sel.chosen.overrides)), sel.to_dict()
-        holdout_scores = [(name, select.with_weights(net, {})(c)) for (name, _), c in zip(holdout_scores, comps)]
-    result_dir = _write(
-        out, net, pre, chosen, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection
-    )
-    return FitResult(result_dir, len(fit_paths), len(holdout_scores), time.time() - t0, len(report.bad), selection)
+        sel = select.choose(fits, candidates, holdout, labelled, s.seed)
+        best = fits[sel.fit]
+        chosen = best.settings.model_copy(
+            update={"network": best.settings.network.model_copy(update=sel.chosen.overrides)}
+        )
+        best.net = select.prune(best.net, best.net.cfg.model_copy(update=sel.chosen.overrides))
+        selection = sel.to_dict()
+        scorer = select.with_weights(best.net, {})
+        best.holdout_scores = [(name, scorer(c)) for (name, _), c in zip(best.holdout_scores, best.comps)]
+    loss, formats, report = best.extra
+    kept = (best.net, best.pre, chosen, data, fit_paths, holdout, best.holdout_scores, report, loss, t0, formats)
+    result_dir = _write(out, *kept, selection)
+    return FitResult(result_dir, len(fit_paths), len(best.holdout_scores), time.time() - t0, len(report.bad), selection)
+
+
+def _fit_one(s: FitSettings, fit_paths: list[Path], holdout: list[Path], show: bool) -> select.Fitted:
+    """One fitted net with its component scales set on the hold-out."""
+    net, pre, loss, formats, report = _fit_net(s, fit_paths, show)
+    holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, s, show)
+    return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report))
 
 
 def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):

@@ -1,16 +1,18 @@
 """Per-product setting selection inside `fit`: try a small fixed list of candidates, keep the best on this
 product's own held-out good images.
 
-Why: defaults tuned on two data sets lost to PaDiM on unseen ones (issue 16); which score terms help depends
-on the product (a latent kNN helped thin cracks on long parts, a whole-image latent distance a cast part).
-So `fit` trains once with every searched score term switched on, and then judges each candidate weighting
-on the hold-out against synthetic defects made on those same images (`inspector.data.defects`), plus
-labelled defects when the user has some (DATA/test/<defect>). The candidates share one backbone pass, one
-autoencoder and one set of reference statistics: judging them costs one forward pass per damaged image.
+Why: defaults tuned on two data sets lost to PaDiM on unseen ones (issue 16); which settings help depends on
+the product (a latent kNN helped thin cracks on long parts, a whole-image latent distance a cast part, the
+product's own exposure level and a top-cells mean paper in reflected light). So `fit` fits once per exposure
+policy (`EXPOSURES`), each with every searched score term switched on, and then judges each candidate (score
+terms x map reduction) on each fit's hold-out against synthetic defects made on those same images
+(`inspector.data.defects`, the same defects for every fit), plus labelled defects when the user has some
+(DATA/test/<defect>). Within one fit the candidates share one backbone pass, one autoencoder and one set of
+reference statistics: judging them costs one forward pass per damaged image.
 
-The rule, fixed before any benchmark: the highest AUROC wins; a costlier candidate must beat every cheaper
-one by more than `TIE` (noise on a few dozen images), else the cheaper one is kept. A setting given by hand
-(`--set w_latent=...`) is not searched.
+The rule, fixed before any benchmark: the highest AUROC wins; a costlier candidate (later in the list: the fixed
+exposure level's candidates first) must beat every cheaper one by more than `TIE`, else the cheaper one is kept.
+A setting given by hand (`--set w_latent=...`, `--exposure ...`) is not searched.
 """
 
 from __future__ import annotations
@@ -33,29 +35,46 @@ from inspector.model.net import InspectorNet
 TIE = 0.005  # AUROC a costlier candidate must gain over a cheaper one
 MIN_DEFECTS = 60  # synthetic defects at least (several per image on a small hold-out)
 MAX_DEFECTS = 240  # and at most (fit time)
+TOP = 0.02  # the top-cells candidate: the image score is the mean of the map's highest 2% (fixed before measuring)
 KNN = ("w_latent",)
 GLOBAL = ("w_global", "global_bank")  # one dimension: the image-level latent distance needs its bank
+REDUCE = ("score_top",)
+EXPOSURES = ("standardize", "product")  # in order: the fixed level first (the default before selection existed)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting tried: FitSettings overrides, in order of cost (earlier = cheaper per frame)."""
+    """One setting tried: network overrides, in order of cost (earlier = cheaper per frame)."""
 
     name: str
     overrides: dict = field(default_factory=dict)
 
 
 @dataclass
+class Fitted:
+    """One fit of the network (one exposure policy): every searched term on, scales set on the hold-out."""
+
+    settings: FitSettings
+    net: InspectorNet
+    pre: Preprocess
+    holdout_scores: list[tuple[str, float]]
+    comps: list[tuple]  # the hold-out's score components
+    extra: tuple = ()  # what fit needs to write it (loss, formats, load report)
+
+
+@dataclass
 class Selection:
     chosen: Candidate
-    tried: list[dict]  # per candidate: name, overrides, synthetic_auroc, labelled_auroc, criterion
+    fit: int  # which of the fits (exposure policies) the chosen candidate belongs to
+    tried: list[dict]  # per candidate: name, exposure, overrides, synthetic_auroc, labelled_auroc, criterion
     reason: str
     synthetic_defects: int
     labelled_defects: int
 
     def to_dict(self) -> dict:
         return {
-            "chosen": self.chosen.name,
+            "chosen": self.tried_row["name"],
+            "exposure": self.tried_row["exposure"],
             "settings": self.chosen.overrides,
             "reason": self.reason,
             "synthetic_defects": self.synthetic_defects,
@@ -64,22 +83,38 @@ class Selection:
             "rule": f"highest AUROC; a costlier candidate must gain more than {TIE}",
         }
 
+    @property
+    def tried_row(self) -> dict:
+        return next(r for r in self.tried if r["chosen"])
+
+
+def exposures(s: FitSettings) -> list[str]:
+    """The exposure policies to fit: both levels when selection is on and none was given by hand."""
+    if s.select and "exposure" not in s.model_fields_set:
+        return list(EXPOSURES)
+    return [s.exposure]
+
 
 def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
-    """(settings to fit with: every searched term on, candidates to judge). One candidate when nothing is searched:
-    selection off, or every searched setting given by hand."""
+    """(settings to fit with: every searched term on, candidates to judge on each fit). One candidate when nothing
+    is searched: selection off, or every searched setting given by hand."""
     fixed = s.network.model_fields_set  # flat keys (`--set w_latent=0`) land in the network's settings too
     knn = s.select and not fixed & set(KNN)
     glob = s.select and not fixed & set(GLOBAL)
+    top = s.select and not fixed & set(REDUCE)
     on_knn, on_glob = {"w_latent": 1.0}, {"w_global": 1.0, "global_bank": max(n_fit, 1)}
     off_knn, off_glob = {"w_latent": 0.0}, {"w_global": 0.0, "global_bank": 0}
-    cands = [Candidate("patch Gaussian (map maximum)", (off_knn if knn else {}) | (off_glob if glob else {}))]
+    terms = [("patch Gaussian", (off_knn if knn else {}) | (off_glob if glob else {}))]
     if glob:
-        cands.append(Candidate("+ whole-image latent distance", (off_knn if knn else {}) | on_glob))
+        terms.append(("+ whole-image latent distance", (off_knn if knn else {}) | on_glob))
     if knn:
-        cands.append(Candidate("+ latent kNN", on_knn | (off_glob if glob else {})))
+        terms.append(("+ latent kNN", on_knn | (off_glob if glob else {})))
     if knn and glob:
-        cands.append(Candidate("+ latent kNN + whole-image latent distance", on_knn | on_glob))
+        terms.append(("+ latent kNN + whole-image latent distance", on_knn | on_glob))
+    reduce = [("map maximum", {"score_top": 0.0} if top else {})]
+    if top:
+        reduce.append((f"top {TOP:.0%} mean", {"score_top": TOP}))
+    cands = [Candidate(f"{t} ({r})", to | ro) for t, to in terms for r, ro in reduce]
     on = (on_knn if knn else {}) | (on_glob if glob else {})
     search = s.model_copy(update={"network": s.network.model_copy(update=on)})
     return search, cands
@@ -94,8 +129,8 @@ def auroc(good: Sequence[float], bad: Sequence[float]) -> float:
 
 
 def with_weights(net: InspectorNet, overrides: dict) -> Callable[[tuple], float]:
-    """A scorer of component tuples under a candidate's term weights (the net's scales stay as fitted)."""
-    keys = {k: v for k, v in overrides.items() if k in ("w_latent", "w_global")}
+    """A scorer of component tuples under a candidate's term weights and reduction (scales stay as fitted)."""
+    keys = {k: v for k, v in overrides.items() if k in ("w_latent", "w_global", "score_top")}
 
     def score(comps: tuple) -> float:
         cfg = net.cfg
@@ -127,39 +162,51 @@ def damaged(net: InspectorNet, pre: Preprocess, holdout: list[Path], seed: int) 
     return out
 
 
-def choose(
-    net: InspectorNet,
-    pre: Preprocess,
-    cands: list[Candidate],
-    good: list[tuple],
-    holdout: list[Path],
-    labelled: list[Path],
-    seed: int,
-) -> Selection:
-    """Judge every candidate on the held-out good images' components `good` against synthetic defects on them
-    (and labelled defect images, when given); the cheapest within TIE of the best wins."""
-    synth = damaged(net, pre, holdout, seed)
-    real = [components(net, pre, img) for _, img in iter_images(labelled, LoadReport(), 1.0)]
-    tried = []
+def judge(f: Fitted, cands: list[Candidate], holdout: list[Path], labelled: list[Path], seed: int) -> list[dict]:
+    """Every candidate on one fit: its held-out good images against synthetic defects made on them (the same
+    defects for every fit: same seed) and labelled defect images, when given."""
+    synth = damaged(f.net, f.pre, holdout, seed)
+    real = [components(f.net, f.pre, img) for _, img in iter_images(labelled, LoadReport(), 1.0)]
+    rows = []
     for c in cands:
-        score = with_weights(net, c.overrides)
-        g = [score(x) for x in good]
-        row = {"name": c.name, "settings": c.overrides, "synthetic_auroc": auroc(g, [score(x) for x in synth])}
+        score = with_weights(f.net, c.overrides)
+        g = [score(x) for x in f.comps]
+        row = {"name": c.name, "exposure": f.settings.exposure, "settings": c.overrides}
+        row["synthetic_auroc"] = auroc(g, [score(x) for x in synth])
         row["labelled_auroc"] = auroc(g, [score(x) for x in real]) if real else None
         parts = [row["synthetic_auroc"]] + ([row["labelled_auroc"]] if real else [])
-        row["criterion"] = float(np.mean(parts))
-        tried.append(row)
+        rows.append(row | {"criterion": float(np.mean(parts)), "synthetic": len(synth), "labelled": len(real)})
+    return rows
+
+
+def label(name: str, exposure: str, n_fits: int) -> str:
+    """A candidate's name, with its exposure policy when more than one was fitted."""
+    return f"{name}, exposure {exposure}" if n_fits > 1 else name
+
+
+def choose(
+    fits: list[Fitted], cands: list[Candidate], holdout: list[Path], labelled: list[Path], seed: int
+) -> Selection:
+    """Judge every candidate on every fit (exposure policy); in cost order (the first fit's candidates first), the
+    cheapest within TIE of the best wins."""
+    tried = [row | {"fit": i} for i, f in enumerate(fits) for row in judge(f, cands, holdout, labelled, seed)]
+    for row in tried:
+        row["name"] = label(row["name"], row["exposure"], len(fits))
     best = 0
     for i, row in enumerate(tried[1:], 1):  # in cost order: a costlier one must gain more than TIE
         if row["criterion"] > tried[best]["criterion"] + TIE:
             best = i
-    on = "synthetic defects" + (" and labelled defects" if real else "")
+    for i, row in enumerate(tried):
+        row["chosen"] = i == best
+    top = tried[best]
+    on = "synthetic defects" + (" and labelled defects" if top["labelled"] else "")
     others = ", ".join(f"{r['name']} {r['criterion']:.3f}" for i, r in enumerate(tried) if i != best)
     reason = (
-        f"{tried[best]['name']}: AUROC {tried[best]['criterion']:.3f} on {len(good)} held-out good images "
-        f"against {len(synth)} {on}" + (f" (others: {others})" if others else "")
+        f"{top['name']}: AUROC {top['criterion']:.3f} on {len(fits[0].comps)} held-out good images "
+        f"against {top['synthetic']} {on}" + (f" (others: {others})" if others else "")
     )
-    return Selection(cands[best], tried, reason, len(synth), len(real))
+    chosen = cands[best % len(cands)]
+    return Selection(chosen, top["fit"], tried, reason, top["synthetic"], top["labelled"])
 
 
 def prune(net: InspectorNet, cfg: NetworkSettings) -> InspectorNet:

@@ -64,6 +64,24 @@ def test_exposure_standardize_takes_out_camera_gain_and_offset():
         Preprocess(exposure="auto")
 
 
+def test_exposure_standardize_aims_at_the_products_own_level():
+    """A typical frame of the product passes unchanged; another exposure of it is mapped back to the same
+    input; a low-contrast product keeps its low contrast (a fixed target stretched it threefold)."""
+    rng = np.random.default_rng(1)
+    parts = [np.clip(rng.normal(175, 20, (64, 64, 3)), 0, 255).astype(np.uint8) for _ in range(5)]
+    pre = Preprocess(short_side=64, exposure="standardize").with_exposure_of(parts)
+    assert pre.exposure_mean == pytest.approx(175 / 255, abs=0.01)
+    assert pre.exposure_std == pytest.approx(20 / 255, abs=0.01)
+    plain = Preprocess(short_side=64)
+    assert np.abs(prepare(parts[0], pre) - prepare(parts[0], plain)).max() < 0.1  # the typical frame: as it is
+    darker = (parts[0] * 0.7).astype(np.uint8)
+    assert np.abs(prepare(darker, pre) - prepare(parts[0], pre)).mean() < 0.05  # drift taken out
+    fixed = Preprocess(short_side=64, exposure="standardize")  # no reference: the old fixed target
+    assert prepare(parts[0], fixed).std() > 2.5 * prepare(parts[0], pre).std()
+    assert Preprocess.from_dict(pre.to_dict()) == pre  # stored with the model
+    assert Preprocess.from_dict({k: v for k, v in fixed.to_dict().items() if "exposure_" not in k}) == fixed
+
+
 def test_load_image_errors(tmp_path):
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")

@@ -100,3 +100,18 @@ def _check_gaussian_term(net):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="not the model's"):  # another grid size is an error, not a silent reshape
         net.mahalanobis(torch.zeros(1, g.shape[1], 12, 20))
+
+
+def test_top_cells_mean_ranks_a_cluster_above_a_single_spike():
+    """The map maximum ranks one stray high cell first; the mean of the top 5% ranks a defect's cluster first."""
+    from types import SimpleNamespace
+
+    from inspector.config.network import NetworkSettings
+    from inspector.model.net import InspectorNet
+
+    spike, cluster = torch.zeros(1, 100), torch.zeros(1, 100)
+    spike[0, 7], cluster[0, 40:45] = 5.0, 3.0
+    as_max = SimpleNamespace(cfg=NetworkSettings(), grid=(10, 10))
+    top = SimpleNamespace(cfg=NetworkSettings(score_top=0.05), grid=(10, 10))
+    assert InspectorNet.reduce(as_max, spike) > InspectorNet.reduce(as_max, cluster)
+    assert float(InspectorNet.reduce(top, spike)) == 1.0 and float(InspectorNet.reduce(top, cluster)) == 3.0

@@ -121,8 +121,10 @@ def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
             "smooth": 3,
             "pos_weight": 0.5,
             "gauss_cell": 5,
+            "score_top": 0.05,
+            "exposure": "product",
         }
-    )  # 5x5 cells: partial ones at the edges
+    )  # 5x5 cells: partial ones at the edges; the image score a top-cells mean (TopK in the graph)
     fit(synthetic_data, tmp_path / "m", s, show=False)
     calibrate_model(tmp_path / "m", CalibrateSettings(fpr=0.05))
     v = export_model(tmp_path / "m")  # refuses to publish unless torch and ORT agree
@@ -130,7 +132,7 @@ def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
     assert m["parity"]["max_diff_normalized"] <= PARITY_TOLERANCE
     assert m["reference"]["bank_size"] == 512
     graph = onnx.load(str(v / "model.onnx"))
-    assert {"ReduceMin", "MatMul"} <= {n.op_type for n in graph.graph.node}
+    assert {"ReduceMin", "MatMul", "TopK"} <= {n.op_type for n in graph.graph.node}
     net, _, _ = load_model(tmp_path / "m")
     assert (net.bank.numel() + net.gauss_prec.numel()) * 4 < (v / "model.onnx").stat().st_size
     gh, gw = net.grid
