@@ -230,13 +230,14 @@ def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {n.backbone}")
     latent = latent_for(s, n_fit * pre.n_tiles)
     if latent < n.latent:
+        tiles = f" ({pre.n_tiles} tiles each)" if pre.tiled else ""
         log.warning(
-            "latent size %d instead of %d: %d fit images (%d tiles each) estimate a per-position Gaussian of at "
-            "most %d dimensions (more good images allow more)",
+            "latent size %d instead of %d: %d fit images%s estimate a per-position Gaussian of at most %d "
+            "dimensions (more good images allow more)",
             latent,
             n.latent,
             n_fit,
-            pre.n_tiles,
+            tiles,
             latent,
         )
     try:
