@@ -90,7 +90,15 @@ def fit_model(data: Path, model: Path, settings: FitSettings) -> dict:
 
     r = fit(Path(data), Path(model), settings, show=False)
     get_run_logger().info("fitted %s on %d good images (%d held out) in %.0f s", model, r.n_fit, r.n_holdout, r.seconds)
-    return {"fit_images": r.n_fit, "holdout_images": r.n_holdout, "skipped": r.skipped, "seconds": round(r.seconds, 1)}
+    if r.tiling:
+        get_run_logger().info("input: %s", r.tiling["reason"])  # tiled or whole images, and why
+    return {
+        "fit_images": r.n_fit,
+        "holdout_images": r.n_holdout,
+        "skipped": r.skipped,
+        "seconds": round(r.seconds, 1),
+        "tiling": r.tiling,
+    }
 
 
 @task

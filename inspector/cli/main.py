@@ -48,6 +48,8 @@ def _fit(a: argparse.Namespace) -> int:
         f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}) "
         f"in {r.seconds:.0f} s"
     )
+    if r.tiling:
+        print(f"input: {r.tiling['reason']}; see fit.json 'tiling' (--set tiles=off|auto|ROWSxCOLS fixes it)")
     if r.selection:
         print(
             f"settings: {r.selection['reason']}; see fit.json 'selection' "

@@ -5,10 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from inspector.config.base import Settings, error_line, fields_of
 from inspector.config.network import NetworkSettings
+
+MAX_TILES = 32  # tiles per frame at most: each is one network run's worth of compute per frame
+
+
+def tile_grid(value: str) -> tuple[int, int] | None:
+    """`FitSettings.tiles` -> (rows, cols): None for auto, (1, 1) for off; else a one-line ValueError."""
+    if value in ("auto", "off"):
+        return None if value == "auto" else (1, 1)
+    try:
+        rows, cols = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"tiles must be auto, off or ROWSxCOLS (e.g. 1x8), got {value!r}") from None
+    if rows < 1 or cols < 1 or rows * cols > MAX_TILES:
+        raise ValueError(f"tiles={value}: rows and cols at least 1, at most {MAX_TILES} tiles in all")
+    return rows, cols
 
 
 class FitSettings(Settings):
@@ -33,6 +48,23 @@ class FitSettings(Settings):
         "mean and spread are set alike before the network (camera gain / lighting drift), to a fixed level; "
         "product: alike too, at the fit images' own typical level (low-contrast products keep their contrast); "
         "none: as captured. Unless given, selection tries standardize and product.",
+    )
+    tiles: str = Field(
+        "off",
+        description="Cut each image into overlapping tiles, each one network input (docs/model.md): off (the default: "
+        "on the aligned parts measured, tiles lost), auto (tiles "
+        "when the whole image would be shrunk more than tile_shrink), off, or ROWSxCOLS (e.g. 1x8). The image "
+        f"score is the maximum over its tiles; at most {MAX_TILES} tiles.",
+    )
+    tile_shrink: float = Field(
+        2.0,
+        ge=1.0,
+        le=16.0,
+        description="tiles=auto cuts images the network would see shrunk more than this (image pixels per input "
+        "pixel, in the axis shrunk most) into tiles shrunk at most this much.",
+    )
+    tile_overlap: float = Field(
+        0.125, ge=0.0, le=0.5, description="Overlap of neighbouring tiles, as a fraction of a tile."
     )
     weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
     network: NetworkSettings = Field(
@@ -69,6 +101,12 @@ class FitSettings(Settings):
         description="Where to fit: cuda (an NVIDIA GPU), cpu, or "
         "auto (cuda when torch sees a GPU, else cpu). The fitted model is the same file either way.",
     )
+
+    @field_validator("tiles")
+    @classmethod
+    def _tile_grid(cls, v: str) -> str:
+        tile_grid(v)
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -43,17 +43,49 @@ class Preprocess:
     exposure: str = "none"  # "standardize": every frame's intensity mean and spread set alike (gain/offset drift)
     exposure_mean: float = EXPOSURE_MEAN  # what "standardize" sets them to (0..1): the fit images' typical values
     exposure_std: float = EXPOSURE_STD
+    # Tiling (inspector.data.tiles): the frame is resized to a canvas of rows x cols network inputs overlapping by
+    # `tile_overlap` of a tile, and each tile is one network input; (1, 1) = the whole frame is the input.
+    tiles: tuple[int, int] = (1, 1)
+    tile_overlap: float = 0.0
 
     def __post_init__(self) -> None:
         if self.exposure not in EXPOSURE_MODES:  # e.g. a manifest written by a newer version
             raise ValueError(f"unknown exposure mode {self.exposure!r} (known: {', '.join(EXPOSURE_MODES)})")
+        if len(self.tiles) != 2 or min(self.tiles) < 1 or not 0 <= self.tile_overlap <= 0.5:
+            raise ValueError(f"bad tiling {self.tiles} with overlap {self.tile_overlap} (rows, cols >= 1; 0-0.5)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Untiled, without the tile keys: manifests and checkpoints read by earlier versions stay readable."""
+        d = asdict(self)
+        if not self.tiled:
+            del d["tiles"], d["tile_overlap"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+        extra = {"tiles": tuple(d["tiles"])} if "tiles" in d else {}
+        return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"]), **extra})
+
+    @property
+    def tiled(self) -> bool:
+        return tuple(self.tiles) != (1, 1)
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.tiles[0]) * int(self.tiles[1])
+
+    def tile_step(self) -> tuple[int, int]:
+        """Pixels between the starts of neighbouring tiles on the canvas (H, W)."""
+        o = self.tile_overlap
+        return max(1, round(self.height * (1 - o))), max(1, round(self.width * (1 - o)))
+
+    def frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) a frame is resized to: the network input, or for a tiled model the canvas its tiles cover."""
+        h, w = self.input_size(height, width)
+        if not self.tiled:
+            return h, w
+        (sy, sx), (r, c) = self.tile_step(), self.tiles
+        return h + (r - 1) * sy, w + (c - 1) * sx
 
     def fixed_for(self, sizes: list[tuple[int, int]]) -> Preprocess:
         """This policy with the input size fixed from the median aspect of (H, W) image sizes."""
@@ -109,8 +141,8 @@ def _round_stride(x: float, lo: int, hi: int) -> int:
 
 
 def _resized(img_bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """The frame at the network input size (H, W, 3) BGR."""
-    h, w = pre.input_size(*img_bgr.shape[:2])
+    """The frame at the network input size (H, W, 3) BGR; tiled: the canvas of its tiles (`frame_size`)."""
+    h, w = pre.frame_size(*img_bgr.shape[:2])
     interp = cv2.INTER_AREA if h * w < img_bgr.shape[0] * img_bgr.shape[1] else cv2.INTER_LINEAR
     return cv2.resize(img_bgr, (w, h), interpolation=interp)
 
@@ -123,7 +155,8 @@ def intensity(img_bgr: np.ndarray) -> tuple[float, float]:
 
 
 def prepare(img_bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """8-bit BGR frame -> normalized float32 CHW RGB tensor at the network input size."""
+    """8-bit BGR frame -> normalized float32 CHW RGB tensor at the network input size (tiled: the canvas of its
+    tiles; `inspector.data.tiles.cut` cuts it, so exposure is standardized over the whole frame)."""
     resized = _resized(img_bgr, pre)  # (H, W, 3) BGR
     gain, offset = 1 / 255, 0.0  # pixel -> [0, 1]
     if pre.exposure == "standardize":  # one gain and offset for the whole frame: colour balance is kept

@@ -89,3 +89,25 @@ def write_dataset(
             cv2.imwrite(str(root / "test" / kind / f"{i:04d}.png"), img)
             cv2.imwrite(str(root / "ground_truth" / kind / f"{i:04d}_mask.png"), mask)
     return root
+
+
+def good_strip(rng: np.random.Generator, size: tuple[int, int] = (128, 2048)) -> np.ndarray:
+    """One defect-free line-scan strip of woven fabric, BGR uint8 of `size` (H, W): a fine weave (period ~5 px) that
+    resizing to a long network input blurs away, with small phase, brightness and noise changes between strips."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    weave = np.sin(xx * 1.3 + rng.uniform(0, 6.28)) * np.sin(yy * 1.3 + rng.uniform(0, 6.28))
+    g = rng.uniform(115, 125) + 35 * weave + rng.normal(0, 5, (h, w))
+    return np.clip(np.dstack([g, g * 1.01, g * 0.98]), 0, 255).astype(np.uint8)
+
+
+def add_slub(img: np.ndarray, rng: np.random.Generator, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """A small patch of broken weave (size x size px, set to its own mean brightness) at a random place: (image,
+    mask 0/255). Its mean brightness is unchanged, so shrinking the strip (averaging the weave away) hides it."""
+    h, w = img.shape[:2]
+    out, mask = img.copy(), np.zeros((h, w), np.uint8)
+    y, x = int(rng.integers(8, h - 8 - size)), int(rng.integers(8, w - 8 - size))
+    patch = out[y : y + size, x : x + size]
+    patch[:] = patch.reshape(-1, patch.shape[-1]).mean(0).round().astype(np.uint8)
+    mask[y : y + size, x : x + size] = 255
+    return out, mask

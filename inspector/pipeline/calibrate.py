@@ -59,6 +59,9 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
         "holdout_policy": fit_info.get("holdout_policy", "random"),
         "fpr": fpr.to_dict(),
     }
+    tiles = (fit_info.get("tiling") or {}).get("tiles") or [1, 1]
+    if tiles[0] * tiles[1] > 1:  # the image score is the highest of its tiles' (fit.json `tiling`)
+        cal["tiles_per_image"] = tiles[0] * tiles[1]
     threshold = fpr.threshold
     labelled = labelled_scores(model_dir, data)
     if labelled is not None:
@@ -116,6 +119,11 @@ def meaning(cal: dict, fpr) -> str:
         if fpr.rule == "max+lognormal":
             text += f", and {fpr.target_fpr:.1%} if good scores are log-normal (a t prediction bound on their logs)"
         text += f"; {need} held-out good images (about {math.ceil(need / 0.2)} good images) promise it outright."
+    if "tiles_per_image" in cal:
+        text += (
+            f" Each image is scored as {cal['tiles_per_image']} tiles (its score: the highest tile); the promise "
+            f"counts held-out images, not tiles, since tiles of one image are not independent."
+        )
     if "labelled" in cal:
         at = cal["labelled"]["at_fpr_threshold"]
         text += (

@@ -26,6 +26,7 @@ import torch
 
 from inspector.data.images import load_image
 from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.tiles import cut
 from inspector.errors import ImageError, InspectorError
 from inspector.files import atomic_write_json
 from inspector.model.embedding import EmbeddedNet
@@ -137,12 +138,13 @@ def parity_frames(fit_info: dict, n: int = PARITY_FRAMES) -> list[np.ndarray]:
 
 
 def check_parity(net: InspectorNet, pre: Preprocess, path: Path, frames: list[np.ndarray], threshold: float) -> dict:
-    """Run the frames through torch and ORT CPU; raise unless every score agrees within tolerance."""
+    """Run the frames (tiled: their tiles) through torch and ORT CPU; raise unless every score agrees within
+    tolerance. Tiles are compared one by one: a frame's score is their maximum, so it agrees as closely."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     groups: dict[tuple[int, ...], list[np.ndarray]] = {}
     for f in frames:
-        x = prepare(f, pre)
-        groups.setdefault(x.shape, []).append(x)
+        for x in cut(prepare(f, pre), pre):  # a tiled model: each tile is one graph input
+            groups.setdefault(x.shape, []).append(x)
     d_score = d_map = d_emb = 0.0
     with_embedding = EMBEDDING in {o.name for o in sess.get_outputs()}
     for xs in groups.values():
@@ -208,6 +210,12 @@ def _policy(pre: Preprocess) -> str:
     interp = "INTER_AREA when shrinking, else INTER_LINEAR"
     if not pre.keep_aspect:
         return f"every frame is squashed to {h}x{w} (H x W, aspect not kept); {interp}"
+    if pre.tiled:
+        ch, cw = pre.frame_size(h, w)
+        return (
+            f"every frame is resized to {ch}x{cw} (H x W) and cut into {pre.tiles[0]}x{pre.tiles[1]} tiles of {h}x{w} "
+            f"overlapping {pre.tile_overlap:.0%} (see `tiling`); {interp}"
+        )
     return (
         f"every frame is resized to {h}x{w} (H x W), the training images' median aspect with short side "
         f"{pre.short_side} px; {interp}"
@@ -248,6 +256,7 @@ def build_manifest(
         },
         "preprocess": pre.to_dict(),
         "resize_policy": _policy(pre),
+        "tiling": _tiling(pre, fit_info),
         "normalization": {
             "scale": 1 / 255,
             "mean": list(pre.mean),
@@ -268,6 +277,26 @@ def build_manifest(
         },
         "parity": parity,
         "versions": _versions(),
+    }
+
+
+def _tiling(pre: Preprocess, fit_info: dict) -> dict:
+    """How a frame becomes graph inputs and their outputs one result (the runtime reads `preprocess`; this says it
+    in words). Untiled: one input per frame."""
+    why = (fit_info.get("tiling") or {}).get("reason")
+    if not pre.tiled:
+        return {"tiles": [1, 1], "reason": why}
+    return {
+        "tiles": list(pre.tiles),
+        "overlap": pre.tile_overlap,
+        "tile_input": [pre.height, pre.width],
+        "canvas": list(pre.frame_size(pre.height, pre.width)),
+        "cut": "the frame resized to the canvas (exposure standardized over the whole frame), tiles row by row, "
+        "each starting tile_input x (1 - overlap) after the previous one; the last ones end at the canvas edge",
+        "score": "the highest tile score",
+        "anomaly_map": "tile maps placed on the canvas, the highest value where tiles overlap",
+        "embedding": "the embedding of the highest-scoring tile",
+        "reason": why,
     }
 
 

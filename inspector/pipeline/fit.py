@@ -19,18 +19,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from inspector.config.fit import FitSettings
+from inspector.config.fit import CalibrateSettings, FitSettings
 from inspector.config.network import DEFAULT_BACKBONE
 from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.data.images import image_size
 from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.tiles import TilePlan, cut
+from inspector.data.tiles import plan as plan_tiles
 from inspector.errors import InspectorError
 from inspector.files import atomic_write_json
 from inspector.model.backbone import default_weights_path
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 MIN_FIT_IMAGES = 5
 IMAGES_PER_LATENT_DIM = 3
 MIN_LATENT = 8
+# Tiled, the fit gets its samples from tiles, so as many images as calibrate needs are held out (when at least
+# MIN_FIT_IMAGES remain to fit): held-out images, not tiles, are what a threshold's promise counts.
+TILED_MIN_HOLDOUT = CalibrateSettings.model_fields["min_holdout"].default
 
 
 @dataclass
@@ -53,12 +58,16 @@ class FitResult:
     seconds: float
     skipped: int
     selection: dict | None = None  # what was tried and why (select.Selection.to_dict), None when nothing was searched
+    tiling: dict | None = None  # whether the images were tiled and why (tiles.TilePlan.to_dict)
 
 
-def split_holdout(paths: list[Path], fraction: float, seed: int, how: str = "last") -> tuple[list[Path], list[Path]]:
+def split_holdout(
+    paths: list[Path], fraction: float, seed: int, how: str = "last", at_least: int = 0
+) -> tuple[list[Path], list[Path]]:
     """Deterministic split: (fit, holdout). `how` = "last": the last images in name order (numbers read as numbers),
-    the newest where names carry a timestamp or counter; "random": seeded."""
-    n_hold = int(round(len(paths) * fraction))
+    the newest where names carry a timestamp or counter; "random": seeded. `at_least` images are held out where
+    MIN_FIT_IMAGES remain (tiled fits: TILED_MIN_HOLDOUT)."""
+    n_hold = max(int(round(len(paths) * fraction)), min(at_least, len(paths) - MIN_FIT_IMAGES))
     if how == "last":
         order = sorted(paths, key=name_order)
         return order[: len(order) - n_hold], order[len(order) - n_hold :]
@@ -83,13 +92,14 @@ def _bar(total: int, desc: str, show: bool):
 def extract_features(
     net: InspectorNet, pre: Preprocess, paths: list[Path], report: LoadReport, max_bad: float, show: bool
 ) -> tuple[torch.Tensor, dict[str, int] | None]:
-    """Raw patch-feature maps of every readable image: (N, C, h, w) float16 (half the memory), and the image
-    formats seen (`image_formats`)."""
+    """Raw patch-feature maps of every readable image's tiles: (N*T, C, h, w) float16 (half the memory), and the
+    image formats seen (`image_formats`)."""
     maps, sizes = [], []
     dev = net.feat_mean.device
     with torch.inference_mode(), _bar(len(paths), "features", show) as bar:
         for _, img in iter_images(paths, report, max_bad):
-            maps.append(net.features(torch.from_numpy(prepare(img, pre))[None].to(dev)).half())
+            tiles = cut(prepare(img, pre), pre)  # (T, 3, H, W): each tile a sample
+            maps.append(net.features(torch.from_numpy(tiles).to(dev)).half())
             sizes.append(image_size(img))
             bar.update()
     if not maps:
@@ -200,40 +210,47 @@ def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
     getattr(net, f"{name}_sq" if name == "bank" else "global_sq").copy_(filled.pow(2).sum(1))
 
 
-def build(s: FitSettings, fit_paths: list[Path]) -> tuple[InspectorNet, Preprocess]:
-    """The untrained network and the preprocessing fixed to the training images' shape."""
+def preprocess_for(s: FitSettings, paths: list[Path]) -> TilePlan:
+    """The preprocessing fixed to the training images' shape, tiled or not (`inspector.data.tiles.plan`)."""
+    sizes = [img.shape[:2] for _, img in iter_images(paths[:32], LoadReport(), 1.0)]
+    size = (
+        {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}
+    )  # else Preprocess's default short side, capped
+    base = Preprocess(
+        max_long_side=s.max_long_side,
+        keep_aspect=s.keep_aspect,
+        exposure="none" if s.exposure == "none" else "standardize",
+        **size,
+    )
+    return plan_tiles(sizes, base, s.tiles, s.tile_shrink, s.tile_overlap)
+
+
+def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
+    """The untrained network for the preprocessing's input size; `n_fit` fit images (each gives pre.n_tiles
+    samples)."""
     n = s.network
     weights = (
         s.weights if s.weights is not None else (default_weights_path() if n.backbone == DEFAULT_BACKBONE else None)
     )
     if weights is None or not Path(weights).is_file():
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {n.backbone}")
-    sizes = [img.shape[:2] for _, img in iter_images(fit_paths[:32], LoadReport(), 1.0)]
-    size = (
-        {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}
-    )  # else Preprocess's default short side, capped
-    exposure = "none" if s.exposure == "none" else "standardize"
-    pre = Preprocess(max_long_side=s.max_long_side, keep_aspect=s.keep_aspect, exposure=exposure, **size).fixed_for(
-        sizes
-    )
-    if s.exposure == "product":  # standardized to the product's own typical intensity, from images across the fit set
-        spread = [fit_paths[i] for i in np.linspace(0, len(fit_paths) - 1, min(len(fit_paths), 32)).round().astype(int)]
-        pre = pre.with_exposure_of(img for _, img in iter_images(spread, LoadReport(), 1.0))
-    latent = latent_for(s, len(fit_paths))
+    latent = latent_for(s, n_fit * pre.n_tiles)
     if latent < n.latent:
+        tiles = f" ({pre.n_tiles} tiles each)" if pre.tiled else ""
         log.warning(
-            "latent size %d instead of %d: %d fit images estimate a per-position Gaussian of at most "
-            "%d dimensions (more good images allow more)",
+            "latent size %d instead of %d: %d fit images%s estimate a per-position Gaussian of at most %d "
+            "dimensions (more good images allow more)",
             latent,
             n.latent,
-            len(fit_paths),
+            n_fit,
+            tiles,
             latent,
         )
     try:
         net = InspectorNet(n.model_copy(update={"latent": latent}), (pre.height // 8, pre.width // 8), Path(weights))
     except (RuntimeError, ValueError) as e:
         raise InspectorError(f"cannot build backbone {n.backbone} from {weights}: {e}") from None
-    return net, pre
+    return net
 
 
 def fit(
@@ -247,13 +264,18 @@ def fit(
     candidate term before the selection prunes it, to score each candidate on its own labels."""
     t0 = time.time()
     ds = discover(data)
-    fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout)
+    tiling = preprocess_for(s, ds.train)
+    at_least = TILED_MIN_HOLDOUT if tiling.pre.tiled else 0
+    fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout, at_least)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise InspectorError(
             f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out"
         )
-    search, candidates = select.plan(s, len(fit_paths))
-    fits = [_fit_one(search.model_copy(update={"exposure": e}), fit_paths, holdout, show) for e in select.exposures(s)]
+    search, candidates = select.plan(s, len(fit_paths) * tiling.pre.n_tiles)
+    fits = [
+        _fit_one(search.model_copy(update={"exposure": e}), tiling.pre, fit_paths, holdout, show)
+        for e in select.exposures(s)
+    ]
     best, selection = fits[0], None
     chosen = best.settings
     if (len(candidates) > 1 or len(fits) > 1) and best.comps:
@@ -275,24 +297,37 @@ def fit(
         scorer = select.with_weights(best.net, {})
         best.holdout_scores = [(name, scorer(c)) for (name, _), c in zip(best.holdout_scores, best.comps)]
     loss, formats, report = best.extra
+    info = tiling.to_dict()
     kept = (best.net, best.pre, chosen, data, fit_paths, holdout, best.holdout_scores, report, loss, t0, formats)
-    result_dir = _write(out, *kept, selection)
-    return FitResult(result_dir, len(fit_paths), len(best.holdout_scores), time.time() - t0, len(report.bad), selection)
+    result_dir = _write(out, *kept, selection, info)
+    return FitResult(
+        result_dir, len(fit_paths), len(best.holdout_scores), time.time() - t0, len(report.bad), selection, info
+    )
 
 
-def _fit_one(s: FitSettings, fit_paths: list[Path], holdout: list[Path], show: bool) -> select.Fitted:
-    """One fitted net with its component scales set on the hold-out."""
-    net, pre, loss, formats, report = _fit_net(s, fit_paths, show)
+def _fit_one(s: FitSettings, pre: Preprocess, fit_paths: list[Path], holdout: list[Path], show: bool) -> select.Fitted:
+    """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out."""
+    net, pre, loss, formats, report = _fit_net(s, exposed(pre, s, fit_paths), fit_paths, show)
     holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, s, show)
     return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report))
 
 
-def _fit_net(s: FitSettings, fit_paths: list[Path], show: bool):
+def exposed(pre: Preprocess, s: FitSettings, fit_paths: list[Path]) -> Preprocess:
+    """The preprocessing with the exposure policy of `s`; "product" standardizes to the product's own typical
+    intensity, measured on images spread across the fit set."""
+    pre = replace(pre, exposure="none" if s.exposure == "none" else "standardize")
+    if s.exposure != "product":
+        return pre
+    spread = [fit_paths[i] for i in np.linspace(0, len(fit_paths) - 1, min(len(fit_paths), 32)).round().astype(int)]
+    return pre.with_exposure_of(img for _, img in iter_images(spread, LoadReport(), 1.0))
+
+
+def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool):
     """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net."""
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)  # on the CPU on every device: the same sampling of patches
     dev = fit_device(s.device)
-    net, pre = build(s, fit_paths)
+    net = build(s, pre, len(fit_paths))
     net.to(dev)
     report = LoadReport()
 
@@ -340,16 +375,18 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[st
                     med([c[0].max().item() for c in comps]) if net.cfg.w_latent > 0 else 1.0,
                     med([c[1].max().item() for c in comps]) if net.cfg.w_recon > 0 else 1.0,
                     med([c[2].max().item() for c in comps]) if net.cfg.w_gauss > 0 else 1.0,
-                    med([c[3].item() for c in comps]) if net.cfg.global_bank > 0 else 1.0,
+                    med([c[3].max().item() for c in comps]) if net.cfg.global_bank > 0 else 1.0,
                 ]
             )
         )
     with torch.inference_mode():
-        scores = [float(net.combine(*c, c[0].shape[-2:]).score[0]) for c in comps]
+        scores = [float(net.combine(*c, c[0].shape[-2:]).score.max()) for c in comps]  # the highest tile
     return list(zip(names, scores)), comps
 
 
-def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection) -> Path:
+def _write(
+    out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection, tiling
+) -> Path:
     final = staging(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
@@ -369,6 +406,7 @@ def _write(out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, l
             "autoencoder_loss": loss,
             "fit_seconds": round(time.time() - t0, 2),
             "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
+            "tiling": tiling,  # tiles per image (or whole images) and why
             "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
         },
     )

@@ -1,4 +1,5 @@
-"""Torch inference over image files (fit hold-out, evaluation, `score` before export)."""
+"""Torch inference over image files (fit hold-out, evaluation, `score` before export). A tiled model's frame is
+cut, scored and stitched by `inspector.data.tiles`, as the ONNX runtime does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from inspector.data.datasets import LoadReport, iter_images
 from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.tiles import cut, reduce
 from inspector.model.net import InspectorNet
 
 
@@ -19,8 +21,8 @@ class Scored:
     path: Path
     image: np.ndarray  # BGR as loaded
     score: float  # raw
-    amap: np.ndarray  # (H, W) raw map at the network input size
-    components: tuple[torch.Tensor, ...] | None = None  # (lat, recon, gauss, glob) when asked for
+    amap: np.ndarray  # (H, W) raw map at the network input size (tiled: the stitched canvas, `tiles.stitch`)
+    components: tuple[torch.Tensor, ...] | None = None  # (lat, recon, gauss, glob), batched over tiles, when asked
 
 
 def score_paths(
@@ -34,9 +36,8 @@ def score_paths(
     net.eval()
     with torch.inference_mode():
         for path, img in iter_images(paths, report, max_bad_fraction):
-            x = torch.from_numpy(prepare(img, pre))[None]  # (1, 3, H, W)
+            x = torch.from_numpy(cut(prepare(img, pre), pre))  # (T, 3, H, W): the tiles (untiled T = 1)
             comps = net.components(x)
             out = net.combine(*comps, x.shape[-2:])
-            yield Scored(
-                path, img, float(out.score[0]), out.anomaly_map[0, 0].numpy(), comps if keep_components else None
-            )
+            score, amap, _ = reduce(out.score.numpy(), out.anomaly_map[:, 0].numpy(), None, pre)
+            yield Scored(path, img, score, amap, comps if keep_components else None)

@@ -11,6 +11,7 @@ import torch
 
 from inspector.data.datasets import LoadReport, discover, iter_images
 from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.tiles import cut, reduce
 from inspector.model.net import InspectorNet
 from inspector.scoring.latent import LatentSpace, fit_space
 
@@ -26,10 +27,11 @@ def embed_paths(
     done, scores, embs = [], [], []
     with torch.inference_mode():
         for path, img in iter_images(list(paths), LoadReport(), max_bad_fraction):
-            out = net.forward_embedded(torch.from_numpy(prepare(img, pre))[None])
+            out = net.forward_embedded(torch.from_numpy(cut(prepare(img, pre), pre)))  # batched over tiles
+            score, _, emb = reduce(out.score.numpy(), out.anomaly_map[:, 0].numpy(), out.embedding.numpy(), pre)
             done.append(path)
-            scores.append(float(out.score[0]))
-            embs.append(out.embedding[0].numpy())
+            scores.append(score)
+            embs.append(emb)
     dim = net.embedding_dim
     return done, np.asarray(scores, np.float32), np.asarray(embs, np.float32).reshape(-1, dim)
 
@@ -53,6 +55,6 @@ def fit_latent_space(net: InspectorNet, pre: Preprocess, fit_info: dict) -> Late
         frames = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(8)]
         with torch.inference_mode():
             good = np.stack(
-                [net.forward_embedded(torch.from_numpy(prepare(f, pre))[None]).embedding[0].numpy() for f in frames]
+                [net.forward_embedded(torch.from_numpy(cut(prepare(f, pre), pre))).embedding[0].numpy() for f in frames]
             )
     return fit_space(good, labelled)

@@ -30,6 +30,7 @@ from inspector.config.network import NetworkSettings
 from inspector.data.datasets import LoadReport, iter_images
 from inspector.data.defects import KINDS, make_defect
 from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.tiles import cut
 from inspector.model.net import InspectorNet
 
 TIE = 0.005  # AUROC a costlier candidate must gain over a cheaper one
@@ -137,7 +138,7 @@ def with_weights(net: InspectorNet, overrides: dict) -> Callable[[tuple], float]
         net.cfg = cfg.model_copy(update=keys)
         try:
             with torch.inference_mode():
-                return float(net.combine(*comps, comps[0].shape[-2:]).score[0])
+                return float(net.combine(*comps, comps[0].shape[-2:]).score.max())  # tiled: the highest tile
         finally:
             net.cfg = cfg
 
@@ -145,8 +146,9 @@ def with_weights(net: InspectorNet, overrides: dict) -> Callable[[tuple], float]
 
 
 def components(net: InspectorNet, pre: Preprocess, img: np.ndarray) -> tuple:
+    """Score components of one image, batched over its tiles (one for an untiled model)."""
     with torch.inference_mode():
-        return net.components(torch.from_numpy(prepare(img, pre))[None])
+        return net.components(torch.from_numpy(cut(prepare(img, pre), pre)))
 
 
 def damaged(net: InspectorNet, pre: Preprocess, holdout: list[Path], seed: int) -> list[tuple]:

@@ -2,7 +2,9 @@
 
 The runtime reads nothing else, so the manifest says how frames become the input tensor, where the alarm
 threshold lies (kept out of the graph so sensitivity can change without re-exporting) and the sha256
-of the graph. Loading refuses any model it cannot vouch for, with one line saying what to fix.
+of the graph. A tiled model's `preprocess` carries its tiles (`inspector.data.tiles`), so the runtime cuts and
+stitches frames exactly as the fit did (`tiling` says the same in words). Loading refuses any model it cannot
+vouch for, with one line saying what to fix.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from inspector.data.images import image_size
-from inspector.data.preprocess import prepare
+from inspector.data.preprocess import Preprocess, prepare
+from inspector.data.tiles import cut, reduce
 from inspector.errors import InspectorError
 from inspector.runtime import registry
 from inspector.runtime.manifest import check_threshold
@@ -20,6 +21,12 @@ from inspector.runtime.session import Frame, LoadedModel, as_bgr, load_version, 
 from inspector.types import FrameResult
 
 log = logging.getLogger(__name__)
+
+
+def _reduce(part: list, pre: Preprocess) -> tuple:
+    """One frame's tile results (score, map, embedding) -> the frame's, as `inspector.data.tiles.reduce` says."""
+    embs = None if part[0][2] is None else np.stack([e for _, _, e in part])
+    return reduce(np.array([s for s, _, _ in part]), np.stack([m for _, m, _ in part]), embs, pre)
 
 
 class Scorer:
@@ -95,7 +102,8 @@ class Scorer:
         return list(self._model.session.get_providers())
 
     def prepare(self, frame: Frame) -> np.ndarray:
-        """The exact network input for a frame: (3, H, W) float32, same function as training."""
+        """The exact network input for a frame: (3, H, W) float32, same function as training (a tiled model: the
+        canvas its tiles are cut from, `inspector.data.tiles.cut`)."""
         return prepare(as_bgr(frame), self._model.preprocess)
 
     def score(self, frame: Frame, overlay: bool = False, threshold: float | None = None) -> FrameResult:
@@ -105,13 +113,21 @@ class Scorer:
     def score_batch(
         self, frames: Sequence[Frame], overlay: bool = False, threshold: float | None = None
     ) -> list[FrameResult]:
-        """Score frames together (frames of equal input size share one graph run), in order."""
+        """Score frames together (frames of equal input size share one graph run), in order. A tiled model's frames
+        are cut into tiles that go through the graph together and are stitched back per frame (`tiles.reduce`)."""
         model = self._model  # one version for the whole batch, even if a reload swaps meanwhile
         thr = model.manifest.threshold if threshold is None else check_threshold(threshold)
         images = [as_bgr(f) for f in frames]
         self._warn_unfitted_sizes(model, images)
-        raw = run_batches(model, [prepare(img, model.preprocess) for img in images], self.max_batch)
-        return [to_result(img, s, m, thr, overlay, e) for img, (s, m, e) in zip(images, raw)]
+        pre = model.preprocess
+        tiles = [cut(prepare(img, pre), pre) for img in images]  # (T, 3, H, W) per frame; untiled T = 1
+        raw = run_batches(model, [t for frame in tiles for t in frame], self.max_batch)
+        out, k = [], 0
+        for img, frame in zip(images, tiles):
+            part, k = raw[k : k + len(frame)], k + len(frame)
+            score, amap, emb = _reduce(part, pre) if pre.tiled else part[0]
+            out.append(to_result(img, score, amap, thr, overlay, emb))
+        return out
 
     def _warn_unfitted_sizes(self, model: LoadedModel, images: list[np.ndarray]) -> None:
         """One warning per frame size no fit image had (a camera or crop change): expect false alarms."""

@@ -19,6 +19,7 @@ from inspector.cli.main import main
             "gauss_cel: unknown key (did you mean 'gauss_cell'?)",
         ),
         (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "gauss_cell=0"], "gauss_cell: Input should be greater"),
+        (["fit", "{tmp}/empty", "--out", "{tmp}/m", "--set", "tiles=1x"], "tiles must be auto, off or ROWSxCOLS"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, argv, words):
