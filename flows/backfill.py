@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,6 +102,9 @@ def select_files(s: BackfillSettings) -> list[Path]:
     return sorted(picked, key=lambda p: (p.stat().st_mtime_ns, str(p)))
 
 
+_OPENING = threading.Lock()  # worker threads of one process share its scorer and store: each is opened once
+
+
 @functools.lru_cache(maxsize=4)
 def _scorer(model_json: str):
     """One ONNX session per process (flow process or Dask worker), shared by the batches it runs;
@@ -126,8 +130,7 @@ def score_batch(config: Path, s: BackfillSettings, paths: list[Path], threads: i
     from inspector.io.store import DuplicateFrame
 
     cfg = load_config(Path(config))
-    scorer = _scorer((cfg.model.model_copy(update={"threads": threads}) if threads else cfg.model).model_dump_json())
-    store = _store(cfg.store.url, cfg.store.media_dir)
+    scorer, store = _opened(cfg, threads)
     result, todo = _read_batch(store, cfg, s, paths)
     if todo:
         items = _score(scorer, cfg, s, store, todo)
@@ -139,6 +142,15 @@ def score_batch(config: Path, s: BackfillSettings, paths: list[Path], threads: i
         result.scored += len(items)
         result.flagged += sum(flag is not None for _, flag in items)
     return result
+
+
+def _opened(cfg, threads: int) -> tuple:
+    """(scorer, store) of this process, opened by the first batch under a lock: two worker threads opening one
+    store at once would both migrate it (alembic is not thread-safe). Module-level, so that Dask pickles the
+    task by value without the lock."""
+    model = cfg.model.model_copy(update={"threads": threads}) if threads else cfg.model
+    with _OPENING:
+        return _scorer(model.model_dump_json()), _store(cfg.store.url, cfg.store.media_dir)
 
 
 def _record_one(store, item: tuple) -> bool:
