@@ -6,8 +6,10 @@ PostgreSQL database under a temporary Prefect server. Rounds alternate the engin
 load on a shared machine; the best round of each is reported. images/s is N over the whole flow run,
 the Dask cluster's start included (that is the engine's cost as a user sees it).
 
-In process: one batch after another, ONNX Runtime on all cores. Dask: one worker process per core,
-one ORT thread each. After every run the store must hold each image exactly once (ledger rows, distinct
+In process: one batch after another, ONNX Runtime on all cores. Dask: the flow's default local cluster, one
+worker thread per core with one ORT thread each; dask_processes: one worker process per core instead. Also
+reported per run: the time to the first finished batch (flow start, cluster start, first batch) and the rate
+after it (the engine's steady rate). After every run the store must hold each image exactly once (ledger rows, distinct
 keys and the source's counter all equal N), else the benchmark fails.
 
     .venv/bin/python benchmarks/backfill.py [--n 5000] [--size 64] [--rounds 2]
@@ -48,7 +50,8 @@ def exactly_once(url: str, n: int) -> dict:
 
 
 def run_once(work: Path, model: Path, folder: Path, n: int, engine: str, batch: int) -> dict:
-    """engine: in_process, dask (local cluster of worker processes) or dask_threads (workers as threads)."""
+    """engine: in_process, dask (local cluster, the flow's default: workers as threads) or dask_processes."""
+    import flows.backfill as fb
     from flows.backfill import BackfillSettings, backfill
     from tests.support import temp_database
 
@@ -61,21 +64,36 @@ def run_once(work: Path, model: Path, folder: Path, n: int, engine: str, batch: 
         }
         config = work / f"{engine}.yaml"
         config.write_text(yaml.safe_dump(doc))
+        done_at: list[tuple[float, int]] = []  # (time, images seen so far) at every finished batch
+        step = fb.Progress.step
+
+        def timed_step(self, total, failed):
+            done_at.append((time.perf_counter(), total.scored + total.already + total.unreadable))
+            step(self, total, failed)
+
+        fb.Progress.step = timed_step
         t = time.perf_counter()
         s = BackfillSettings(
             folder=folder,
             engine="in_process" if engine == "in_process" else "dask",
-            processes=engine != "dask_threads",
+            processes=engine == "dask_processes",
             batch_size=batch,
         )
-        r = backfill(config, s)
+        try:
+            r = backfill(config, s)
+        finally:
+            fb.Progress.step = step
         seconds = time.perf_counter() - t
+        (t1, n1), (t2, n2) = done_at[0], done_at[-1]
         if r.scored != n:
             raise SystemExit(f"{engine}: scored {r.scored} of {n}")
         return {
             "seconds": round(seconds, 2),
             "per_s": round(n / seconds, 1),
+            "first_batch_s": round(t1 - t, 2),  # flow start, file listing, (cluster start,) the first batch
+            "after_first_per_s": round((n2 - n1) / max(t2 - t1, 1e-9), 1),  # the rest: the engine's steady rate
             "flagged": r.flagged,
+            "load_avg_1m": round(os.getloadavg()[0], 2),  # the box's run queue: other work on a shared machine
             **exactly_once(url, n),
         }
 
@@ -84,9 +102,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="images to backfill")
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
-    ap.add_argument("--batch", type=int, default=32, help="images per batch (task)")
+    ap.add_argument("--batch", type=int, default=256, help="images per batch (task)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating in-process/Dask rounds")
-    ap.add_argument("--engines", default="in_process,dask", help="also dask_threads: local workers as threads")
+    ap.add_argument(
+        "--engines", default="in_process,dask,dask_processes", help="in_process, dask (worker threads), dask_processes"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "backfill.json")
     a = ap.parse_args()
     from prefect.testing.utilities import prefect_test_harness
@@ -112,8 +132,11 @@ def main() -> None:
         "in_process_per_s": best["in_process"]["per_s"],
         "dask_per_s": best["dask"]["per_s"],
         "ratio": round(best["dask"]["per_s"] / best["in_process"]["per_s"], 3),
+        "after_first_batch_ratio": round(
+            best["dask"]["after_first_per_s"] / best["in_process"]["after_first_per_s"], 3
+        ),
         "target_ratio": 0.9,
-        **({"dask_threads_per_s": best["dask_threads"]["per_s"]} if "dask_threads" in best else {}),
+        **({"dask_processes_per_s": best["dask_processes"]["per_s"]} if "dask_processes" in best else {}),
         "image_size": a.size,
         "batch_size": a.batch,
         "cpu_count": os.cpu_count(),
@@ -123,10 +146,16 @@ def main() -> None:
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| engine | images/s (best of {a.rounds}) | seconds |\n|---|---|---|")
+    print(
+        f"\n| engine | images/s (best of {a.rounds}) | seconds | to the first batch | images/s after it |"
+        "\n|---|---|---|---|---|"
+    )
     for e, r in best.items():
-        print(f"| {e} | {r['per_s']} | {r['seconds']} |")
-    print(f"\nDask / in process: {result['ratio']} (target >= 0.9); every image exactly once in the store: yes")
+        print(f"| {e} | {r['per_s']} | {r['seconds']} | {r['first_batch_s']} s | {r['after_first_per_s']} |")
+    print(
+        f"\nDask / in process: {result['ratio']} over the whole run (target >= 0.9), "
+        f"{result['after_first_batch_ratio']} after the first batch; every image exactly once in the store: yes"
+    )
     print(f"wrote {a.out}")
 
 

@@ -12,9 +12,9 @@
    dropped frames per camera, alert latency from the defect appearing to its MQTT message (p50/p99), and the
    watcher process's CPU share of the box. The largest N measured without a dropped frame is stated.
 
-Both are run with ORT's default thread pool and with one thread: on a small, busy box the default
-pool's spin-waiting slows back-to-back calls (the raw loop) more than the watcher's, whose threads
-hand off between frames, so the two settings bracket the ratio.
+Throughput is run with ORT's default thread pool and with one thread, and (unless --no-spin-compare) with the
+default pool's threads spinning between operators as ORT does by default and inspector did before #18
+($INSPECTOR_ORT_SPIN=1): all variants in the same rounds, so raw and watcher of each are compared under the same load.
 
 Writes benchmarks/results/watch.json. Without --model, a small model is fitted on synthetic parts first
 (torch needed for that step only; the watcher itself runs torch-free).
@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inspector.data.synthetic import DEFECTS, add_defect, good_part  # noqa: E402
+from inspector.runtime.session import SPIN_VAR  # noqa: E402
 
 
 def build_model(model: Path, work: Path, size: int) -> Path:
@@ -114,7 +116,13 @@ class Subscriber:
 
 
 def start_watcher(
-    work: Path, model: Path, line: str, name: str, rules: dict | None = None, threads: int = 0
+    work: Path,
+    model: Path,
+    line: str,
+    name: str,
+    rules: dict | None = None,
+    threads: int = 0,
+    env: dict | None = None,
 ) -> tuple[subprocess.Popen, Path, Path]:
     inbox, db = work / name / "in", work / name / "store.db"
     inbox.mkdir(parents=True)
@@ -135,6 +143,7 @@ def start_watcher(
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     wait(lambda: "watching line" in (work / name / "watch.log").read_text(), 120, "watcher start")
     return proc, inbox, db
@@ -166,35 +175,75 @@ def drop_into(inbox: Path, src: Path) -> float:
     return time.time()
 
 
-def throughput(work: Path, model: Path, paths: list[Path], rounds: int, threads: int) -> tuple[float, float]:
-    """(raw_fps, e2e_fps), measured in alternating rounds on the same images so that both see the same
-    machine load: raw scores a batch, then the same batch is dropped into the running watcher."""
+@dataclass
+class Variant:
+    """One ORT setting, applied to the raw scorer and the watcher alike."""
+
+    label: str
+    threads: int  # 0: ORT's default pool (one thread per core)
+    spin: bool  # ORT's pool threads busy-wait between operators (ORT's default; off in inspector since #18)
+
+    def env(self) -> dict:
+        return {SPIN_VAR: "1" if self.spin else "0"}
+
+
+def throughput(work: Path, model: Path, paths: list[Path], rounds: int, variants: list[Variant]) -> dict[str, dict]:
+    """Per variant: raw and e2e img/s, measured in rounds on the same images so that all see the same machine load:
+    in each round every variant's raw scorer scores a slice, then the same slice is dropped into its running
+    watcher (one watcher per variant, idle while the others work)."""
     from inspector.runtime import Scorer
 
-    scorer = Scorer.load(model, providers=["cpu"], threads=threads)
-    for p in paths[:10]:
-        scorer.score(p)  # warm-up
     work.mkdir(parents=True, exist_ok=True)
-    proc, inbox, db = start_watcher(work, model, f"bench{uuid.uuid4().hex[:6]}", "e2e", threads=threads)
-    staged = work / "e2e" / "staging"  # same filesystem: the drop itself is a cheap rename
-    staged.mkdir()
-    for p in paths:
-        shutil.copyfile(p, staged / p.name)
-    raw_s = e2e_s = 0.0
+    runs = {}
+    for v in variants:
+        os.environ[SPIN_VAR] = v.env()[SPIN_VAR]  # read when the session is created
+        scorer = Scorer.load(model, providers=["cpu"], threads=v.threads)
+        os.environ.pop(SPIN_VAR)
+        for p in paths[:10]:
+            scorer.score(p)  # warm-up
+        proc, inbox, db = start_watcher(
+            work / v.label, model, f"bench{uuid.uuid4().hex[:6]}", "e2e", None, v.threads, v.env()
+        )
+        staged = work / v.label / "e2e" / "staging"  # same filesystem: the drop itself is a cheap rename
+        staged.mkdir()
+        for p in paths:
+            shutil.copyfile(p, staged / p.name)
+        runs[v.label] = {
+            "scorer": scorer,
+            "proc": proc,
+            "inbox": inbox,
+            "db": db,
+            "staged": staged,
+            "raw": [],
+            "e2e": [],
+        }
     try:
         for k in range(rounds):
             batch = paths[k::rounds]
-            raw_s += raw_seconds(scorer, batch)
-            done = scored(db)[0]
-            t0 = time.time()
-            for p in batch:
-                os.replace(staged / p.name, inbox / p.name)
-            wait(lambda: scored(db)[0] >= done + len(batch), 3600, "batch scored")  # noqa: B023 - called here
-            e2e_s += scored(db)[1] - t0
+            for r in runs.values():
+                r["raw"].append(raw_seconds(r["scorer"], batch))
+                done = scored(r["db"])[0]
+                t0 = time.time()
+                for p in batch:
+                    os.replace(r["staged"] / p.name, r["inbox"] / p.name)
+                wait(lambda: scored(r["db"])[0] >= done + len(batch), 3600, "batch scored")  # noqa: B023 - called here
+                r["e2e"].append(scored(r["db"])[1] - t0)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    return len(paths) / raw_s, len(paths) / e2e_s
+        for r in runs.values():
+            r["proc"].send_signal(signal.SIGTERM)
+            r["proc"].wait(60)
+    out = {}
+    for label, r in runs.items():
+        raw, e2e = len(paths) / sum(r["raw"]), len(paths) / sum(r["e2e"])
+        sizes = [len(paths[k::rounds]) for k in range(rounds)]
+        out[label] = {
+            "throughput_ratio": round(e2e / raw, 3),
+            "e2e_fps": round(e2e, 1),
+            "raw_fps": round(raw, 1),
+            "ratio_per_round": [round(rs / es, 3) for rs, es in zip(r["raw"], r["e2e"], strict=True)],
+            "raw_fps_per_round": [round(n / s, 1) for n, s in zip(sizes, r["raw"], strict=True)],
+        }
+    return out
 
 
 def latency_ms(work: Path, model: Path, paths: list[Path], rate: float, threads: int) -> dict:
@@ -343,6 +392,11 @@ def main() -> None:
         help="ORT CPU threads to compare, raw and watcher alike (0: ORT default); the first is the headline",
     )
     ap.add_argument(
+        "--no-spin-compare",
+        action="store_true",
+        help="skip the side-by-side run of the first thread setting with ORT's spinning pool threads (before #18)",
+    )
+    ap.add_argument(
         "--cameras",
         default="1,4,8",
         help="camera counts to run, comma-separated (video files at 25 fps each on one watcher); '' skips",
@@ -366,13 +420,10 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--build-model", str(model), "--size", str(a.size)], check=True)
         if not a.skip_folder:
             paths = make_images(work / "images", a.n, a.size, defect_every=10)
-            for t in threads:
-                raw, e2e = throughput(work / f"t{t}", model, paths, a.rounds, t)
-                runs[str(t)] = {
-                    "throughput_ratio": round(e2e / raw, 3),
-                    "e2e_fps": round(e2e, 1),
-                    "raw_fps": round(raw, 1),
-                }
+            variants = [Variant(str(t), t, False) for t in threads]
+            if not a.no_spin_compare:
+                variants.append(Variant(f"{threads[0]}+spin", threads[0], True))
+            runs = throughput(work / "tp", model, paths, a.rounds, variants)
             lat = latency_ms(
                 work, model, make_images(work / "lat_images", a.latency_n, a.size, 0, seed=1), a.rate, threads[0]
             )
@@ -386,7 +437,7 @@ def main() -> None:
     else:
         head = runs[str(threads[0])]
         result = {
-            **head,
+            **{k: head[k] for k in ("throughput_ratio", "e2e_fps", "raw_fps")},
             "alert_latency_ms": lat,
             "ort_threads": threads[0],
             "by_ort_threads": runs,
@@ -429,10 +480,9 @@ def main() -> None:
         return
     print("| ORT threads | raw scorer (read+score) | watcher end to end | ratio (target >= 0.9) |\n|---|---|---|---|")
     for t, r in runs.items():
-        print(
-            f"| {t if t != '0' else '0 (default)'} | {r['raw_fps']} img/s | {r['e2e_fps']} img/s | "
-            f"{r['throughput_ratio']} |"
-        )
+        label = {"0": "0 (default)", "0+spin": "0, spinning (ORT's default, before #18)"}.get(t, t)
+        per = " ".join(f"{x:.2f}" for x in r["ratio_per_round"])
+        print(f"| {label} | {r['raw_fps']} img/s | {r['e2e_fps']} img/s | {r['throughput_ratio']} (rounds: {per}) |")
     print(
         f"\nalert latency at {a.rate:g} img/s (file appears -> MQTT message), {lat['n']} alerts: "
         f"p50 {lat['p50']} ms, p99 {lat['p99']} ms (target < 1000), max {lat['max']} ms"

@@ -6,11 +6,12 @@ ledger row, so a batch retried after a lost database connection, or the whole ba
 records every image exactly once. Flagged images keep their heat map for review in the dashboard,
 time-stamped with the file's modification time; no alerts are sent for the past.
 
-The batches run on Prefect's Dask task runner: a local Dask cluster of worker processes by default (one
-per core, each scoring with one ONNX Runtime thread), or the cluster behind `scheduler` to spread an
-archive over many machines. Batches are independent (no two share a file) and each is one transaction,
-so they may finish in any order; a batch that fails on a transient error is retried, one that still
-fails leaves its images unrecorded for the next run and fails the flow once the others are done.
+The batches run on Prefect's Dask task runner: a local Dask cluster by default (one worker thread per
+core, each scoring with one ONNX Runtime thread; `processes` for worker processes), or the cluster behind
+`scheduler` to spread an archive over many machines. Batches are independent (no two share a file) and
+each is one transaction, so they may finish in any order; a batch that fails on a transient error is
+retried, one that still fails leaves its images unrecorded for the next run and fails the flow once the
+others are done.
 Progress is a Prefect progress artifact plus log lines with the counts so far.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,10 +63,10 @@ class BackfillSettings(Settings):
     )
     workers: int = Field(0, ge=0, le=256, description="Workers of the local cluster (0: one per core).")
     processes: bool = Field(
-        True,
-        description="Local cluster workers as processes (each starts Python and loads the "
-        "model: seconds) or as threads of this process (no start-up; ONNX Runtime and decoding "
-        "release the GIL, the store's Python work does not).",
+        False,
+        description="Local cluster workers as processes (each starts Python, imports Prefect and loads the "
+        "model: 9-16 s on 2 busy cores) or as threads of this process (no start-up; ONNX Runtime, decoding "
+        "and the database driver release the GIL). Threads measured faster on 2 cores (docs/scale-out.md).",
     )
     threads: int = Field(
         0,
@@ -100,6 +102,9 @@ def select_files(s: BackfillSettings) -> list[Path]:
     return sorted(picked, key=lambda p: (p.stat().st_mtime_ns, str(p)))
 
 
+_OPENING = threading.Lock()  # worker threads of one process share its scorer and store: each is opened once
+
+
 @functools.lru_cache(maxsize=4)
 def _scorer(model_json: str):
     """One ONNX session per process (flow process or Dask worker), shared by the batches it runs;
@@ -125,8 +130,7 @@ def score_batch(config: Path, s: BackfillSettings, paths: list[Path], threads: i
     from inspector.io.store import DuplicateFrame
 
     cfg = load_config(Path(config))
-    scorer = _scorer((cfg.model.model_copy(update={"threads": threads}) if threads else cfg.model).model_dump_json())
-    store = _store(cfg.store.url, cfg.store.media_dir)
+    scorer, store = _opened(cfg, threads)
     result, todo = _read_batch(store, cfg, s, paths)
     if todo:
         items = _score(scorer, cfg, s, store, todo)
@@ -138,6 +142,15 @@ def score_batch(config: Path, s: BackfillSettings, paths: list[Path], threads: i
         result.scored += len(items)
         result.flagged += sum(flag is not None for _, flag in items)
     return result
+
+
+def _opened(cfg, threads: int) -> tuple:
+    """(scorer, store) of this process, opened by the first batch under a lock: two worker threads opening one
+    store at once would both migrate it (alembic is not thread-safe). Module-level, so that Dask pickles the
+    task by value without the lock."""
+    model = cfg.model.model_copy(update={"threads": threads}) if threads else cfg.model
+    with _OPENING:
+        return _scorer(model.model_dump_json()), _store(cfg.store.url, cfg.store.media_dir)
 
 
 def _record_one(store, item: tuple) -> bool:
@@ -152,16 +165,17 @@ def _record_one(store, item: tuple) -> bool:
 
 
 def _read_batch(store, cfg, s: BackfillSettings, paths: list[Path]) -> tuple[BatchResult, list]:
-    """(counts so far, [(path, key, image, bytes, mtime)]) for the images not recorded yet."""
+    """(counts so far, [(path, key, image, bytes, mtime)]) for the images not recorded yet; one ledger query."""
     from inspector.data.images import read_image
     from inspector.errors import ImageError
     from inspector.io.sources import file_key
 
     result, todo = BatchResult(), []
-    for p in paths:
-        st = p.stat()
-        key = file_key(s.source, p.relative_to(s.folder).as_posix(), st.st_size, st.st_mtime_ns)
-        if store.ledger_status(key) is not None:
+    stats = [(p, p.stat()) for p in paths]
+    keys = [file_key(s.source, p.relative_to(s.folder).as_posix(), st.st_size, st.st_mtime_ns) for p, st in stats]
+    recorded = store.ledger_statuses(keys)
+    for (p, st), key in zip(stats, keys, strict=True):
+        if key in recorded:
             result.already += 1
             continue
         when = datetime.fromtimestamp(st.st_mtime, timezone.utc)

@@ -26,6 +26,7 @@ from inspector.types import FrameResult
 log = logging.getLogger(__name__)
 KNN_BUDGET_BYTES = 64 << 20  # per graph run, for the kNN distance matrix (see images_per_run)
 FP16_TOLERANCE = 0.01  # relative score difference to the CPU's allowed for TensorRT fp16 (1% at the threshold)
+SPIN_VAR = "INSPECTOR_ORT_SPIN"  # "1": let ORT's pool threads spin between operators (its own default)
 
 Frame = np.ndarray | str | os.PathLike
 
@@ -60,6 +61,11 @@ def open_session(
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads > 0:
         so.intra_op_num_threads = threads
+    if os.environ.get(SPIN_VAR, "0") != "1":
+        # ORT's pool threads busy-wait for the next operator; on a few cores that CPU is taken from the watcher's
+        # decoding, writer and sinks, and from other processes. docs/watcher.md measures both ways.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(blob, sess_options=so, providers=provider_options(providers, gpu))
     except Exception as e:  # ORT raises several pybind types (InvalidProtobuf, Fail, ...)

@@ -262,7 +262,8 @@ def test_backfill_scores_a_date_range_once(trained, tmp_path):
 
 
 @pytest.mark.pg
-def test_backfill_on_a_local_dask_cluster_records_each_image_once(prefect_api, tmp_path):
+@pytest.mark.parametrize("processes", [True, False], ids=["worker-processes", "worker-threads"])
+def test_backfill_on_a_local_dask_cluster_records_each_image_once(prefect_api, tmp_path, processes):
     """Two Dask worker processes score 7 batches into one PostgreSQL store concurrently: every image once,
     a second run finds them all recorded, and the progress artifact reaches 100%."""
     import sqlalchemy as sa
@@ -282,7 +283,7 @@ def test_backfill_on_a_local_dask_cluster_records_each_image_once(prefect_api, t
         doc["store"] = {"url": url, "media_dir": str(tmp_path / "media")}
         config = tmp_path / "line.yaml"
         config.write_text(yaml.safe_dump(doc))
-        s = BackfillSettings(folder=folder, batch_size=3, engine="dask", workers=2)
+        s = BackfillSettings(folder=folder, batch_size=3, engine="dask", workers=2, processes=processes)
         first = backfill(config, s)
         assert first.model_dump() == {"scored": n, "flagged": 5, "already": 0, "unreadable": 0}
         assert backfill(config, s).model_dump() == {"scored": 0, "flagged": 0, "already": n, "unreadable": 0}

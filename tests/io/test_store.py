@@ -115,6 +115,44 @@ def test_quarantine_is_in_the_ledger_once(store):
     assert store.counters()["cam"]["dropped"] == 7
 
 
+def test_ledger_statuses_answer_many_keys_in_one_call(store):
+    """A backfill batch asks once for all its keys (more than one query's chunk of 1,000 here)."""
+    store.record_frames([(frame(f"k{i}", path=f"p{i}"), None) for i in range(1200)])
+    store.record_error("f", T0, "kq", "in/bad.png", "truncated JPEG")
+    got = store.ledger_statuses([f"k{i}" for i in range(0, 2400, 2)] + ["kq", "never"])
+    assert set(got) == {f"k{i}" for i in range(0, 1200, 2)} | {"kq"}
+    assert got["kq"] == ("quarantined", "truncated JPEG") and got["k0"] == store.ledger_status("k0")
+    assert store.ledger_statuses([]) == {}
+
+
+def test_two_transactions_creating_a_source_count_both(store):
+    """Backfill batches of one new source commit at once on a Dask cluster: both used to insert its counters
+    row and one batch failed with a duplicate key."""
+    import threading
+
+    from inspector.io.store import _count
+
+    first = store.engine.connect()
+    tx = first.begin()
+    _count(first, "new", T0, 0.5, scored=3)  # the row exists in this open transaction only
+    errors: list[Exception] = []
+
+    def second() -> None:
+        try:
+            with store.engine.begin() as c:
+                _count(c, "new", T0, 0.7, scored=2)  # waits for the first transaction's row (PostgreSQL, SQLite lock)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(0.5)
+    tx.commit()
+    first.close()
+    t.join(30)
+    assert not errors and store.counters()["new"]["scored"] == 5
+
+
 def test_prune_bounds_scores_and_old_deliveries(store):
     for i in range(30):
         store.record_frame(frame(f"k{i}", path=f"p{i}", t=T0 - timedelta(days=40 if i < 5 else 0)))
