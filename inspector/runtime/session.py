@@ -82,11 +82,19 @@ def open_session(
     return sess
 
 
+# Batch sizes planned at load: the watcher scores up to 8 waiting frames in one run (watcher/loop.py BATCH).
+WARM_BATCH = 8
+
+
 def _warm_up(model: LoadedModel) -> None:
-    """The first run allocates and plans (TensorRT: builds the engine); do it before real frames."""
+    """The first run of each input shape allocates and plans (TensorRT: builds an engine); do it before real frames.
+    Every batch size up to WARM_BATCH on CPU and CUDA (the first batch of 8 took 31 ms against 12-18 ms later, and
+    a watcher's first round ran at 0.65-0.71x the raw scorer for it); TensorRT only batch 1 (an engine per shape)."""
     s = model.preprocess.short_side
     h, w = model.preprocess.input_size(s, s)
-    model.session.run(None, {model.manifest.input_name: np.zeros((1, 3, h, w), np.float32)})
+    sizes = [1] if model.session.get_providers()[0] == TENSORRT else range(1, WARM_BATCH + 1)
+    for n in sizes:
+        model.session.run(None, {model.manifest.input_name: np.zeros((n, 3, h, w), np.float32)})
 
 
 def _probe(model: LoadedModel, seed: int = 0) -> np.ndarray:

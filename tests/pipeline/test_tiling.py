@@ -87,7 +87,7 @@ def test_the_onnx_runtime_scores_a_tiled_frame_as_torch_does(tiled, strips):
 
 def test_a_small_flaw_on_a_long_strip_is_found_with_tiles_and_lost_without(tiled, strips, tmp_path):
     whole = tmp_path / "whole"
-    fit(strips, whole, FitSettings(**FAST, tiles="off"), show=False)
+    fit(strips, whole, FitSettings(**{**FAST, "tiles": "off"}), show=False)
     assert read_json(whole / "staging" / "fit.json", "")["tiling"]["tiles"] == [1, 1]
     good = sorted((strips / "test/good").glob("*.png"))
     flaws = sorted((strips / "test/slub").glob("*.png"))
