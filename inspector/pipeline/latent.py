@@ -19,19 +19,25 @@ log = logging.getLogger(__name__)
 MAX_LABELLED = 500  # labelled test images embedded for the projection fit
 
 
+def embed_frame(net: InspectorNet, pre: Preprocess, img: np.ndarray) -> tuple[float, np.ndarray]:
+    """(raw score, embedding) of one frame, its tiles batched and reduced as the ONNX runtime does (`tiles.reduce`)."""
+    with torch.inference_mode():
+        out = net.forward_embedded(torch.from_numpy(cut(prepare(img, pre), pre)))  # (T, ...) over tiles
+    score, _, emb = reduce(out.score.numpy(), out.anomaly_map[:, 0].numpy(), out.embedding.numpy(), pre)
+    return score, emb
+
+
 def embed_paths(
     net: InspectorNet, pre: Preprocess, paths: Sequence[Path], max_bad_fraction: float = 1.0
 ) -> tuple[list[Path], np.ndarray, np.ndarray]:
     """(readable paths, raw scores (N,), embeddings (N, D)) of image files, one frame at a time."""
     net.eval()
     done, scores, embs = [], [], []
-    with torch.inference_mode():
-        for path, img in iter_images(list(paths), LoadReport(), max_bad_fraction):
-            out = net.forward_embedded(torch.from_numpy(cut(prepare(img, pre), pre)))  # batched over tiles
-            score, _, emb = reduce(out.score.numpy(), out.anomaly_map[:, 0].numpy(), out.embedding.numpy(), pre)
-            done.append(path)
-            scores.append(score)
-            embs.append(emb)
+    for path, img in iter_images(list(paths), LoadReport(), max_bad_fraction):
+        score, emb = embed_frame(net, pre, img)
+        done.append(path)
+        scores.append(score)
+        embs.append(emb)
     dim = net.embedding_dim
     return done, np.asarray(scores, np.float32), np.asarray(embs, np.float32).reshape(-1, dim)
 
@@ -53,8 +59,5 @@ def fit_latent_space(net: InspectorNet, pre: Preprocess, fit_info: dict) -> Late
         log.warning("no hold-out good image readable: the latent map is fitted on seeded noise frames")
         rng = np.random.default_rng(0)
         frames = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(8)]
-        with torch.inference_mode():
-            good = np.stack(
-                [net.forward_embedded(torch.from_numpy(cut(prepare(f, pre), pre))).embedding[0].numpy() for f in frames]
-            )
+        good = np.stack([embed_frame(net, pre, f)[1] for f in frames])
     return fit_space(good, labelled)
