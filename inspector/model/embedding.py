@@ -1,11 +1,13 @@
-"""The embedding output: latent vectors for people (similar items, defect kinds, the map, drift).
+"""The embedding output: an item's vector for people (similar items, defect kinds, the map, drift).
 
 Methods of `InspectorNet` (as a mixin), kept apart from the scoring code: the exported graph gains one
-output, `embedding`, computed from the latent map the score already needs, so it costs a few small ops.
+output, `embedding`, computed from the backbone features and patch scores the score already needs, so it
+costs a few small ops.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 
 EMBED_TEMPERATURE = 0.1  # softmax temperature of the patch weights, in units of a good image's top patch score
 EMBED_WHOLE = 0.5  # share (as a unit-vector length) of the whole-part half; the anomaly-weighted half gets the rest
+EMBED_DIM = 64  # backbone features projected to this many dimensions per half (a fixed random orthogonal matrix)
 
 
 class EmbeddedOutput(NamedTuple):
@@ -25,7 +28,7 @@ class EmbeddedOutput(NamedTuple):
 
     anomaly_map: torch.Tensor  # (B, 1, H, W)
     score: torch.Tensor  # (B,)
-    embedding: torch.Tensor  # (B, 2L), unit length
+    embedding: torch.Tensor  # (B, 2 * min(C, EMBED_DIM)), unit length
 
 
 def patch_weights(patch: torch.Tensor) -> torch.Tensor:
@@ -36,6 +39,18 @@ def patch_weights(patch: torch.Tensor) -> torch.Tensor:
     scale-normalized patch distance, softmaxed with a fixed temperature.
     """
     return torch.softmax(patch / EMBED_TEMPERATURE, dim=1)
+
+
+@functools.cache
+def projection(c: int, dim: int = EMBED_DIM) -> torch.Tensor:
+    """(c, min(c, dim)) orthonormal columns, the same for every model with c feature channels.
+
+    Random (seed 0), not fitted: no state to store or migrate, and orthonormal columns keep the features'
+    distances on average (Johnson-Lindenstrauss). The QR signs are fixed (R's diagonal positive), so any LAPACK
+    gives this matrix. Built with numpy: a traced graph holds it as a constant.
+    """
+    q, r = np.linalg.qr(np.random.default_rng(0).standard_normal((c, min(c, dim))))
+    return torch.from_numpy((q * np.sign(np.diag(r))).astype(np.float32))
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -56,34 +71,37 @@ class EmbeddingMixin:
             patch = patch + t
         return patch
 
-    def embedding(self: InspectorNet, z: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
-        """(B, L, h, w) latents and (B, h, w) patch scores -> (B, 2L) unit embedding.
+    def embedding(self: InspectorNet, maps: list[torch.Tensor], patch: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
+        """Backbone maps and (B, h, w) patch scores -> (B, 2 * min(C, EMBED_DIM)) unit embedding.
 
-        First half: the anomaly-weighted mean of each patch's deviation from the good mean of its position
-        (what is wrong, wherever it is); second half: the mean latent (the whole part). Each half is unit
-        length before they are mixed, so neither dominates by scale.
+        First half: the anomaly-weighted mean of the standardized backbone patch features (the autoencoder's
+        input, as Sohn et al. weight pretrained features: the small latent, trained to rebuild good patches,
+        drops what tells defect kinds apart; benchmarks/latent_features.py); second half: their global average
+        (the whole part). Both projected by `projection`; each half unit length before they are mixed.
         """
+        f = self.standardize(self.concat(maps))  # (B, C, h, w)
         # plain ints (the model's grid): a traced graph holds constant shapes, no per-frame shape arithmetic
-        n, l = int(self.grid[0]) * int(self.grid[1]), int(self.cfg.latent)
-        if not torch.jit.is_tracing() and z.shape[-2] * z.shape[-1] != n:
-            n = int(z.shape[-2] * z.shape[-1])  # a model fitted without a fixed size, scored in torch
-        good = self.gauss_mean if self.cfg.w_gauss > 0 else torch.zeros_like(z[:1])  # no Gaussian: no fixed grid
-        r = (z - good).reshape(-1, l, n)  # (B, L, h*w): deviation from the good mean per position
+        n, c = int(self.grid[0]) * int(self.grid[1]), int(self.feature_dim)
+        if not torch.jit.is_tracing() and f.shape[-2] * f.shape[-1] != n:
+            n = int(f.shape[-2] * f.shape[-1])  # a model fitted without a fixed size, scored in torch
+        f = f.reshape(-1, c, n)  # (B, C, h*w)
         a = patch_weights(patch.reshape(-1, n))  # (B, h*w)
-        weighted = (r * a.reshape(-1, 1, n)).sum(2)  # (B, L)
-        whole = z.reshape(-1, l, n).mean(2)  # (B, L)
+        p = projection(c).to(f.device)  # (C, D)
+        weighted = (f * a.reshape(-1, 1, n)).sum(2) @ p  # (B, D)
+        whole = f.mean(2) @ p  # (B, D)
         keep = float(np.sqrt(1.0 - EMBED_WHOLE**2))
         return torch.cat([keep * unit(weighted), EMBED_WHOLE * unit(whole)], dim=1)
 
     def forward_embedded(self: InspectorNet, x: torch.Tensor) -> EmbeddedOutput:  # type: ignore[misc]
         """Map, score and embedding from one pass (the exported graph with an embedding output)."""
-        lat, recon, gauss, glob, z = self.components_and_latent(x, want_z=True)
+        maps = self.backbone_maps(x)
+        lat, recon, gauss, glob, _ = self.components_and_latent(x, maps=maps)
         out = self.combine(lat, recon, gauss, glob, x.shape[-2:])
-        return EmbeddedOutput(out.anomaly_map, out.score, self.embedding(z, self.patch_score(lat, recon, gauss)))
+        return EmbeddedOutput(out.anomaly_map, out.score, self.embedding(maps, self.patch_score(lat, recon, gauss)))
 
     @property
     def embedding_dim(self: InspectorNet) -> int:  # type: ignore[misc]
-        return 2 * self.cfg.latent
+        return 2 * min(int(self.feature_dim), EMBED_DIM)
 
 
 class EmbeddedNet(nn.Module):

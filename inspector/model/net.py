@@ -262,9 +262,12 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         and the image-level latent distance (B,)."""
         return self.components_and_latent(x)[:4]
 
-    def components_and_latent(self, x: torch.Tensor, want_z: bool = False) -> tuple[torch.Tensor, ...]:
-        """`components` plus the latent map (B, L, h, w) when `want_z` (else whatever the score needed, or None)."""
-        maps = self.backbone_maps(x)
+    def components_and_latent(
+        self, x: torch.Tensor, want_z: bool = False, maps: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """`components` plus the latent map (B, L, h, w) when `want_z` (else whatever the score needed, or None);
+        `maps`: x's backbone maps when the caller already has them (the embedding reads them too)."""
+        maps = self.backbone_maps(x) if maps is None else maps
         g = self.hidden_maps(maps)  # (B, H, h, w)
         b, _, h, w = g.shape
         # The latent map is needed by the other terms; the Gaussian reads g where it is no wider (`whitening`).

@@ -37,7 +37,7 @@ def test_graph_has_a_unit_embedding_matching_torch(version):
     with torch.inference_mode():
         ref = net.forward_embedded(torch.from_numpy(x))
         plain = net(torch.from_numpy(x))
-    assert emb.shape == (3, 2 * net.cfg.latent)
+    assert emb.shape == (3, net.embedding_dim)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(emb, ref.embedding.numpy(), atol=1e-4)
     np.testing.assert_allclose(score, plain.score.numpy(), rtol=1e-4, atol=1e-4)  # the score is unchanged by it
