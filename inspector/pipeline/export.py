@@ -251,7 +251,7 @@ def build_manifest(
             "embedding": {
                 "name": EMBEDDING,
                 "shape": f"(B, {net.embedding_dim})",
-                "units": "unit length; anomaly-weighted latent deviation, then the whole-part mean latent",
+                "units": "unit length; anomaly-weighted backbone patch features, then their mean, each projected",
             },
         },
         "preprocess": pre.to_dict(),
