@@ -6,7 +6,6 @@ import pytest
 from inspector.data.defects import KINDS, MAKERS, make_defect, perlin
 from inspector.data.synthetic import good_part
 
-
 LARGE = {"draem_large": 0.25}  # covers a large region on purpose (large or global defects)
 
 
