@@ -10,6 +10,13 @@ and measures how well each candidate ranks the damaged copies above the original
   pitting, missing coating);
 - scratch: a thin curved line, brighter or darker than the surface (cracks, scratches).
 
+Studied as judges (`benchmarks/judge.py`), not in `KINDS` unless they win there:
+
+- draem: a Perlin-shaped region filled with a *foreign* texture (smoothed noise at a shifted intensity) laid over
+  the surface with some opacity, as DRAEM does with its texture set; `draem_large` the same over a larger region
+  (large or global defects: uneven surfaces, breaks);
+- spot: a small dark or bright spot (dirt, a pit, a bubble).
+
 Every maker returns the image and a 0/255 mask that covers every pixel it changed. Sizes are fractions of
 the image's short side, so a defect is small on a large image too. Seeded: the same rng gives the same
 defects.
@@ -120,15 +127,73 @@ def scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return out, mask
 
 
+def _perlin_region(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A Perlin-shaped boolean region in an (h, w) box, kept off the box's edges by an ellipse; never empty."""
+    noise = perlin((h, w), (int(rng.integers(1, 4)), int(rng.integers(1, 4))), rng)
+    yy, xx = np.mgrid[0:h, 0:w]
+    window = 1 - ((yy - h / 2) / (h / 2)) ** 2 - ((xx - w / 2) / (w / 2)) ** 2  # an ellipse: no boxy edges
+    region = (noise + 0.5 * window > 0.35) & (window > 0)
+    if not region.any():
+        region[h // 2, w // 2] = True
+    return region
+
+
+def _foreign(img: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed noise at a shifted intensity over a Perlin region, blended with opacity 0.4..1 (DRAEM-style)."""
+    out = img.copy()
+    y, x, bh, bw = _box(img, rng, lo, hi)
+    region = _perlin_region(bh, bw, rng)
+    area = out[y : y + bh, x : x + bw].astype(np.float32)
+    grain = max(1, int(min(bh, bw) * rng.uniform(0.02, 0.15))) * 2 + 1  # odd blur size: the texture's grain
+    noise = cv2.GaussianBlur(rng.normal(0, 1, area.shape).astype(np.float32), (grain, grain), 0)
+    noise *= rng.uniform(10, 40) / max(float(noise.std()), 1e-6)
+    level = float(area[region].mean()) + _contrast(rng)  # a different material: another mean, another grain
+    texture = level + noise
+    alpha = rng.uniform(0.4, 1.0)
+    mixed = np.clip((1 - alpha) * area + alpha * texture, 0, 255).astype(np.uint8)
+    out[y : y + bh, x : x + bw][region] = mixed[region]
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[y : y + bh, x : x + bw][region] = 255
+    return out, mask
+
+
+def draem(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A foreign texture over a Perlin region 8..25% of the short side."""
+    return _foreign(img, rng, 0.08, 0.25)
+
+
+def draem_large(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A foreign texture over a Perlin region 30..60% of the short side (large or global defects)."""
+    return _foreign(img, rng, 0.3, 0.6)
+
+
+def spot(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A small filled ellipse 1..4% of the short side, darker or brighter by 40..90 grey levels."""
+    h, w = img.shape[:2]
+    short = min(h, w)
+    axes = tuple(max(1, int(short * rng.uniform(0.005, 0.02))) for _ in range(2))
+    centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+    mask = np.zeros((h, w), np.uint8)
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    out = img.copy()
+    on = mask > 0
+    delta = float(rng.choice([-1, 1]) * rng.uniform(40, 90))
+    out[on] = np.clip(out[on].astype(np.float32) + delta, 0, 255).astype(np.uint8)
+    return out, mask
+
+
 MAKERS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]] = {
     "cutpaste": cut_paste,
     "blob": blob,
     "scratch": scratch,
+    "draem": draem,
+    "draem_large": draem_large,
+    "spot": spot,
 }
 
 
 def make_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(damaged copy of a BGR uint8 image, mask 0/255 covering every changed pixel) for one defect kind."""
     if kind not in MAKERS:
-        raise ValueError(f"unknown synthetic defect {kind!r} (known: {', '.join(KINDS)})")
+        raise ValueError(f"unknown synthetic defect {kind!r} (known: {', '.join(MAKERS)})")
     return MAKERS[kind](img, rng)
