@@ -199,18 +199,6 @@ def test_images_the_network_sees_near_full_size_are_not_tried_on_tiles(fitted_mo
     assert len(info["selection"]["tried"]) > 1 and not any("tiles" in r["name"] for r in info["selection"]["tried"])
 
 
-def test_autoencoder_steps_are_bounded_by_passes_over_the_fit_patches():
-    """A 34-image set trains for 30 passes over its patches, not 111; a 400-image set keeps its 1,500 steps (8
-    passes); steps set by hand are kept."""
-    from inspector.pipeline.fit import AE_EPOCHS, MIN_STEPS, steps_for
-
-    paper, ballscrew = 27 * 32 * 32, 398 * 48 * 20
-    assert steps_for(FitSettings(), paper) == -(-AE_EPOCHS * paper // 2048) == 405
-    assert steps_for(FitSettings(), ballscrew) == 1500
-    assert steps_for(FitSettings(), 100) == MIN_STEPS
-    assert steps_for(FitSettings(steps=1500), paper) == 1500 and steps_for(FitSettings(steps=50), ballscrew) == 50
-
-
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     """A per-position Gaussian of 64 dimensions cannot be estimated from 96 images: the latent shrinks."""
     from inspector.pipeline.fit import latent_for
