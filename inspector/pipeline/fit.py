@@ -50,8 +50,6 @@ MIN_LATENT = 8
 # Tiled, the fit gets its samples from tiles, so as many images as calibrate needs are held out (when at least
 # MIN_FIT_IMAGES remain to fit): held-out images, not tiles, are what a threshold's promise counts.
 TILED_MIN_HOLDOUT = CalibrateSettings.model_fields["min_holdout"].default
-AE_EPOCHS = 30  # passes over the fit patches the autoencoder trains for at most (fixed before measuring)
-MIN_STEPS = 300
 
 
 @dataclass
@@ -157,15 +155,6 @@ def latent_for(s: FitSettings, n_fit: int) -> int:
     if n.w_gauss <= 0:
         return n.latent
     return max(min(n.latent, n_fit // IMAGES_PER_LATENT_DIM), min(n.latent, MIN_LATENT))
-
-
-def steps_for(s: FitSettings, n_patches: int) -> int:
-    """Autoencoder steps: `steps` as set by hand; else at most AE_EPOCHS passes over the fit patches (at least
-    MIN_STEPS, at most `steps`). Why: 1,500 steps of 2,048 patches are 8 passes over a 400-image set but 111 over a
-    34-image paper set, where they were 72% of the fit's time; large sets are unchanged."""
-    if "steps" in s.model_fields_set:
-        return s.steps
-    return min(s.steps, max(MIN_STEPS, math.ceil(AE_EPOCHS * n_patches / s.batch_size)))
 
 
 def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: torch.Generator, show: bool) -> float:
@@ -383,8 +372,6 @@ def tiling_info(whole: TilePlan, tiled: TilePlan | None, sel: select.Selection) 
 
 def _fit_one(s: FitSettings, pre: Preprocess, job: _Job) -> select.Fitted:
     """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out."""
-    patches = len(job.fit_paths) * pre.n_tiles * (pre.height // 8) * (pre.width // 8)  # the backbone's stride 8
-    s = s.model_copy(update={"steps": steps_for(s, patches)})  # the settings saved say the steps trained
     net, pre, loss, formats, report = _fit_net(s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show)
     holdout_scores, comps = _calibrate_scales(net, pre, job.holdout, report, s, job.show)
     return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report))
@@ -482,7 +469,6 @@ def _write(
             "image_sizes": formats,  # {"WxH": images} for a few camera formats; null when sizes vary per part
             "skipped": [{"path": str(p), "reason": r} for p, r in report.bad],
             "autoencoder_loss": loss,
-            "autoencoder_steps": s.steps,
             "fit_seconds": round(time.time() - t0, 2),
             "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
             "tiling": tiling,  # tiles per image (or whole images) and why
