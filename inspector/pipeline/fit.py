@@ -364,7 +364,7 @@ def tiling_info(whole: TilePlan, tiled: TilePlan | None, sel: select.Selection) 
     what = "tiles" if chosen is tiled else "whole images"
     why = (
         f"{what} chosen by the selection: best AUROC whole images {w:.3f}, tiled {t:.3f} (exposure {exposure}; "
-        f"tiles must gain more than {select.TIE}); {chosen.reason}"
+        f"tiles must gain more than {select.TIE}); {chosen.reason.removeprefix('tiles=off: ')}"
     )
     tried = {"whole": whole.to_dict(), "tiled": tiled.to_dict(), "whole_auroc": w, "tiled_auroc": t}
     return chosen.to_dict() | {"reason": why, "tried": tried}
