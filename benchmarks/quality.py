@@ -185,8 +185,9 @@ def loso(results: dict) -> dict | None:
         for n, m in results["sets"].items()
         if m.get("inspector", {}).get("candidates_test_auroc")
     }
-    names = sorted({c for v in probed.values() for c in v})
-    if len(probed) < 2 or any(set(v) != set(names) for v in probed.values()):
+    # candidates every set tried (tiles are tried only on sets whose images the auto rule would tile)
+    names = sorted(set.intersection(*(set(v) for v in probed.values()))) if probed else []
+    if len(probed) < 2 or not names:
         return None
     rows = {}
     for left, cand in probed.items():
@@ -207,10 +208,11 @@ def loso(results: dict) -> dict | None:
 
 LISTS = {  # candidate lists the selection could have searched: which rows of `tried` each one holds
     "score terms only (fixed exposure, map maximum)": lambda r: (
-        r["exposure"] == "standardize" and not r["settings"].get("score_top")
+        r["exposure"] == "standardize" and not r["settings"].get("score_top") and ", tiles " not in r["name"]
     ),
-    "+ top-cells mean": lambda r: r["exposure"] == "standardize",
-    "+ top-cells mean + exposure level (what fit searches)": lambda r: True,
+    "+ top-cells mean": lambda r: r["exposure"] == "standardize" and ", tiles " not in r["name"],
+    "+ top-cells mean + exposure level": lambda r: ", tiles " not in r["name"],
+    "+ tiles where the auto rule would tile (what fit searches)": lambda r: True,
 }
 
 

@@ -51,10 +51,10 @@ class FitSettings(Settings):
     )
     tiles: str = Field(
         "off",
-        description="Cut each image into overlapping tiles, each one network input (docs/model.md): off (the default: "
-        "on the aligned parts measured, tiles lost), auto (tiles "
-        "when the whole image would be shrunk more than tile_shrink), off, or ROWSxCOLS (e.g. 1x8). The image "
-        f"score is the maximum over its tiles; at most {MAX_TILES} tiles.",
+        description="Cut each image into overlapping tiles, each one network input (docs/model.md): off, auto (tiles "
+        "when the whole image would be shrunk more than tile_shrink), or ROWSxCOLS (e.g. 1x8). The image "
+        f"score is the maximum over its tiles; at most {MAX_TILES} tiles. Unless given, selection tries auto's "
+        "tiles beside whole images where auto would tile (whole images otherwise, and with select off).",
     )
     tile_shrink: float = Field(
         2.0,

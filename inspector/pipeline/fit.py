@@ -6,7 +6,9 @@
 4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
    k-center coreset of them as a memory bank);
 5. score the hold-out to learn the typical size of each score component;
-6. (selection on) repeat 2-5 for each exposure policy and keep the best candidate (`inspector.pipeline.select`).
+6. (selection on) repeat 2-5 for each exposure policy and keep the best candidate (`inspector.pipeline.select`);
+   where the images are large or long enough that `tiles=auto` would tile them (and `tiles` is not set by hand),
+   repeat 2-5 once more on tiles with the better exposure, judged after the whole-image candidates.
 """
 
 from __future__ import annotations
@@ -217,8 +219,11 @@ def _set_bank(net: InspectorNet, name: str, vectors: torch.Tensor) -> None:
     getattr(net, f"{name}_sq" if name == "bank" else "global_sq").copy_(filled.pow(2).sum(1))
 
 
-def preprocess_for(s: FitSettings, paths: list[Path]) -> TilePlan:
-    """The preprocessing fixed to the training images' shape, tiled or not (`inspector.data.tiles.plan`)."""
+def preprocess_for(s: FitSettings, paths: list[Path]) -> tuple[TilePlan, TilePlan | None]:
+    """(the preprocessing to fit, fixed to the training images' shape (`inspector.data.tiles.plan`), a tiled one
+    to try beside it or None). Unless `tiles` is set by hand, selection tries tiles where the auto rule would tile:
+    on the aligned parts measured whole images won, on long strips tiles keep a small flaw's pixels, so the
+    product's own held-out images decide. Images the auto rule would not tile are fitted whole, as before."""
     sizes = [img.shape[:2] for _, img in iter_images(paths[:32], LoadReport(), 1.0)]
     size = (
         {"short_side": s.short_side} if s.short_side else {"max_pixels": s.max_pixels}
@@ -229,7 +234,11 @@ def preprocess_for(s: FitSettings, paths: list[Path]) -> TilePlan:
         exposure="none" if s.exposure == "none" else "standardize",
         **size,
     )
-    return plan_tiles(sizes, base, s.tiles, s.tile_shrink, s.tile_overlap)
+    asked = plan_tiles(sizes, base, s.tiles, s.tile_shrink, s.tile_overlap)
+    if not s.select or "tiles" in s.model_fields_set:
+        return asked, None
+    auto = plan_tiles(sizes, base, "auto", s.tile_shrink, s.tile_overlap)
+    return asked, auto if auto.pre.tiled else None
 
 
 def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
@@ -271,40 +280,17 @@ def fit(
     candidate term before the selection prunes it, to score each candidate on its own labels."""
     t0 = time.time()
     ds = discover(data)
-    tiling = preprocess_for(s, ds.train)
-    at_least = TILED_MIN_HOLDOUT if tiling.pre.tiled else 0
+    whole, tiled = preprocess_for(s, ds.train)
+    at_least = TILED_MIN_HOLDOUT if (tiled or whole).pre.tiled else 0  # one split for whole and tiled candidates
     fit_paths, holdout = split_holdout(ds.train, s.holdout_fraction, s.seed, s.holdout, at_least)
     if len(fit_paths) < MIN_FIT_IMAGES:
         raise InspectorError(
             f"{len(ds.train)} good images in {data}: need at least {MIN_FIT_IMAGES} to fit plus a hold-out"
         )
-    search, candidates = select.plan(s, len(fit_paths) * tiling.pre.n_tiles)
-    fits = [
-        _fit_one(search.model_copy(update={"exposure": e}), tiling.pre, fit_paths, holdout, show)
-        for e in select.exposures(s)
-    ]
-    best, selection = fits[0], None
-    chosen = best.settings
-    if (len(candidates) > 1 or len(fits) > 1) and best.comps:
-        if probe is not None:
-            for f in fits:
-                named = [
-                    select.Candidate(select.label(c.name, f.settings.exposure, len(fits)), c.overrides)
-                    for c in candidates
-                ]
-                probe(f.net, f.pre, named)
-        labelled = [x.path for x in ds.test if x.label] if s.select_labelled else []
-        sel = select.choose(fits, candidates, holdout, labelled, s.seed)
-        best = fits[sel.fit]
-        chosen = best.settings.model_copy(
-            update={"network": best.settings.network.model_copy(update=sel.chosen.overrides)}
-        )
-        best.net = select.prune(best.net, best.net.cfg.model_copy(update=sel.chosen.overrides))
-        selection = sel.to_dict()
-        scorer = select.with_weights(best.net, {})
-        best.holdout_scores = [(name, scorer(c)) for (name, _), c in zip(best.holdout_scores, best.comps)]
+    labelled = [x.path for x in ds.test if x.label] if s.select_labelled else []
+    job = _Job(s, fit_paths, holdout, labelled, show, probe)
+    best, chosen, selection, info = _fit_and_choose(job, whole, tiled)
     loss, formats, report = best.extra
-    info = tiling.to_dict()
     kept = (best.net, best.pre, chosen, data, fit_paths, holdout, best.holdout_scores, report, loss, t0, formats)
     result_dir = _write(out, *kept, selection, info)
     return FitResult(
@@ -312,10 +298,82 @@ def fit(
     )
 
 
-def _fit_one(s: FitSettings, pre: Preprocess, fit_paths: list[Path], holdout: list[Path], show: bool) -> select.Fitted:
+@dataclass
+class _Job:
+    """What every candidate fit of one `fit` call shares: the settings, the split, the judge's inputs."""
+
+    s: FitSettings
+    fit_paths: list[Path]
+    holdout: list[Path]
+    labelled: list[Path]
+    show: bool
+    probe: Callable[[InspectorNet, Preprocess, list[select.Candidate]], None] | None
+    n_fits: int = 1  # fits judged in all (candidate names carry the exposure when more than one)
+
+    def judged(self, f: select.Fitted, cands: list[select.Candidate]) -> list[dict]:
+        """`select.judge`'s rows for one fit, after the benchmarks' probe has seen its candidates."""
+        if self.probe is not None:
+            named = [
+                select.Candidate(select.label(c.name, f.settings.exposure, self.n_fits), c.overrides) for c in cands
+            ]
+            self.probe(f.net, f.pre, named)
+        return select.judge(f, cands, self.holdout, self.labelled, self.s.seed)
+
+
+def _fit_and_choose(
+    job: _Job, whole: TilePlan, tiled: TilePlan | None
+) -> tuple[select.Fitted, FitSettings, dict | None, dict]:
+    """Fit whole images once per exposure policy and judge them; where tiles are a candidate, fit them too, with
+    the better exposure only (bounded cost), judged on the same hold-out and synthetic defects and ordered last
+    (tiles x the compute per frame: TIE keeps whole images unless tiles gain). Returns (the chosen fit, its
+    settings, fit.json `selection`, `tiling`)."""
+    s, n = job.s, len(job.fit_paths)
+    search, cands = select.plan(s, n * whole.pre.n_tiles)
+    exposures = select.exposures(s)
+    job.n_fits = len(exposures) + (tiled is not None)
+    fits = [_fit_one(search.model_copy(update={"exposure": e}), whole.pre, job) for e in exposures]
+    if (job.n_fits == 1 and len(cands) == 1) or not fits[0].comps:
+        return fits[0], fits[0].settings, None, whole.to_dict()
+    lists, judged = [cands] * len(fits), [job.judged(f, cands) for f in fits]
+    sel = select.decide(fits, lists, judged)
+    if tiled is not None:
+        grid = "x".join(map(str, tiled.pre.tiles))
+        tsearch, tcands = select.plan(s, n * tiled.pre.n_tiles)
+        tcands = [select.Candidate(f"{c.name}, tiles {grid}", c.overrides) for c in tcands]
+        tsearch = tsearch.model_copy(update={"exposure": fits[sel.fit].settings.exposure, "tiles": grid})
+        fits.append(_fit_one(tsearch, tiled.pre, job))
+        lists, judged = [*lists, tcands], [*judged, job.judged(fits[-1], tcands)]
+        sel = select.decide(fits, lists, judged)
+    best = fits[sel.fit]
+    chosen = best.settings.model_copy(update={"network": best.settings.network.model_copy(update=sel.chosen.overrides)})
+    best.net = select.prune(best.net, best.net.cfg.model_copy(update=sel.chosen.overrides))
+    scorer = select.with_weights(best.net, {})
+    best.holdout_scores = [(name, scorer(c)) for (name, _), c in zip(best.holdout_scores, best.comps)]
+    return best, chosen, sel.to_dict(), tiling_info(whole, tiled, sel)
+
+
+def tiling_info(whole: TilePlan, tiled: TilePlan | None, sel: select.Selection) -> dict:
+    """fit.json `tiling`: the chosen input and, where tiles were a candidate, what was tried and why it won."""
+    if tiled is None:
+        return whole.to_dict()
+    last = max(r["fit"] for r in sel.tried)
+    w = max(r["criterion"] for r in sel.tried if r["fit"] < last)
+    t = max(r["criterion"] for r in sel.tried if r["fit"] == last)
+    chosen = tiled if sel.fit == last else whole
+    exposure = next(r["exposure"] for r in sel.tried if r["fit"] == last)
+    what = "tiles" if chosen is tiled else "whole images"
+    why = (
+        f"{what} chosen by the selection: best AUROC whole images {w:.3f}, tiled {t:.3f} (exposure {exposure}; "
+        f"tiles must gain more than {select.TIE}); {chosen.reason.removeprefix('tiles=off: ')}"
+    )
+    tried = {"whole": whole.to_dict(), "tiled": tiled.to_dict(), "whole_auroc": w, "tiled_auroc": t}
+    return chosen.to_dict() | {"reason": why, "tried": tried}
+
+
+def _fit_one(s: FitSettings, pre: Preprocess, job: _Job) -> select.Fitted:
     """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out."""
-    net, pre, loss, formats, report = _fit_net(s, exposed(pre, s, fit_paths), fit_paths, show)
-    holdout_scores, comps = _calibrate_scales(net, pre, holdout, report, s, show)
+    net, pre, loss, formats, report = _fit_net(s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show)
+    holdout_scores, comps = _calibrate_scales(net, pre, job.holdout, report, s, job.show)
     return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report))
 
 

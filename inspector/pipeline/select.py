@@ -189,9 +189,15 @@ def label(name: str, exposure: str, n_fits: int) -> str:
 def choose(
     fits: list[Fitted], cands: list[Candidate], holdout: list[Path], labelled: list[Path], seed: int
 ) -> Selection:
-    """Judge every candidate on every fit (exposure policy); in cost order (the first fit's candidates first), the
-    cheapest within TIE of the best wins."""
-    tried = [row | {"fit": i} for i, f in enumerate(fits) for row in judge(f, cands, holdout, labelled, seed)]
+    """Judge every candidate on every fit (exposure policy) and `decide`."""
+    return decide(fits, [cands] * len(fits), [judge(f, cands, holdout, labelled, seed) for f in fits])
+
+
+def decide(fits: list[Fitted], cands: list[list[Candidate]], judged: list[list[dict]]) -> Selection:
+    """The choice among judged candidates (`judge`'s rows, per fit, with each fit's own candidates): in cost order
+    (the first fit's candidates first), the cheapest within TIE of the best wins. Rows judged once may be decided
+    again with a later fit added (fit: a tiled variant after the whole-image ones)."""
+    tried = [row | {"fit": i} for i, rows in enumerate(judged) for row in rows]
     for row in tried:
         row["name"] = label(row["name"], row["exposure"], len(fits))
     best = 0
@@ -207,7 +213,7 @@ def choose(
         f"{top['name']}: AUROC {top['criterion']:.3f} on {len(fits[0].comps)} held-out good images "
         f"against {top['synthetic']} {on}" + (f" (others: {others})" if others else "")
     )
-    chosen = cands[best % len(cands)]
+    chosen = [c for cs in cands for c in cs][best]
     return Selection(chosen, top["fit"], tried, reason, top["synthetic"], top["labelled"])
 
 

@@ -192,6 +192,13 @@ def test_false_alarms_are_broken_down_by_name_order():
     assert "fpr_by_name_order" not in image_metrics(items[:19])  # fewer than 5 good images a quarter: no breakdown
 
 
+def test_images_the_network_sees_near_full_size_are_not_tried_on_tiles(fitted_model):
+    """Selection is on, `tiles` is not set, but the auto rule would not tile 96x96 images: whole images only."""
+    info = json.loads((staging(fitted_model) / FIT_FILE).read_text())
+    assert info["tiling"]["tiles"] == [1, 1] and "tried" not in info["tiling"]
+    assert len(info["selection"]["tried"]) > 1 and not any("tiles" in r["name"] for r in info["selection"]["tried"])
+
+
 def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     """A per-position Gaussian of 64 dimensions cannot be estimated from 96 images: the latent shrinks."""
     from inspector.pipeline.fit import latent_for

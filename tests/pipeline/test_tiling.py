@@ -1,5 +1,6 @@
 """A tiled model: a handful of long strips fit and calibrate, the ONNX runtime scores a frame as the torch
-pipeline does, and a small flaw on a long strip is found with tiles where the whole-strip input loses it."""
+pipeline does, and a small flaw on a long strip is found with tiles where the whole-strip input loses it; with
+`tiles` not set by hand, selection tries tiles beside whole images where the auto rule would tile, and only there."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from inspector.data.synthetic import add_slub, good_strip
 from inspector.pipeline.calibrate import calibrate_model
 from inspector.pipeline.checkpoint import load_model, read_json
 from inspector.pipeline.export import export_model
-from inspector.pipeline.fit import fit
+from inspector.pipeline.fit import fit, preprocess_for
 from inspector.pipeline.infer import score_paths
 from inspector.pipeline.latent import embed_paths
 from inspector.runtime.scorer import Scorer
@@ -105,3 +106,43 @@ def test_a_small_flaw_on_a_long_strip_is_found_with_tiles_and_lost_without(tiled
         y, x = np.unravel_index(np.argmax(amap), amap.shape)
         ys, xs = np.nonzero(mask)
         assert abs(y - ys.mean()) < 16 and abs(x - xs.mean()) < 16
+
+
+def test_tiles_are_a_candidate_only_where_the_auto_rule_would_tile_and_tiles_is_not_set(strips, tmp_path):
+    paths = sorted((strips / "train/good").glob("*.png"))
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), good_strip(np.random.default_rng(0), (128, 160)))  # near full size whole
+    auto = dict(max_pixels=20480, tile_shrink=1.0)
+    whole, tiled = preprocess_for(FitSettings(**auto), paths)
+    assert whole.pre.tiles == (1, 1) and tiled is not None and tiled.pre.tiles == (1, 15)
+    assert preprocess_for(FitSettings(**auto), [small])[1] is None  # the rule would not tile: nothing tried
+    hand = (
+        ({"tiles": "off"}, (1, 1)),
+        ({"tiles": "auto"}, (1, 15)),
+        ({"tiles": "1x4"}, (1, 4)),
+        ({"select": False}, (1, 1)),
+    )
+    for fixed, tiles in hand:  # set by hand, or selection off: not searched
+        plan, extra = preprocess_for(FitSettings(**auto, **fixed), paths)
+        assert extra is None and plan.pre.tiles == tiles
+
+
+def test_selection_fits_tiles_after_whole_images_and_names_the_choice(strips, tmp_path):
+    """On long strips with a fine weave, synthetic defects on held-out strips are found on tiles and lost on the
+    4x shrunk whole strip: the tiled candidates (judged last, so ties keep whole images) win, and fit.json says so."""
+    out = tmp_path / "chosen"
+    s = FitSettings(**{k: v for k, v in FAST.items() if k not in ("tiles", "select")}, exposure="standardize")
+    r = fit(strips, out, s, show=False)
+    info = read_json(out / "staging" / "fit.json", "")
+    tried = info["selection"]["tried"]
+    fits = [row["fit"] for row in tried]
+    assert fits == sorted(fits) and set(fits) == {0, 1}  # whole images first, then tiles
+    assert all(("tiles 1x15" in row["name"]) == (row["fit"] == 1) for row in tried)
+    chosen = next(row for row in tried if row["chosen"])
+    assert chosen["fit"] == 1 and info["selection"]["chosen"] == chosen["name"]
+    assert info["tiling"]["tiles"] == [1, 15] and info["tiling"]["reason"].startswith("tiles chosen by the selection")
+    assert info["tiling"]["tried"]["whole"]["tiles"] == [1, 1]
+    assert info["tiling"]["tried"]["tiled_auroc"] > info["tiling"]["tried"]["whole_auroc"] + 0.005
+    assert (info["fit_images"], info["holdout_images"]) == (7, 5)  # the tiled rule's hold-out for both
+    net, pre, _ = load_model(out)
+    assert pre.tiles == (1, 15) and r.tiling == info["tiling"]
