@@ -4,7 +4,7 @@ default is what it is)."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from inspector.config.base import Settings
 
@@ -48,6 +48,24 @@ class NetworkSettings(Settings):
         description="Image score = mean of this fraction of the map's highest cells (0 = the map maximum): "
         "steadier where good images have scattered single high cells (textures).",
     )
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_from_text(cls, v: object) -> object:
+        # `--set layers=2,3,4` on the command line arrives as the text "2,3,4"
+        if isinstance(v, str):
+            try:
+                return tuple(int(p) for p in v.replace("(", "").replace(")", "").split(",") if p.strip())
+            except ValueError:
+                raise ValueError(f"layers: expected comma-separated feature indices like 2,3, got {v!r}") from None
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_ordered(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or list(v) != sorted(set(v)) or v[0] < 0:
+            raise ValueError(f"layers: expected distinct feature indices in increasing order (finest first), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _some_patch_term(self) -> NetworkSettings:

@@ -217,10 +217,16 @@ def test_fit_overrides_from_a_command_line_are_checked():
     from inspector.config.fit import fit_overrides
 
     assert fit_overrides(["latent=96", "hidden=128"]) == {"latent": "96", "hidden": "128"}
+    from inspector.config.fit import FitSettings
+
+    # a tuple setting from the command line: `--set layers=2,3,4`
+    assert FitSettings(**fit_overrides(["layers=2,3,4"])).network.layers == (2, 3, 4)
     for pairs, message in (
         (["latent"], "KEY=VALUE"),
         (["latnt=3"], "latnt"),
         (["latent=x"], "latent: Input should be"),
+        (["layers=3,2"], "increasing order"),
+        (["layers=2,x"], "comma-separated feature indices"),
     ):
         with pytest.raises(ValueError, match=message):
             fit_overrides(pairs)
