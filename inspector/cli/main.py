@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on network input pixels when --short-side is not given (default 81920 = 320x256)",
     )
     s.add_argument("--square", action="store_true", help="squash images into a square instead of keeping aspect")
-    s.add_argument("--backbone", help="timm backbone name (needs --weights unless efficientnet_lite0)")
+    s.add_argument(
+        "--backbone",
+        help="timm backbone name (needs --weights unless efficientnet_lite0, or lite1/lite2 with their package)",
+    )
     s.add_argument("--weights", help="local backbone weights file")
     s.add_argument("--steps", type=int, help="autoencoder training steps")
     s.add_argument(

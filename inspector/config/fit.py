@@ -66,7 +66,10 @@ class FitSettings(Settings):
     tile_overlap: float = Field(
         0.125, ge=0.0, le=0.5, description="Overlap of neighbouring tiles, as a fraction of a tile."
     )
-    weights: Path | None = Field(None, description="Local backbone weights file (default: bundled Lite0).")
+    weights: Path | None = Field(
+        None,
+        description="Local backbone weights file (default: the packaged weights of Lite0, or of Lite1/Lite2 where their packages are installed).",
+    )
     network: NetworkSettings = Field(
         default_factory=NetworkSettings,
         description="The network (its keys may be given flat too: `latent=128` is `network.latent=128`).",

