@@ -68,7 +68,8 @@ class FitSettings(Settings):
     )
     weights: Path | None = Field(
         None,
-        description="Local backbone weights file (default: the packaged weights of Lite0, or of Lite1/Lite2 where their packages are installed).",
+        description="Local backbone weights file (default: the packaged weights of Lite0, or of Lite1/Lite2 "
+        "where their packages are installed).",
     )
     network: NetworkSettings = Field(
         default_factory=NetworkSettings,
