@@ -8,7 +8,9 @@ all variants finished:
   left-out one;
 - as a fit candidate: what `fit`'s own rule would pick among the variants from the held-out judge alone (each
   variant's chosen candidate's judge AUROC; a later variant, being costlier, must beat every earlier one by more
-  than the judge's tie, 0.005), and that pick's test AUROC.
+  than the judge's tie, 0.005), and that pick's test AUROC;
+- which candidate list to search, chosen honestly: every list that keeps the first variant (the default), the
+  list with the best mean as-candidate AUROC on the other sets, scored on the left-out one (leave-one-set-out).
 
     .venv/bin/python benchmarks/variants.py --variant lite0=a.json lite1=b.json,c.json [--out results/variants.json]
 
@@ -47,6 +49,31 @@ def judge(row: dict) -> float:
     return next(t["criterion"] for t in row["selection"]["tried"] if t["chosen"])
 
 
+def pick(row: dict, names: list[str]) -> str:
+    """fit's rule over variants in cost order: a later one must beat every earlier one by more than TIE."""
+    best = names[0]
+    for v in names[1:]:
+        if all(row[v]["judge"] > row[u]["judge"] + TIE for u in names[: names.index(v)]):
+            best = v
+    return best
+
+
+def lists_loso(rows: dict[str, dict], names: list[str]) -> dict:
+    """Leave-one-set-out over candidate lists (each keeps names[0], order kept): per left-out set, the list whose
+    as-candidate AUROC is best on average over the other sets, and what it scores on the left-out set."""
+    lists = [
+        [names[0], *(v for j, v in enumerate(names[1:]) if mask >> j & 1)] for mask in range(2 ** (len(names) - 1))
+    ]
+    auc = {"+".join(li): {s: r[pick(r, li)]["auroc"] for s, r in rows.items()} for li in lists}
+    out: dict = {"lists": {k: sum(v.values()) / len(v) for k, v in auc.items()}, "sets": {}}
+    for s in rows:
+        others = [o for o in rows if o != s] or [s]
+        best = max(auc, key=lambda k: sum(auc[k][o] for o in others) / len(others))
+        out["sets"][s] = {"list": best, "auroc": auc[best][s]}
+    out["mean"] = sum(r["auroc"] for r in out["sets"].values()) / len(rows)
+    return out
+
+
 def compare(variants: dict[str, dict]) -> dict:
     names = list(variants)
     sets = sorted(set.intersection(*(set(r) for r in variants.values())))
@@ -68,13 +95,9 @@ def compare(variants: dict[str, dict]) -> dict:
         # fixed default chosen on the other sets
         others = [o for o in sets if o != s]
         default = max(names, key=lambda v: sum(auc[v][o] for o in others) / len(others)) if others else names[0]
-        # fit's rule over the variants, cheapest first
-        pick = names[0]
-        for v in names[1:]:
-            if all(row[v]["judge"] > row[u]["judge"] + TIE for u in names[: names.index(v)]):
-                pick = v
+        chosen = pick(row, names)  # fit's rule over the variants, cheapest first
         row["loso_default"] = {"variant": default, "auroc": auc[default][s]}
-        row["as_candidate"] = {"variant": pick, "auroc": auc[pick][s]}
+        row["as_candidate"] = {"variant": chosen, "auroc": auc[chosen][s]}
         row["oracle"] = max(auc[v][s] for v in names)
         out["sets"][s] = row
     n = len(sets)
@@ -82,6 +105,7 @@ def compare(variants: dict[str, dict]) -> dict:
     out["mean"]["loso_default"] = sum(r["loso_default"]["auroc"] for r in out["sets"].values()) / n
     out["mean"]["as_candidate"] = sum(r["as_candidate"]["auroc"] for r in out["sets"].values()) / n
     out["mean"]["oracle"] = sum(r["oracle"] for r in out["sets"].values()) / n
+    out["candidate_lists"] = lists_loso({s: {v: out["sets"][s][v] for v in names} for s in sets}, names)
     return out
 
 
@@ -101,6 +125,13 @@ def table(res: dict) -> str:
         + " | ".join(f"{m[v]:.3f}" for v in names)
         + f" | {m['loso_default']:.3f} | {m['as_candidate']:.3f} | {m['oracle']:.3f} |"
     )
+    cl = res["candidate_lists"]
+    lines.append("")
+    lines.append("| candidate list searched | mean as candidate |")
+    lines.append("|---|---|")
+    lines += [f"| {k} | {v:.3f} |" for k, v in cl["lists"].items()]
+    chosen = ", ".join(f"{s}: {r['list']} {r['auroc']:.3f}" for s, r in cl["sets"].items())
+    lines.append(f"| list chosen on the other sets (leave-one-set-out) | {cl['mean']:.3f} ({chosen}) |")
     lines.append("")
     lines.append("| set | " + " | ".join(f"{v} fit s / ms per image" for v in names) + " |")
     lines.append("|" + "---|" * (len(names) + 1))
