@@ -217,8 +217,6 @@ def test_fit_overrides_from_a_command_line_are_checked():
     from inspector.config.fit import fit_overrides
 
     assert fit_overrides(["latent=96", "hidden=128"]) == {"latent": "96", "hidden": "128"}
-    from inspector.config.fit import FitSettings
-
     # a tuple setting from the command line: `--set layers=2,3,4`
     assert FitSettings(**fit_overrides(["layers=2,3,4"])).network.layers == (2, 3, 4)
     for pairs, message in (
