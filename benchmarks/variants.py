@@ -24,8 +24,20 @@ import json
 import sys
 from pathlib import Path
 
-TIE = 0.005  # select.py's margin: a costlier choice must win by more than this
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inspector.pipeline.select import TIE  # noqa: E402  fit's own margin: a costlier choice must win by more
+
 RESULTS = Path(__file__).parent / "results" / "variants.json"
+
+
+def best_on_others(scores: dict[str, dict[str, float]], left: str) -> str:
+    """The key whose mean score over every set but `left` is highest (the first key when no other set)."""
+    others = [s for s in next(iter(scores.values())) if s != left]
+    if not others:
+        return next(iter(scores))
+    return max(scores, key=lambda k: sum(scores[k][o] for o in others) / len(others))
 
 
 def load(spec: str) -> tuple[str, dict]:
@@ -67,8 +79,7 @@ def lists_loso(rows: dict[str, dict], names: list[str]) -> dict:
     auc = {"+".join(li): {s: r[pick(r, li)]["auroc"] for s, r in rows.items()} for li in lists}
     out: dict = {"lists": {k: sum(v.values()) / len(v) for k, v in auc.items()}, "sets": {}}
     for s in rows:
-        others = [o for o in rows if o != s] or [s]
-        best = max(auc, key=lambda k: sum(auc[k][o] for o in others) / len(others))
+        best = best_on_others(auc, s)
         out["sets"][s] = {"list": best, "auroc": auc[best][s]}
     out["mean"] = sum(r["auroc"] for r in out["sets"].values()) / len(rows)
     return out
@@ -92,9 +103,7 @@ def compare(variants: dict[str, dict]) -> dict:
             }
             for v in names
         }
-        # fixed default chosen on the other sets
-        others = [o for o in sets if o != s]
-        default = max(names, key=lambda v: sum(auc[v][o] for o in others) / len(others)) if others else names[0]
+        default = best_on_others(auc, s)  # a fixed default chosen on the other sets
         chosen = pick(row, names)  # fit's rule over the variants, cheapest first
         row["loso_default"] = {"variant": default, "auroc": auc[default][s]}
         row["as_candidate"] = {"variant": chosen, "auroc": auc[chosen][s]}

