@@ -39,6 +39,15 @@ class NetworkSettings(Settings):
         description="Patch positions per side sharing one latent covariance "
         "(means stay per position): cell^2 times less reference data read per frame.",
     )
+    gauss_source: str = Field(
+        "latent",
+        pattern="^(latent|features)$",
+        description="What the per-position Gaussian reads: the autoencoder's latent (small, cheap per frame) or the "
+        "standardized backbone features themselves (one feature_dim x feature_dim matrix per block: more reference "
+        "data per frame; with few fit images a near-singular covariance that measures how far a patch leaves the span "
+        "of the good patches at its position, as PaDiM does). Unless given, selection tries features with one "
+        "covariance per position.",
+    )
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
     smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
     score_top: float = Field(

@@ -131,12 +131,14 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         self.register_buffer("pos_scale", torch.zeros(()))
         self.register_buffer("global_bank", torch.zeros(max(cfg.global_bank, 1), l))
         self.register_buffer("global_sq", torch.zeros(max(cfg.global_bank, 1)))
-        # Per-position Gaussian of good latents on the patch grid: mean and precision matrices.
+        # Per-position Gaussian of good latents (or of the standardized features: `gauss_source`) on the patch grid:
+        # mean and precision matrices.
         gh, gw = self.grid
-        self.register_buffer("gauss_mean", torch.zeros(1, l, gh, gw))
+        d = c if cfg.gauss_source == "features" else l
+        self.register_buffer("gauss_mean", torch.zeros(1, d, gh, gw))
         cells = cell_count(self.grid, cfg.gauss_cell)
         self.register_buffer(
-            "gauss_prec", torch.eye(l).repeat(cells, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1)
+            "gauss_prec", torch.eye(d).repeat(cells, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1)
         )
         # Typical size of each score component on held-out good images (set at fit).
         self.register_buffer("scales", torch.ones(4))
@@ -200,7 +202,7 @@ class InspectorNet(EmbeddingMixin, nn.Module):
     @property
     def gauss_reads_hidden(self) -> bool:
         """Whether the Mahalanobis term reads the hidden layer (no wider than the latent) instead of the latent."""
-        return self.cfg.hidden <= self.cfg.latent
+        return self.cfg.gauss_source == "latent" and self.cfg.hidden <= self.cfg.latent
 
     def whitening(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each block's whitening: K (cells, D, L) and offsets (cells, 1, c*c, L) with |x K + offset|^2 =
@@ -208,8 +210,8 @@ class InspectorNet(EmbeddingMixin, nn.Module):
 
         x = the hidden layer g where it is no wider than the latent (`gauss_reads_hidden`): the encoder's last
         1x1 convolution z = W2 g + b2 is folded in (K = W2^T C), so no latent map is computed for it; else
-        x = z (K = C). Built with numpy (a traced graph gets constants) and kept until a weight or buffer it
-        comes from changes.
+        x = z, or the standardized features f where the Gaussian reads them (`gauss_source`) (K = C). Built with
+        numpy (a traced graph gets constants) and kept until a weight or buffer it comes from changes.
         """
         conv = self.ae.encoder[2]
         sources = (self.gauss_prec, self.gauss_mean, conv.weight, conv.bias)
@@ -232,8 +234,8 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         return self._whitening[1].to(conv.weight.device), self._whitening[2].to(conv.weight.device)
 
     def mahalanobis(self, x: torch.Tensor) -> torch.Tensor:
-        """Distance (B, h, w) of each patch's latent to the good Gaussian of its position; x is the hidden layer
-        or the latent map, as `gauss_reads_hidden` says."""
+        """Distance (B, h, w) of each patch's latent (or features) to the good Gaussian of its position; x is the
+        hidden layer, the latent map or the standardized features, as `gauss_reads_hidden` and `gauss_source` say."""
         c, (h, w) = self.cfg.gauss_cell, self.grid  # plain ints (the Gaussian's grid is the model's)
         if not torch.jit.is_tracing() and tuple(x.shape[-2:]) != (h, w):  # else the batch axis would absorb it
             raise ValueError(
@@ -268,11 +270,13 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         """`components` plus the latent map (B, L, h, w) when `want_z` (else whatever the score needed, or None);
         `maps`: x's backbone maps when the caller already has them (the embedding reads them too)."""
         maps = self.backbone_maps(x) if maps is None else maps
-        g = self.hidden_maps(maps)  # (B, H, h, w)
-        b, _, h, w = g.shape
-        # The latent map is needed by the other terms; the Gaussian reads g where it is no wider (`whitening`).
-        gauss_x = self.cfg.w_gauss > 0 and not self.gauss_reads_hidden
+        b = maps[0].shape[0]
+        # The latent map is needed by the other terms; the Gaussian reads g where it is no wider (`whitening`), or
+        # the standardized features (`gauss_source`): then neither g nor z unless another term needs them.
+        feats = self.cfg.gauss_source == "features"
+        gauss_x = self.cfg.w_gauss > 0 and not feats and not self.gauss_reads_hidden
         needs_z = want_z or self.cfg.w_latent > 0 or self.cfg.w_recon > 0 or self.cfg.global_bank > 0 or gauss_x
+        g = self.hidden_maps(maps) if needs_z or (self.cfg.w_gauss > 0 and not feats) else None  # (B, H, h, w)
         z = self.ae.encoder[2](g) if needs_z else None  # (B, L, h, w)
         # Each term is computed only when it is part of the score (the graph holds just those).
         if self.cfg.w_latent > 0:
@@ -284,14 +288,14 @@ class InspectorNet(EmbeddingMixin, nn.Module):
             zf = zf.permute(0, 2, 3, 1).reshape(-1, int(bank.shape[1]))  # (B*h*w, L or L+2)
             lat = nearest_distance(zf, bank, self.bank_sq).reshape(-1, gh, gw)
         else:
-            lat = torch.zeros_like(g[:, 0])
+            lat = torch.zeros_like(maps[0][:, 0])  # (B, h, w)
+        f = self.standardize(self.concat(maps)) if self.cfg.w_recon > 0 or (feats and self.cfg.w_gauss > 0) else None
         if self.cfg.w_recon > 0:
-            f = self.standardize(self.concat(maps))
             recon = (f - self.ae.decoder(z)).pow(2).mean(1)
         else:
             recon = torch.zeros_like(lat)
         if self.cfg.w_gauss > 0:
-            gauss = self.mahalanobis(z if gauss_x else g)
+            gauss = self.mahalanobis(f if feats else z if gauss_x else g)
         else:
             gauss = torch.zeros_like(recon)
         if self.cfg.global_bank > 0:

@@ -6,7 +6,8 @@
 4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
    k-center coreset of them as a memory bank);
 5. score the hold-out to learn the typical size of each score component;
-6. (selection on) repeat 2-5 for each exposure policy and keep the best candidate (`inspector.pipeline.select`);
+6. (selection on) repeat 2-5 for each exposure policy, judge a variant of each whose Gaussian reads the
+   standardized features (one per position), and keep the best candidate (`inspector.pipeline.select`);
    where the images are large or long enough that `tiles=auto` would tile them (and `tiles` is not set by hand),
    repeat 2-5 once more on tiles with the better exposure, judged after the whole-image candidates.
 """
@@ -143,7 +144,10 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     cov = d.transpose(1, 2) @ d / dof[:, None, None]  # (cells, L, L)
     ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
     cov = cov + ridge[:, None, None] * torch.eye(l, device=z.device)
-    return mean, torch.linalg.inv(cov)
+    # numpy's LAPACK in float64, not torch's: torch's batched float32 inverse of many 152 x 152 matrices (the feature
+    # Gaussian) intermittently failed in MKL ("Parameter 6 was incorrect on entry to SLASWP") and then never returned
+    prec = np.linalg.inv(cov.double().cpu().numpy())
+    return mean, torch.from_numpy(prec).to(dtype=cov.dtype, device=cov.device)
 
 
 def latent_for(s: FitSettings, n_fit: int) -> int:
@@ -328,7 +332,8 @@ class _Job:
 def _fit_and_choose(
     job: _Job, whole: TilePlan, tiled: TilePlan | None
 ) -> tuple[select.Fitted, FitSettings, dict | None, dict]:
-    """Fit whole images once per exposure policy and judge them; where tiles are a candidate, fit them too, with
+    """Fit whole images once per exposure policy and judge them, then each fit's feature-Gaussian variant (after
+    them in cost order); where tiles are a candidate, fit them too, with
     the better exposure only (bounded cost), judged on the same hold-out and synthetic defects and ordered last
     (tiles x the compute per frame: TIE keeps whole images unless tiles gain). Returns (the chosen fit, its
     settings, fit.json `selection`, `tiling`)."""
@@ -336,10 +341,16 @@ def _fit_and_choose(
     search, cands = select.plan(s, n * whole.pre.n_tiles)
     exposures = select.exposures(s)
     job.n_fits = len(exposures) + (tiled is not None)
-    fits = [_fit_one(search.model_copy(update={"exposure": e}), whole.pre, job) for e in exposures]
+    fcands = select.feature_plan(s)
+    job.n_fits += len(exposures) if fcands else 0
+    fits = [_fit_one(search.model_copy(update={"exposure": e}), whole.pre, job, bool(fcands)) for e in exposures]
     if (job.n_fits == 1 and len(cands) == 1) or not fits[0].comps:
         return fits[0], fits[0].settings, None, whole.to_dict()
     lists, judged = [cands] * len(fits), [job.judged(f, cands) for f in fits]
+    for f in list(fits) if fcands else []:  # after every latent candidate: costlier per frame, must gain more than TIE
+        fits.append(_feature_variant(f, job))
+        f.feature_gauss = None
+        lists, judged = [*lists, fcands], [*judged, job.judged(fits[-1], fcands)]
     sel = select.decide(fits, lists, judged)
     if tiled is not None:
         grid = "x".join(map(str, tiled.pre.tiles))
@@ -375,11 +386,26 @@ def tiling_info(whole: TilePlan, tiled: TilePlan | None, sel: select.Selection) 
     return chosen.to_dict() | {"reason": why, "tried": tried}
 
 
-def _fit_one(s: FitSettings, pre: Preprocess, job: _Job) -> select.Fitted:
-    """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out."""
-    net, pre, loss, formats, report = _fit_net(s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show)
+def _fit_one(s: FitSettings, pre: Preprocess, job: _Job, feature_gauss: bool = False) -> select.Fitted:
+    """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out;
+    `feature_gauss`: keep the standardized features' per-position Gaussian too (`_feature_variant`)."""
+    net, pre, loss, formats, report, fg = _fit_net(
+        s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show, feature_gauss
+    )
     holdout_scores, comps = _calibrate_scales(net, pre, job.holdout, report, s, job.show)
-    return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report))
+    return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report), fg)
+
+
+def _feature_variant(f: select.Fitted, job: _Job) -> select.Fitted:
+    """Fit `f` with its Gaussian on the standardized features, one per position, alone in the map: the same backbone
+    pass, feature statistics and autoencoder (the embedding reads its latent), scales set on the same hold-out."""
+    cfg = f.net.cfg.model_copy(update=select.ON_FEATURES)
+    net = select.prune(f.net, cfg)
+    net.gauss_mean.copy_(f.feature_gauss[0])
+    net.gauss_prec.copy_(f.feature_gauss[1])
+    s = f.settings.model_copy(update={"network": f.settings.network.model_copy(update=select.ON_FEATURES)})
+    holdout_scores, comps = _calibrate_scales(net, f.pre, job.holdout, LoadReport(), s, job.show)
+    return select.Fitted(s, net, f.pre, holdout_scores, comps, f.extra)
 
 
 def exposed(pre: Preprocess, s: FitSettings, fit_paths: list[Path]) -> Preprocess:
@@ -392,8 +418,9 @@ def exposed(pre: Preprocess, s: FitSettings, fit_paths: list[Path]) -> Preproces
     return pre.with_exposure_of(img for _, img in iter_images(spread, LoadReport(), 1.0))
 
 
-def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool):
-    """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net."""
+def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool, feature_gauss: bool = False):
+    """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net, and
+    (`feature_gauss`) the standardized features' Gaussian, one per position, for the selection's feature variant."""
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)  # on the CPU on every device: the same sampling of patches
     dev = fit_device(s.device)
@@ -408,6 +435,12 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool)
     net.feat_mean.copy_(mean.view(1, -1, 1, 1))
     net.feat_std.copy_(std.view(1, -1, 1, 1))
     x = ((x.float() - mean) / std).half()
+    feats = net.cfg.gauss_source == "features" and net.cfg.w_gauss > 0
+    fg = None
+    if feats or feature_gauss:  # (N, C, h, w) standardized; a near-singular covariance with few images is intended
+        f = ((maps.float() - net.feat_mean) / net.feat_std).contiguous()
+        fg = fit_gaussian(f, cell=net.cfg.gauss_cell if feats else 1)
+        del f
     loss = train_autoencoder(net, x, s, gen, show)
 
     z = encode(net, x)  # (N*h*w, L)
@@ -418,14 +451,15 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool)
         _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), net.cfg.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
     if net.cfg.w_gauss > 0:
-        g_mean, g_prec = fit_gaussian(zmaps, cell=net.cfg.gauss_cell)
+        g_mean, g_prec = fg if feats else fit_gaussian(zmaps, cell=net.cfg.gauss_cell)
         net.gauss_mean.copy_(g_mean)
         net.gauss_prec.copy_(g_prec)
     if net.cfg.global_bank > 0:
         _set_bank(net, "global_bank", zmaps.mean((2, 3))[: net.cfg.global_bank])
     del z, zmaps
     net.to("cpu")  # the hold-out is scored and the model saved as the CPU and ONNX export will see it
-    return net, pre, loss, formats, report
+    fg = tuple(t.cpu() for t in fg) if fg is not None and not feats else None
+    return net, pre, loss, formats, report, fg
 
 
 def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[str, float]], list[tuple]]:

@@ -10,6 +10,12 @@ terms x map reduction) on each fit's hold-out against synthetic defects made on 
 (DATA/test/<defect>). Within one fit the candidates share one backbone pass, one autoencoder and one set of
 reference statistics: judging them costs one forward pass per damaged image.
 
+A variant of each exposure's fit is judged after all of those: the per-position Gaussian read from the
+standardized backbone features instead of the latent, one covariance per position (`feature_plan`; PaDiM's
+statistic: with few fit images a near-singular covariance that measures how far a patch leaves the span of the good
+patches at its position). It reuses the fit's backbone pass, feature statistics and autoencoder; its Gaussian is
+fitted from the same features, so it costs one more pass over the hold-out and the synthetic defects.
+
 The rule, fixed before any benchmark: the highest AUROC wins; a costlier candidate (later in the list: the fixed
 exposure level's candidates first) must beat every cheaper one by more than `TIE`, else the cheaper one is kept.
 A setting given by hand (`--set w_latent=...`, `--exposure ...`) is not searched.
@@ -40,6 +46,11 @@ TOP = 0.02  # the top-cells candidate: the image score is the mean of the map's 
 KNN = ("w_latent",)
 GLOBAL = ("w_global", "global_bank")  # one dimension: the image-level latent distance needs its bank
 REDUCE = ("score_top",)
+# The feature Gaussian: one covariance per position of the standardized backbone features (PaDiM's statistic), alone
+# in the map; a fit variant of its own (the latent fit's features, autoencoder and scales, its own Gaussian).
+FEATURES = ("gauss_source", "gauss_cell", "w_gauss")
+REDUCE_CANDIDATES = (("map maximum", 0.0), (f"top {TOP:.0%} mean", TOP))
+ON_FEATURES = {"gauss_source": "features", "gauss_cell": 1, "w_latent": 0.0, "w_global": 0.0, "global_bank": 0}
 EXPOSURES = ("standardize", "product")  # in order: the fixed level first (the default before selection existed)
 
 
@@ -61,6 +72,7 @@ class Fitted:
     holdout_scores: list[tuple[str, float]]
     comps: list[tuple]  # the hold-out's score components
     extra: tuple = ()  # what fit needs to write it (loss, formats, load report)
+    feature_gauss: tuple | None = None  # (mean, precision) of the standardized features, one per position
 
 
 @dataclass
@@ -112,13 +124,23 @@ def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
         terms.append(("+ latent kNN", on_knn | (off_glob if glob else {})))
     if knn and glob:
         terms.append(("+ latent kNN + whole-image latent distance", on_knn | on_glob))
-    reduce = [("map maximum", {"score_top": 0.0} if top else {})]
-    if top:
-        reduce.append((f"top {TOP:.0%} mean", {"score_top": TOP}))
+    reduce = [(r, {"score_top": v}) for r, v in REDUCE_CANDIDATES] if top else [("map maximum", {})]
     cands = [Candidate(f"{t} ({r})", to | ro) for t, to in terms for r, ro in reduce]
     on = (on_knn if knn else {}) | (on_glob if glob else {})
     search = s.model_copy(update={"network": s.network.model_copy(update=on)})
     return search, cands
+
+
+def feature_plan(s: FitSettings) -> list[Candidate]:
+    """The feature Gaussian's candidates (map maximum, and the top-cells mean where the reduction is searched), to
+    judge on a variant of each exposure's fit; none when selection is off or the Gaussian or another term was set
+    by hand (a kNN or whole-image term given by hand is not this variant's map alone)."""
+    fixed = s.network.model_fields_set
+    if not s.select or fixed & set(FEATURES + KNN + GLOBAL) or s.network.w_gauss <= 0:
+        return []
+    if fixed & set(REDUCE):
+        return [Candidate("feature Gaussian", dict(ON_FEATURES))]
+    return [Candidate(f"feature Gaussian ({r})", ON_FEATURES | {"score_top": v}) for r, v in REDUCE_CANDIDATES]
 
 
 def auroc(good: Sequence[float], bad: Sequence[float]) -> float:

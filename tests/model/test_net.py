@@ -75,6 +75,29 @@ def test_gaussian_term_equals_the_mahalanobis_distance():
         _check_gaussian_term(InspectorNet(cfg, (6, 10), default_weights_path()))
 
 
+def test_feature_gaussian_term_equals_the_mahalanobis_distance_of_the_standardized_features():
+    """`gauss_source=features`: one covariance per position over the standardized backbone features, read
+    straight from the backbone maps (no latent needed), equal to (f - mean)^T P (f - mean)."""
+    from inspector.config.network import NetworkSettings
+    from inspector.model.backbone import default_weights_path
+    from inspector.model.net import InspectorNet
+
+    net = InspectorNet(NetworkSettings(gauss_source="features", gauss_cell=1), (4, 5), default_weights_path()).eval()
+    c = net.feature_dim
+    gen = torch.Generator().manual_seed(5)
+    assert net.gauss_mean.shape == (1, c, 4, 5) and net.gauss_prec.shape == (20, c, c) and not net.gauss_reads_hidden
+    a = torch.randn(20, c, c, generator=gen)
+    net.gauss_prec.copy_(a @ a.transpose(1, 2) / c + 0.5 * torch.eye(c))
+    net.gauss_mean.copy_(torch.randn(net.gauss_mean.shape, generator=gen))
+    net.feat_mean.copy_(torch.randn(net.feat_mean.shape, generator=gen))
+    x = torch.rand(2, 3, 32, 40, generator=gen)
+    with torch.no_grad():
+        gauss = net.components(x)[2]
+        d = net.features(x) - net.gauss_mean
+    want = torch.einsum("bchw,hwcd,bdhw->bhw", d, net.gauss_prec.view(4, 5, c, c), d).sqrt()
+    torch.testing.assert_close(gauss, want, rtol=1e-4, atol=1e-3)
+
+
 def _check_gaussian_term(net):
     gen = torch.Generator().manual_seed(3)
     net.eval()

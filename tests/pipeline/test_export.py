@@ -89,7 +89,10 @@ def test_graph_takes_any_batch_and_matches_torch(v1, model_dir):
 
 def test_graph_is_its_weights_not_a_blown_up_reference(v1, model_dir):
     graph = onnx.load(str(v1 / "model.onnx"))
-    constants = sum(onnx.numpy_helper.to_array(t).nbytes for t in graph.graph.initializer)
+    tensors = list(graph.graph.initializer) + [  # weights, and folded constants such as the Gaussian's whitening
+        a.t for n in graph.graph.node if n.op_type == "Constant" for a in n.attribute if a.type == a.TENSOR
+    ]
+    constants = sum(onnx.numpy_helper.to_array(t).nbytes for t in tensors)
     size = (v1 / "model.onnx").stat().st_size
     assert constants <= size < constants + 1_000_000  # constants + a small graph, nothing materialized
     net, _, _ = load_model(model_dir)
@@ -137,6 +140,24 @@ def test_every_score_term_exports_and_matches_torch(synthetic_data, tmp_path):
     assert (net.bank.numel() + net.gauss_prec.numel()) * 4 < (v / "model.onnx").stat().st_size
     gh, gw = net.grid
     assert net.gauss_prec.shape[0] == -(-gh // 5) * -(-gw // 5) < gh * gw  # one covariance per cell, not per position
+
+
+def test_feature_gaussian_exports_and_matches_torch(synthetic_data, tmp_path):
+    """The Gaussian on the standardized features (one covariance per position) inside the graph, parity checked."""
+    from inspector.config.fit import CalibrateSettings, FitSettings
+    from inspector.pipeline.calibrate import calibrate_model
+    from inspector.pipeline.fit import fit
+    from tests.conftest import FAST_FIT
+
+    s = FitSettings(**{**FAST_FIT, "steps": 30, "gauss_source": "features", "gauss_cell": 1, "select": False})
+    fit(synthetic_data, tmp_path / "m", s, show=False)
+    calibrate_model(tmp_path / "m", CalibrateSettings(fpr=0.05))
+    v = export_model(tmp_path / "m")  # refuses to publish unless torch and ORT agree
+    assert json.loads((v / "manifest.json").read_text())["parity"]["max_diff_normalized"] <= PARITY_TOLERANCE
+    net, _, _ = load_model(tmp_path / "m")
+    gh, gw = net.grid
+    assert net.gauss_prec.shape == (gh * gw, net.feature_dim, net.feature_dim)
+    assert net.gauss_prec.numel() * 4 < (v / "model.onnx").stat().st_size
 
 
 def test_threshold_is_not_in_the_graph(v1, model_dir):

@@ -210,7 +210,8 @@ def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     net, _, _ = load_model(fitted_model)
     n_fit = json.loads((staging(fitted_model) / FIT_FILE).read_text())["fit_images"]
     assert net.cfg.latent == latent_for(FitSettings(**FAST_FIT), n_fit) < 64
-    assert net.gauss_prec.shape[-1] == net.cfg.latent
+    reads = net.feature_dim if net.cfg.gauss_source == "features" else net.cfg.latent  # what selection kept
+    assert net.gauss_prec.shape[-1] == reads
 
 
 def test_fit_overrides_from_a_command_line_are_checked():
