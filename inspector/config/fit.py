@@ -81,6 +81,12 @@ class FitSettings(Settings):
         "distance, map maximum or top-cells mean) on held-out good images against synthetic defects and keep the "
         "best (inspector.pipeline.select); a setting given by hand is not searched.",
     )
+    select_features: bool = Field(
+        False,
+        description="Search the feature Gaussian too (gauss_source=features, one covariance per position; judged "
+        "after every latent candidate). Off by default: measured on six sets it raised mean image AUROC but broke "
+        "the false-alarm promise on one and chose worse on another (docs/quality.md).",
+    )
     select_labelled: bool = Field(
         True,
         description="Judge the candidates on DATA/test/<defect> images too, when there are "

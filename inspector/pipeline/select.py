@@ -10,7 +10,8 @@ terms x map reduction) on each fit's hold-out against synthetic defects made on 
 (DATA/test/<defect>). Within one fit the candidates share one backbone pass, one autoencoder and one set of
 reference statistics: judging them costs one forward pass per damaged image.
 
-A variant of each exposure's fit is judged after all of those: the per-position Gaussian read from the
+With `select_features` (off by default: docs/quality.md says why), a variant of each exposure's fit is judged
+after all of those: the per-position Gaussian read from the
 standardized backbone features instead of the latent, one covariance per position (`feature_plan`; PaDiM's
 statistic: with few fit images a near-singular covariance that measures how far a patch leaves the span of the good
 patches at its position). It reuses the fit's backbone pass, feature statistics and autoencoder; its Gaussian is
@@ -133,10 +134,11 @@ def plan(s: FitSettings, n_fit: int) -> tuple[FitSettings, list[Candidate]]:
 
 def feature_plan(s: FitSettings) -> list[Candidate]:
     """The feature Gaussian's candidates (map maximum, and the top-cells mean where the reduction is searched), to
-    judge on a variant of each exposure's fit; none when selection is off or the Gaussian or another term was set
-    by hand (a kNN or whole-image term given by hand is not this variant's map alone)."""
+    judge on a variant of each exposure's fit, where `select_features` asks for them; none when selection is off
+    or the Gaussian or another term was set by hand (a kNN or whole-image term given by hand is not this variant's
+    map alone)."""
     fixed = s.network.model_fields_set
-    if not s.select or fixed & set(FEATURES + KNN + GLOBAL) or s.network.w_gauss <= 0:
+    if not (s.select and s.select_features) or fixed & set(FEATURES + KNN + GLOBAL) or s.network.w_gauss <= 0:
         return []
     if fixed & set(REDUCE):
         return [Candidate("feature Gaussian", dict(ON_FEATURES))]

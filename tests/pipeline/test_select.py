@@ -59,16 +59,32 @@ def test_selection_picks_the_exposure_whose_fit_separates_defects(monkeypatch):
     assert _rigged(monkeypatch, sep, ("standardize", "product")).fit == 0
 
 
-def test_feature_gaussian_is_searched_unless_a_term_was_set_by_hand():
-    names = [c.name for c in select.feature_plan(FitSettings())]
-    assert names == ["feature Gaussian (map maximum)", "feature Gaussian (top 2% mean)"]
+def test_feature_gaussian_is_searched_when_asked_unless_a_term_was_set_by_hand():
+    assert select.feature_plan(FitSettings()) == []  # off by default
+    on = FitSettings(select_features=True)
+    assert [c.name for c in select.feature_plan(on)] == [
+        "feature Gaussian (map maximum)",
+        "feature Gaussian (top 2% mean)",
+    ]
     assert all(
-        c.overrides["gauss_source"] == "features" and c.overrides["gauss_cell"] == 1
-        for c in select.feature_plan(FitSettings())
+        c.overrides["gauss_source"] == "features" and c.overrides["gauss_cell"] == 1 for c in select.feature_plan(on)
     )
     for hand in ({"gauss_source": "latent"}, {"gauss_cell": 2}, {"w_latent": 1.0}, {"select": False}):
-        assert select.feature_plan(FitSettings(**hand)) == [], hand
-    assert [c.name for c in select.feature_plan(FitSettings(score_top=0.05))] == ["feature Gaussian"]
+        assert select.feature_plan(FitSettings(select_features=True, **hand)) == [], hand
+    assert [c.name for c in select.feature_plan(FitSettings(select_features=True, score_top=0.05))] == [
+        "feature Gaussian"
+    ]
+
+
+def test_fit_judges_the_feature_gaussian_after_every_latent_candidate(synthetic_data, tmp_path):
+    s = FitSettings(**FAST_FIT, select_labelled=False, select_features=True)
+    info = fit(synthetic_data, tmp_path / "m", s, show=False).selection
+    # 8 latent candidates per exposure, then the feature Gaussian's 2 per exposure (costlier: after every latent one)
+    assert [row["name"].startswith("feature Gaussian") for row in info["tried"]] == [False] * 16 + [True] * 4
+    net, _, _ = load_model(tmp_path / "m")
+    assert net.cfg.gauss_source == info["settings"].get("gauss_source", "latent")
+    reads = net.feature_dim if net.cfg.gauss_source == "features" else net.cfg.latent
+    assert net.gauss_mean.shape[1] == reads and net.gauss_prec.shape[1:] == (reads, reads)
 
 
 def test_plan_searches_only_what_was_not_set_by_hand():
@@ -87,18 +103,13 @@ def test_plan_searches_only_what_was_not_set_by_hand():
 def test_fit_records_its_choice_and_the_model_carries_it(synthetic_data, tmp_path):
     r = fit(synthetic_data, tmp_path / "m", FitSettings(**FAST_FIT, select_labelled=False), show=False)
     info = json.loads((staging(tmp_path / "m") / FIT_FILE).read_text())["selection"]
-    # 8 latent candidates per exposure, then the feature Gaussian's 2 per exposure (costlier: after every latent one)
-    assert r.selection == info and len(info["tried"]) == 20 and info["synthetic_defects"] >= 60
-    assert [row["name"].startswith("feature Gaussian") for row in info["tried"]] == [False] * 16 + [True] * 4
+    assert r.selection == info and len(info["tried"]) == 16 and info["synthetic_defects"] >= 60
     best = max(row["criterion"] for row in info["tried"])
     chosen = next(row for row in info["tried"] if row["name"] == info["chosen"])
     assert chosen["criterion"] >= best - select.TIE
     net, _, blob = load_model(tmp_path / "m")
     assert net.cfg.w_latent == info["settings"]["w_latent"] and net.cfg.w_global == info["settings"]["w_global"]
     assert net.cfg.score_top == info["settings"]["score_top"]
-    assert net.cfg.gauss_source == info["settings"].get("gauss_source", "latent")
-    reads = net.feature_dim if net.cfg.gauss_source == "features" else net.cfg.latent
-    assert net.gauss_mean.shape[1] == reads and net.gauss_prec.shape[1:] == (reads, reads)
     saved = json.loads((staging(tmp_path / "m") / FIT_FILE).read_text())
     pre = load_model(tmp_path / "m")[1]
     assert (pre.exposure_std != 0.25) == (info["exposure"] == "product") and saved["selection"]["exposure"] in (
