@@ -45,7 +45,7 @@ class NetworkSettings(Settings):
         description="What the per-position Gaussian reads: the autoencoder's latent (small, cheap per frame) or the "
         "standardized backbone features themselves (one feature_dim x feature_dim matrix per block: more reference "
         "data per frame; with few fit images a near-singular covariance that measures how far a patch leaves the span "
-        "of the good patches at its position, as PaDiM does). Unless given, selection tries features with one "
+        "of the good patches at its position, as PaDiM does). With select_features, selection tries features with one "
         "covariance per position.",
     )
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")

@@ -6,8 +6,9 @@
 4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
    k-center coreset of them as a memory bank);
 5. score the hold-out to learn the typical size of each score component;
-6. (selection on) repeat 2-5 for each exposure policy, judge a variant of each whose Gaussian reads the
-   standardized features (one per position), and keep the best candidate (`inspector.pipeline.select`);
+6. (selection on) repeat 2-5 for each exposure policy (with `select_features`, judge a variant of each whose
+   Gaussian reads the standardized features, one per position) and keep the best candidate
+   (`inspector.pipeline.select`);
    where the images are large or long enough that `tiles=auto` would tile them (and `tiles` is not set by hand),
    repeat 2-5 once more on tiles with the better exposure, judged after the whole-image candidates.
 """
@@ -155,7 +156,7 @@ def latent_for(s: FitSettings, n_fit: int) -> int:
     used: it estimates an L x L covariance per block of positions from one sample per image, and a nearly
     singular one ruins the score (docs/model.md)."""
     n = s.network
-    if n.w_gauss <= 0:
+    if n.w_gauss <= 0 or n.gauss_source == "features":  # no Gaussian over the latent to estimate
         return n.latent
     return max(min(n.latent, n_fit // IMAGES_PER_LATENT_DIM), min(n.latent, MIN_LATENT))
 
@@ -332,8 +333,8 @@ class _Job:
 def _fit_and_choose(
     job: _Job, whole: TilePlan, tiled: TilePlan | None
 ) -> tuple[select.Fitted, FitSettings, dict | None, dict]:
-    """Fit whole images once per exposure policy and judge them, then each fit's feature-Gaussian variant (after
-    them in cost order); where tiles are a candidate, fit them too, with
+    """Fit whole images once per exposure policy and judge them, then (`select_features`) each fit's
+    feature-Gaussian variant, after them in cost order; where tiles are a candidate, fit them too, with
     the better exposure only (bounded cost), judged on the same hold-out and synthetic defects and ordered last
     (tiles x the compute per frame: TIE keeps whole images unless tiles gain). Returns (the chosen fit, its
     settings, fit.json `selection`, `tiling`)."""
@@ -398,7 +399,8 @@ def _fit_one(s: FitSettings, pre: Preprocess, job: _Job, feature_gauss: bool = F
 
 def _feature_variant(f: select.Fitted, job: _Job) -> select.Fitted:
     """Fit `f` with its Gaussian on the standardized features, one per position, alone in the map: the same backbone
-    pass, feature statistics and autoencoder (the embedding reads its latent), scales set on the same hold-out."""
+    pass, feature statistics and autoencoder (kept in the model, unused by this map), scales set on the same
+    hold-out."""
     cfg = f.net.cfg.model_copy(update=select.ON_FEATURES)
     net = select.prune(f.net, cfg)
     net.gauss_mean.copy_(f.feature_gauss[0])

@@ -207,6 +207,7 @@ def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     assert latent_for(FitSettings(), 96) == 32
     assert latent_for(FitSettings(), 10) == 8
     assert latent_for(FitSettings(w_gauss=0, w_latent=1), 10) == 64  # kNN only: no covariance to estimate
+    assert latent_for(FitSettings(gauss_source="features"), 10) == 64  # the Gaussian reads the features
     net, _, _ = load_model(fitted_model)
     n_fit = json.loads((staging(fitted_model) / FIT_FILE).read_text())["fit_images"]
     assert net.cfg.latent == latent_for(FitSettings(**FAST_FIT), n_fit) < 64
