@@ -350,7 +350,7 @@ def _fit_and_choose(
     lists, judged = [cands] * len(fits), [job.judged(f, cands) for f in fits]
     for f in list(fits) if fcands else []:  # after every latent candidate: costlier per frame, must gain more than TIE
         fits.append(_feature_variant(f, job))
-        f.feature_gauss = None
+        f.feature_gauss = None  # in the variant now: not kept twice (152^2 floats per position)
         lists, judged = [*lists, fcands], [*judged, job.judged(fits[-1], fcands)]
     sel = select.decide(fits, lists, judged)
     if tiled is not None:

@@ -11,11 +11,11 @@ terms x map reduction) on each fit's hold-out against synthetic defects made on 
 reference statistics: judging them costs one forward pass per damaged image.
 
 With `select_features` (off by default: docs/quality.md says why), a variant of each exposure's fit is judged
-after all of those: the per-position Gaussian read from the
-standardized backbone features instead of the latent, one covariance per position (`feature_plan`; PaDiM's
-statistic: with few fit images a near-singular covariance that measures how far a patch leaves the span of the good
-patches at its position). It reuses the fit's backbone pass, feature statistics and autoencoder; its Gaussian is
-fitted from the same features, so it costs one more pass over the hold-out and the synthetic defects.
+after all of those: the per-position Gaussian read from the standardized backbone features instead of the latent,
+one covariance per position (`feature_plan`; PaDiM's statistic: with few fit images a near-singular covariance that
+measures how far a patch leaves the span of the good patches at its position). It reuses the fit's backbone pass,
+feature statistics and autoencoder; its Gaussian is fitted from the same features, so it costs one more pass over
+the hold-out and the synthetic defects.
 
 The rule, fixed before any benchmark: the highest AUROC wins; a costlier candidate (later in the list: the fixed
 exposure level's candidates first) must beat every cheaper one by more than `TIE`, else the cheaper one is kept.
@@ -48,7 +48,7 @@ KNN = ("w_latent",)
 GLOBAL = ("w_global", "global_bank")  # one dimension: the image-level latent distance needs its bank
 REDUCE = ("score_top",)
 # The feature Gaussian: one covariance per position of the standardized backbone features (PaDiM's statistic), alone
-# in the map; a fit variant of its own (the latent fit's features, autoencoder and scales, its own Gaussian).
+# in the map; a fit variant of its own (the latent fit's features and autoencoder, its own Gaussian and scales).
 FEATURES = ("gauss_source", "gauss_cell", "w_gauss")
 REDUCE_CANDIDATES = (("map maximum", 0.0), (f"top {TOP:.0%} mean", TOP))
 ON_FEATURES = {"gauss_source": "features", "gauss_cell": 1, "w_latent": 0.0, "w_global": 0.0, "global_bank": 0}
