@@ -45,7 +45,9 @@ def labelled_scores(model_dir: Path, data: Path | None = None) -> tuple[np.ndarr
 def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = None) -> dict:
     check_model_dir(model_dir)
     fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
-    good = np.array([h["score"] for h in fit_info["holdout"]])
+    held = [h["score"] for h in fit_info["holdout"]]
+    left = [h["score"] for h in fit_info.get("left_out", [])]  # fit images scored as if unseen (`jackknife`)
+    good = np.array(held + left)
     if len(good) < s.min_holdout:
         raise InspectorError(
             f"only {len(good)} held-out good images: calibration needs at least {s.min_holdout}; "
@@ -55,10 +57,12 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
     cal: dict = {
         "strategy": s.strategy,
         "target_fpr": s.fpr,
-        "holdout_images": len(good),
+        "holdout_images": len(held),
         "holdout_policy": fit_info.get("holdout_policy", "random"),
         "fpr": fpr.to_dict(),
     }
+    if left:
+        cal["left_out_images"] = len(left)
     tiles = (fit_info.get("tiling") or {}).get("tiles") or [1, 1]
     if tiles[0] * tiles[1] > 1:  # the image score is the highest of its tiles' (fit.json `tiling`)
         cal["tiles_per_image"] = tiles[0] * tiles[1]
@@ -99,13 +103,17 @@ def meaning(cal: dict, fpr) -> str:
         f"of the threshold. "
     )
     which = "the last by name" if cal.get("holdout_policy") == "last" else "drawn at random"
-    if cal["strategy"] == "fpr":
-        text += (
-            f"Chosen from {fpr.holdout} good images never used to fit ({which}), for a {fpr.target_fpr:.1%} "
-            f"false-alarm target: "
+    goods = f"{fpr.holdout} good images never used to fit ({which})"
+    if cal.get("left_out_images"):
+        held = fpr.holdout - cal["left_out_images"]
+        goods = (
+            f"{fpr.holdout} good images: {held} never used to fit ({which}) and {cal['left_out_images']} fit images, "
+            f"each scored by the model fitted without it (exact for this model: its backbone is not trained)"
         )
+    if cal["strategy"] == "fpr":
+        text += f"Chosen from {goods}, for a {fpr.target_fpr:.1%} false-alarm target: "
     else:
-        text += f"Chosen for the best F1 on labelled images; on {fpr.holdout} held-out good images it would give: "
+        text += f"Chosen for the best F1 on labelled images; on {goods} it would give: "
     text += (
         f"expect about {fpr.expected_fpr:.1%} of good parts flagged (90% interval {lo:.2%} to {hi:.2%} with this "
         f"many images)."
@@ -113,7 +121,7 @@ def meaning(cal: dict, fpr) -> str:
     if not fpr.attainable:
         need = math.ceil(1 / fpr.target_fpr - 1)
         text += (
-            f" {fpr.holdout} held-out images cannot promise {fpr.target_fpr:.1%} without assumptions: the threshold "
+            f" {fpr.holdout} good images cannot promise {fpr.target_fpr:.1%} without assumptions: the threshold "
             f"is above every one of them, which promises at most {fpr.expected_fpr:.1%}"
         )
         if fpr.rule == "max+lognormal":
