@@ -87,6 +87,7 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
     kept = fpr_check(flagged, good, cal["expected_fpr"], 0.95)
     promise = {
         "holdout_images": cal["holdout_images"],
+        "left_out_images": cal.get("left_out_images", 0),  # fit images scored as if unseen (pipeline.jackknife)
         "threshold_rule": cal.get("threshold_rule"),
         "promised_fpr": cal["expected_fpr"],
         "test_good": good,
@@ -133,7 +134,9 @@ def table(results: dict) -> str:
     for name, methods in results["sets"].items():
         for method, m in methods.items():
             promised = (
-                f"{m['promised_fpr']:.3f} ({m['holdout_images']}){'' if m.get('promise_kept', True) else ' missed'}"
+                f"{m['promised_fpr']:.3f} ({m['holdout_images']}"
+                + (f"+{m['left_out_images']} left out" if m.get("left_out_images") else "")
+                + f"){'' if m.get('promise_kept', True) else ' missed'}"
                 if "promised_fpr" in m
                 else "-"
             )

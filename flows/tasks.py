@@ -95,6 +95,7 @@ def fit_model(data: Path, model: Path, settings: FitSettings) -> dict:
     return {
         "fit_images": r.n_fit,
         "holdout_images": r.n_holdout,
+        "left_out_images": r.n_left_out,  # fit images calibrated on too (inspector.pipeline.jackknife)
         "skipped": r.skipped,
         "seconds": round(r.seconds, 1),
         "tiling": r.tiling,
@@ -188,7 +189,7 @@ def keep_evaluation(model: Path, version: str) -> list[Path]:
     reference = {
         "version": version,
         "threshold": threshold,
-        "holdout_scores": [h["score"] / threshold for h in fit_info.get("holdout", [])],
+        "holdout_scores": [h["score"] / threshold for h in good_images(fit_info)],
     }
     (dst / REFERENCE).write_text(json.dumps(reference))
     kept = []
@@ -214,7 +215,13 @@ def reference_scores(model: Path, version: str) -> list[float] | None:
     training = m.data.get("training", {})
     if (fit_info.get("fingerprint"), fit_info.get("created")) != (training.get("fingerprint"), training.get("created")):
         return None
-    return [h["score"] / m.threshold for h in fit_info.get("holdout", [])]
+    return [h["score"] / m.threshold for h in good_images(fit_info)]
+
+
+def good_images(fit_info: dict) -> list[dict]:
+    """fit.json's good images never seen by the model: the hold-out, and the fit images scored left out where the
+    model allows it (inspector.pipeline.jackknife), as calibration counts them."""
+    return fit_info.get("holdout", []) + fit_info.get("left_out", [])
 
 
 @task(**IO)

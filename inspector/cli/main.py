@@ -45,8 +45,9 @@ def _fit(a: argparse.Namespace) -> int:
     r = fit(Path(a.data), Path(a.out), FitSettings(**overrides), show=not a.quiet)
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
     print(
-        f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}) "
-        f"in {r.seconds:.0f} s"
+        f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}"
+        + (f"; the {r.n_left_out} fit images too, each scored as if left out" if r.n_left_out else "")
+        + f") in {r.seconds:.0f} s"
     )
     if r.tiling:
         print(f"input: {r.tiling['reason']}; see fit.json 'tiling' (--set tiles=off|auto|ROWSxCOLS fixes it)")

@@ -108,7 +108,7 @@ def meaning(cal: dict, fpr) -> str:
         held = fpr.holdout - cal["left_out_images"]
         goods = (
             f"{fpr.holdout} good images: {held} never used to fit ({which}) and {cal['left_out_images']} fit images, "
-            f"each scored by the model fitted without it (exact for this model: its backbone is not trained)"
+            f"each scored as a model fitted without it would score it (its backbone is not trained)"
         )
     if cal["strategy"] == "fpr":
         text += f"Chosen from {goods}, for a {fpr.target_fpr:.1%} false-alarm target: "
@@ -126,7 +126,10 @@ def meaning(cal: dict, fpr) -> str:
         )
         if fpr.rule == "max+lognormal":
             text += f", and {fpr.target_fpr:.1%} if good scores are log-normal (a t prediction bound on their logs)"
-        text += f"; {need} held-out good images (about {math.ceil(need / 0.2)} good images) promise it outright."
+        if cal.get("left_out_images"):  # every good image counts, held out or left out
+            text += f"; {need} good images promise it outright."
+        else:
+            text += f"; {need} held-out good images (about {math.ceil(need / 0.2)} good images) promise it outright."
     if "tiles_per_image" in cal:
         text += (
             f" Each image is scored as {cal['tiles_per_image']} tiles (its score: the highest tile); the promise "

@@ -47,6 +47,7 @@ CALIBRATION_KEYS = (
     "strategy",
     "target_fpr",
     "holdout_images",
+    "left_out_images",
     "expected_fpr",
     "fpr_interval_90",
     "meaning",

@@ -62,6 +62,7 @@ class FitResult:
     skipped: int
     selection: dict | None = None  # what was tried and why (select.Selection.to_dict), None when nothing was searched
     tiling: dict | None = None  # whether the images were tiled and why (tiles.TilePlan.to_dict)
+    n_left_out: int = 0  # fit images scored as if unseen, calibrated on with the hold-out (`jackknife`)
 
 
 def split_holdout(
@@ -306,7 +307,14 @@ def fit(
     kept = (best.net, best.pre, chosen, data, fit_paths, holdout, best.holdout_scores, report, loss, t0, formats)
     result_dir = _write(out, *kept, selection, info, left_out)
     return FitResult(
-        result_dir, len(fit_paths), len(best.holdout_scores), time.time() - t0, len(report.bad), selection, info
+        result_dir,
+        len(fit_paths),
+        len(best.holdout_scores),
+        time.time() - t0,
+        len(report.bad),
+        selection,
+        info,
+        len(left_out),
     )
 
 

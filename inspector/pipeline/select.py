@@ -39,7 +39,6 @@ from inspector.data.defects import KINDS, make_defect
 from inspector.data.preprocess import Preprocess, prepare
 from inspector.data.tiles import cut
 from inspector.model.net import InspectorNet
-from inspector.pipeline import jackknife
 
 TIE = 0.005  # AUROC a costlier candidate must gain over a cheaper one
 MIN_DEFECTS = 60  # synthetic defects at least (several per image on a small hold-out)
@@ -76,15 +75,9 @@ class Fitted:
     extra: tuple = ()  # what fit needs to write it (loss, formats, load report)
     # (mean, precision, left-out distances or None) of the standardized features, one Gaussian per position
     feature_gauss: tuple | None = None
-    # (name, components) of the fit images scored as if unseen, where that is exact (`jackknife`): good images too
+    # (name, components) of the fit images scored as if unseen, where that is exact (`jackknife`): calibration
+    # counts them as good images; the judge does not (measured: docs/quality.md)
     left_out: list[tuple[str, tuple]] = field(default_factory=list)
-
-    def goods(self, overrides: dict) -> list[tuple]:
-        """Components of the good images a candidate is judged and calibrated on: the hold-out's, and the fit
-        images' left-out ones where the candidate's map is the feature Gaussian alone."""
-        if self.left_out and jackknife.alone_in_map(self.net.cfg.model_copy(update=overrides)):
-            return self.comps + [c for _, c in self.left_out]
-        return self.comps
 
 
 @dataclass
@@ -207,8 +200,8 @@ def judge(f: Fitted, cands: list[Candidate], holdout: list[Path], labelled: list
     rows = []
     for c in cands:
         score = with_weights(f.net, c.overrides)
-        g = [score(x) for x in f.goods(c.overrides)]
-        row = {"name": c.name, "exposure": f.settings.exposure, "settings": c.overrides, "good": len(g)}
+        g = [score(x) for x in f.comps]
+        row = {"name": c.name, "exposure": f.settings.exposure, "settings": c.overrides}
         row["synthetic_auroc"] = auroc(g, [score(x) for x in synth])
         row["labelled_auroc"] = auroc(g, [score(x) for x in real]) if real else None
         parts = [row["synthetic_auroc"]] + ([row["labelled_auroc"]] if real else [])
@@ -244,10 +237,9 @@ def decide(fits: list[Fitted], cands: list[list[Candidate]], judged: list[list[d
     top = tried[best]
     on = "synthetic defects" + (" and labelled defects" if top["labelled"] else "")
     others = ", ".join(f"{r['name']} {r['criterion']:.3f}" for i, r in enumerate(tried) if i != best)
-    left = top.get("good", len(fits[0].comps)) - len(fits[0].comps)
-    goods = f"{len(fits[0].comps)} held-out good images" + (f" and {left} left-out fit images" if left > 0 else "")
-    reason = f"{top['name']}: AUROC {top['criterion']:.3f} on {goods} against {top['synthetic']} {on}" + (
-        f" (others: {others})" if others else ""
+    reason = (
+        f"{top['name']}: AUROC {top['criterion']:.3f} on {len(fits[0].comps)} held-out good images "
+        f"against {top['synthetic']} {on}" + (f" (others: {others})" if others else "")
     )
     chosen = [c for cs in cands for c in cs][best]
     return Selection(chosen, top["fit"], tried, reason, top["synthetic"], top["labelled"])

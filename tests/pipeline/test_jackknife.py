@@ -82,7 +82,7 @@ def test_a_fit_image_left_out_scores_as_a_model_fitted_without_it_would(syntheti
     cal = calibrate_model(tmp_path / "all", CalibrateSettings(fpr=0.01))
     assert cal["left_out_images"] == info["fit_images"] and cal["holdout_images"] == info["holdout_images"]
     assert cal["fpr"]["holdout"] == info["fit_images"] + info["holdout_images"]
-    assert "each scored by the model fitted without it" in cal["meaning"]
+    assert "each scored as a model fitted without it would score it" in cal["meaning"]
 
 
 def test_a_latent_model_calibrates_on_its_hold_out_alone(fitted_model):
