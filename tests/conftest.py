@@ -12,7 +12,7 @@ import pytest
 from inspector.config.fit import FitSettings
 
 # Small and fast, but the same code path as a real fit.
-FAST_FIT = dict(short_side=96, steps=150, bank_size=512, batch_size=1024)
+FAST_FIT = dict(short_side=96, steps=150, bank_size=512, batch_size=1024, crossfit_folds=0)  # cross-fit: its own tests
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,15 @@ class FitSettings(Settings):
     batch_size: int = Field(2048, ge=16, le=65536, description="Patches per training step.")
     lr: float = Field(2e-3, gt=0, le=1, description="Adam learning rate.")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="Good images held out for calibration.")
+    crossfit_folds: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="Where the hold-out is too small to promise 1% by rank (fewer than 99 images) and there are at "
+        "most 200 fit images, fit the chosen settings again this many times, each without one fold of the fit "
+        "images, and calibrate on every fit image's score from the model that did not see it too "
+        "(inspector.pipeline.crossfit). 0 or 1: off. The feature Gaussian alone gets exact left-out scores instead.",
+    )
     holdout: str = Field(
         "last",
         pattern="^(random|last)$",

@@ -63,6 +63,7 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
     }
     if left:
         cal["left_out_images"] = len(left)
+        cal["left_out_method"] = fit_info.get("left_out_method") or "leave-one-out"
     tiles = (fit_info.get("tiling") or {}).get("tiles") or [1, 1]
     if tiles[0] * tiles[1] > 1:  # the image score is the highest of its tiles' (fit.json `tiling`)
         cal["tiles_per_image"] = tiles[0] * tiles[1]
@@ -106,10 +107,13 @@ def meaning(cal: dict, fpr) -> str:
     goods = f"{fpr.holdout} good images never used to fit ({which})"
     if cal.get("left_out_images"):
         held = fpr.holdout - cal["left_out_images"]
-        goods = (
-            f"{fpr.holdout} good images: {held} never used to fit ({which}) and {cal['left_out_images']} fit images, "
-            f"each scored as a model fitted without it would score it (its backbone is not trained)"
+        how = (
+            "each scored by a model refitted without its fold (cross-fit: fitted on fewer images, it errs high)"
+            if cal["left_out_method"].startswith("cross-fit")
+            else "each scored as a model fitted without it would score it (its backbone is not trained)"
         )
+        goods = f"{fpr.holdout} good images: {held} never used to fit ({which}) and {cal['left_out_images']} fit "
+        goods += f"images, {how}"
     if cal["strategy"] == "fpr":
         text += f"Chosen from {goods}, for a {fpr.target_fpr:.1%} false-alarm target: "
     else:

@@ -48,6 +48,7 @@ CALIBRATION_KEYS = (
     "target_fpr",
     "holdout_images",
     "left_out_images",
+    "left_out_method",
     "expected_fpr",
     "fpr_interval_90",
     "meaning",

@@ -40,7 +40,7 @@ from inspector.errors import InspectorError
 from inspector.files import atomic_write_json
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, to_cells
-from inspector.pipeline import jackknife, select
+from inspector.pipeline import crossfit, jackknife, select
 from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging
 from inspector.pipeline.infer import score_paths
 
@@ -303,9 +303,13 @@ def fit(
     best, chosen, selection, info = _fit_and_choose(job, whole, tiled)
     loss, formats, report = best.extra
     scorer = select.with_weights(best.net, {})
-    left_out = [(name, scorer(c)) for name, c in best.left_out] if jackknife.alone_in_map(best.net.cfg) else []
+    left_out, how = [], None
+    if jackknife.alone_in_map(best.net.cfg) and best.left_out:
+        left_out, how = [(name, scorer(c)) for name, c in best.left_out], "leave-one-out"
+    elif crossfit.wanted(s.crossfit_folds, len(fit_paths), len(best.holdout_scores)):
+        left_out, how = _cross_fit(chosen, best.pre, job), f"cross-fit, {s.crossfit_folds} folds"
     kept = (best.net, best.pre, chosen, data, fit_paths, holdout, best.holdout_scores, report, loss, t0, formats)
-    result_dir = _write(out, *kept, selection, info, left_out)
+    result_dir = _write(out, *kept, selection, info, left_out, how)
     return FitResult(
         result_dir,
         len(fit_paths),
@@ -408,6 +412,22 @@ def _fit_one(s: FitSettings, pre: Preprocess, job: _Job, feature_gauss: bool = F
     if left_out is not None:  # a feature Gaussian set by hand
         fitted.left_out = _left_out(net, left_out, job.fit_paths, report)
     return fitted
+
+
+def _cross_fit(chosen: FitSettings, pre: Preprocess, job: _Job) -> list[tuple[str, float]]:
+    """Every fit image's score from a refit of the chosen settings without its fold (`crossfit`)."""
+    s = chosen.model_copy(update={"select": False})
+
+    def refit(paths: list[Path]) -> select.Fitted:
+        return _fit_one(s, pre, _Job(s, paths, job.holdout, [], False, None))
+
+    def score(f: select.Fitted, paths: list[Path]) -> list[tuple[str, float]]:
+        return [(str(r.path), r.score) for r in score_paths(f.net, f.pre, paths, LoadReport(), s.max_bad_fraction)]
+
+    t0 = time.time()
+    scores = crossfit.left_out_scores(job.fit_paths, s.crossfit_folds, refit, score)
+    log.info("cross-fit: %d fit images scored by %d refits in %.0f s", len(scores), s.crossfit_folds, time.time() - t0)
+    return scores
 
 
 def _left_out(net: InspectorNet, left_out: torch.Tensor, fit_paths: list[Path], report: LoadReport):
@@ -520,7 +540,22 @@ def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[st
 
 
 def _write(
-    out, net, pre, s, data, fit_paths, holdout, holdout_scores, report, loss, t0, formats, selection, tiling, left_out
+    out,
+    net,
+    pre,
+    s,
+    data,
+    fit_paths,
+    holdout,
+    holdout_scores,
+    report,
+    loss,
+    t0,
+    formats,
+    selection,
+    tiling,
+    left_out,
+    how,
 ) -> Path:
     final = staging(out)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -543,9 +578,10 @@ def _write(
             "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
             "tiling": tiling,  # tiles per image (or whole images) and why
             "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
-            # fit images scored by the model fitted without each of them, where that is exact (`jackknife`): the
-            # calibration counts them as good images never seen
+            # fit images scored by a model fitted without them (`jackknife`: exact, `crossfit`: refits without
+            # their fold): the calibration counts them as good images never seen
             "left_out": [{"path": p, "score": sc} for p, sc in left_out],
+            "left_out_method": how,
         },
     )
     replace_dir(tmp, final)
