@@ -87,7 +87,7 @@ def run_inspector(data: Path, fpr: float, overrides: dict | None = None) -> dict
     kept = fpr_check(flagged, good, cal["expected_fpr"], 0.95)
     promise = {
         "holdout_images": cal["holdout_images"],
-        "left_out_images": cal.get("left_out_images", 0),  # fit images scored as if unseen (jackknife, crossfit)
+        "left_out_images": cal.get("left_out_images", 0),  # fit images scored by refits without them (crossfit)
         "left_out_method": cal.get("left_out_method"),
         "threshold_rule": cal.get("threshold_rule"),
         "promised_fpr": cal["expected_fpr"],
@@ -136,7 +136,7 @@ def table(results: dict) -> str:
         for method, m in methods.items():
             promised = (
                 f"{m['promised_fpr']:.3f} ({m['holdout_images']}"
-                + (f"+{m['left_out_images']} {_left_out(m)}" if m.get("left_out_images") else "")
+                + (f"+{m['left_out_images']} cross-fit" if m.get("left_out_images") else "")
                 + f"){'' if m.get('promise_kept', True) else ' missed'}"
                 if "promised_fpr" in m
                 else "-"
@@ -287,11 +287,6 @@ def merge(out: Path, parts: list[Path]) -> None:
     results["loso"] = loso(results)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
-
-
-def _left_out(m: dict) -> str:
-    """How the fit images calibrated on were scored, for the table."""
-    return "cross-fit" if (m.get("left_out_method") or "").startswith("cross-fit") else "left out"
 
 
 def main() -> None:

@@ -95,7 +95,7 @@ def fit_model(data: Path, model: Path, settings: FitSettings) -> dict:
     return {
         "fit_images": r.n_fit,
         "holdout_images": r.n_holdout,
-        "left_out_images": r.n_left_out,  # fit images calibrated on too (inspector.pipeline.jackknife)
+        "left_out_images": r.n_left_out,  # fit images calibrated on too (inspector.pipeline.crossfit)
         "skipped": r.skipped,
         "seconds": round(r.seconds, 1),
         "tiling": r.tiling,
@@ -219,8 +219,8 @@ def reference_scores(model: Path, version: str) -> list[float] | None:
 
 
 def good_images(fit_info: dict) -> list[dict]:
-    """fit.json's good images never seen by the model: the hold-out, and the fit images scored left out where the
-    model allows it (inspector.pipeline.jackknife), as calibration counts them."""
+    """fit.json's good images scored by a model that never saw them: the hold-out, and the fit images' cross-fit
+    scores where fit made them (inspector.pipeline.crossfit), as calibration counts them."""
     return fit_info.get("holdout", []) + fit_info.get("left_out", [])
 
 

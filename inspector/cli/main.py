@@ -46,7 +46,7 @@ def _fit(a: argparse.Namespace) -> int:
     skipped = f", skipped {r.skipped} unreadable" if r.skipped else ""
     print(
         f"fitted {r.model_dir} on {r.n_fit} good images ({r.n_holdout} held out for calibration{skipped}"
-        + (f"; the {r.n_left_out} fit images too, each scored as if left out" if r.n_left_out else "")
+        + (f"; the {r.n_left_out} fit images too, each scored by a model that did not see it" if r.n_left_out else "")
         + f") in {r.seconds:.0f} s"
     )
     if r.tiling:

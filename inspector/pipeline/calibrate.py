@@ -46,7 +46,7 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
     check_model_dir(model_dir)
     fit_info = read_json(staging(model_dir) / FIT_FILE, "refit the model")
     held = [h["score"] for h in fit_info["holdout"]]
-    left = [h["score"] for h in fit_info.get("left_out", [])]  # fit images scored as if unseen (`jackknife`)
+    left = [h["score"] for h in fit_info.get("left_out", [])]  # fit images scored by refits without them (`crossfit`)
     good = np.array(held + left)
     if len(good) < s.min_holdout:
         raise InspectorError(
@@ -63,7 +63,7 @@ def calibrate_model(model_dir: Path, s: CalibrateSettings, data: Path | None = N
     }
     if left:
         cal["left_out_images"] = len(left)
-        cal["left_out_method"] = fit_info.get("left_out_method") or "leave-one-out"
+        cal["left_out_method"] = fit_info.get("left_out_method") or "cross-fit"
     tiles = (fit_info.get("tiling") or {}).get("tiles") or [1, 1]
     if tiles[0] * tiles[1] > 1:  # the image score is the highest of its tiles' (fit.json `tiling`)
         cal["tiles_per_image"] = tiles[0] * tiles[1]
@@ -107,11 +107,7 @@ def meaning(cal: dict, fpr) -> str:
     goods = f"{fpr.holdout} good images never used to fit ({which})"
     if cal.get("left_out_images"):
         held = fpr.holdout - cal["left_out_images"]
-        how = (
-            "each scored by a model refitted without its fold (cross-fit: fitted on fewer images, it errs high)"
-            if cal["left_out_method"].startswith("cross-fit")
-            else "each scored as a model fitted without it would score it (its backbone is not trained)"
-        )
+        how = "each scored by a model refitted without it (cross-fit: fitted on fewer images, a refit errs high)"
         goods = f"{fpr.holdout} good images: {held} never used to fit ({which}) and {cal['left_out_images']} fit "
         goods += f"images, {how}"
     if cal["strategy"] == "fpr":

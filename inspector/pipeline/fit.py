@@ -40,7 +40,7 @@ from inspector.errors import InspectorError
 from inspector.files import atomic_write_json
 from inspector.model.backbone import default_weights_path
 from inspector.model.net import InspectorNet, to_cells
-from inspector.pipeline import crossfit, jackknife, select
+from inspector.pipeline import crossfit, select
 from inspector.pipeline.checkpoint import FIT_FILE, MODEL_FILE, replace_dir, save_model, staging
 from inspector.pipeline.infer import score_paths
 
@@ -62,7 +62,7 @@ class FitResult:
     skipped: int
     selection: dict | None = None  # what was tried and why (select.Selection.to_dict), None when nothing was searched
     tiling: dict | None = None  # whether the images were tiled and why (tiles.TilePlan.to_dict)
-    n_left_out: int = 0  # fit images scored as if unseen, calibrated on with the hold-out (`jackknife`)
+    n_left_out: int = 0  # fit images scored by refits that did not see them, calibrated on too (`crossfit`)
 
 
 def split_holdout(
@@ -302,11 +302,8 @@ def fit(
     job = _Job(s, fit_paths, holdout, labelled, show, probe)
     best, chosen, selection, info = _fit_and_choose(job, whole, tiled)
     loss, formats, report = best.extra
-    scorer = select.with_weights(best.net, {})
     left_out, how = [], None
-    if jackknife.alone_in_map(best.net.cfg) and best.left_out:
-        left_out, how = [(name, scorer(c)) for name, c in best.left_out], "leave-one-out"
-    elif crossfit.wanted(s.crossfit_folds, len(fit_paths), len(best.holdout_scores)):
+    if crossfit.wanted(s.crossfit_folds, len(fit_paths), len(best.holdout_scores)):
         left_out, how = _cross_fit(chosen, best.pre, job), f"cross-fit, {s.crossfit_folds} folds"
     kept = (best.net, best.pre, chosen, data, fit_paths, holdout, best.holdout_scores, report, loss, t0, formats)
     result_dir = _write(out, *kept, selection, info, left_out, how)
@@ -404,14 +401,11 @@ def tiling_info(whole: TilePlan, tiled: TilePlan | None, sel: select.Selection) 
 def _fit_one(s: FitSettings, pre: Preprocess, job: _Job, feature_gauss: bool = False) -> select.Fitted:
     """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out;
     `feature_gauss`: keep the standardized features' per-position Gaussian too (`_feature_variant`)."""
-    net, pre, loss, formats, report, fg, left_out = _fit_net(
+    net, pre, loss, formats, report, fg = _fit_net(
         s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show, feature_gauss
     )
     holdout_scores, comps = _calibrate_scales(net, pre, job.holdout, report, s, job.show)
-    fitted = select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report), fg)
-    if left_out is not None:  # a feature Gaussian set by hand
-        fitted.left_out = _left_out(net, left_out, job.fit_paths, report)
-    return fitted
+    return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report), fg)
 
 
 def _cross_fit(chosen: FitSettings, pre: Preprocess, job: _Job) -> list[tuple[str, float]]:
@@ -425,19 +419,9 @@ def _cross_fit(chosen: FitSettings, pre: Preprocess, job: _Job) -> list[tuple[st
         return [(str(r.path), r.score) for r in score_paths(f.net, f.pre, paths, LoadReport(), s.max_bad_fraction)]
 
     t0 = time.time()
-    scores = crossfit.left_out_scores(job.fit_paths, s.crossfit_folds, refit, score)
+    scores = crossfit.left_out_scores(job.fit_paths, s.crossfit_folds, refit, score, s.holdout == "last", s.seed)
     log.info("cross-fit: %d fit images scored by %d refits in %.0f s", len(scores), s.crossfit_folds, time.time() - t0)
     return scores
-
-
-def _left_out(net: InspectorNet, left_out: torch.Tensor, fit_paths: list[Path], report: LoadReport):
-    """(names, components) of the fit images under leave-one-out (`jackknife`), in fit order, unreadable ones
-    skipped as `extract_features` skipped them."""
-    bad = {str(p) for p, _ in report.bad}
-    names = [str(p) for p in fit_paths if str(p) not in bad]
-    if len(names) != len(left_out):
-        raise RuntimeError(f"{len(left_out)} left-out maps for {len(names)} readable fit images")
-    return list(zip(names, jackknife.components(left_out)))
 
 
 def _feature_variant(f: select.Fitted, job: _Job) -> select.Fitted:
@@ -450,10 +434,7 @@ def _feature_variant(f: select.Fitted, job: _Job) -> select.Fitted:
     net.gauss_prec.copy_(f.feature_gauss[1])
     s = f.settings.model_copy(update={"network": f.settings.network.model_copy(update=select.ON_FEATURES)})
     holdout_scores, comps = _calibrate_scales(net, f.pre, job.holdout, LoadReport(), s, job.show)
-    variant = select.Fitted(s, net, f.pre, holdout_scores, comps, f.extra)
-    if f.feature_gauss[2] is not None and jackknife.alone_in_map(cfg):
-        variant.left_out = _left_out(net, f.feature_gauss[2], job.fit_paths, f.extra[2])
-    return variant
+    return select.Fitted(s, net, f.pre, holdout_scores, comps, f.extra)
 
 
 def exposed(pre: Preprocess, s: FitSettings, fit_paths: list[Path]) -> Preprocess:
@@ -484,13 +465,10 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool,
     net.feat_std.copy_(std.view(1, -1, 1, 1))
     x = ((x.float() - mean) / std).half()
     feats = net.cfg.gauss_source == "features" and net.cfg.w_gauss > 0
-    fg, left_out = None, None
+    fg = None
     if feats or feature_gauss:  # (N, C, h, w) standardized; a near-singular covariance with few images is intended
         f = ((maps.float() - net.feat_mean) / net.feat_std).contiguous()
         fg = fit_gaussian(f, cell=net.cfg.gauss_cell if feats else 1)
-        alone = jackknife.alone_in_map(net.cfg if feats else net.cfg.model_copy(update=select.ON_FEATURES))
-        if alone and n >= 3:  # the fit images scored as if unseen (`jackknife`)
-            left_out = jackknife.left_out_distances(f).reshape(n // pre.n_tiles, pre.n_tiles, h, w)
         del f
     loss = train_autoencoder(net, x, s, gen, show)
 
@@ -509,8 +487,8 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool,
         _set_bank(net, "global_bank", zmaps.mean((2, 3))[: net.cfg.global_bank])
     del z, zmaps
     net.to("cpu")  # the hold-out is scored and the model saved as the CPU and ONNX export will see it
-    fg = (*(t.cpu() for t in fg), left_out) if fg is not None and not feats else None
-    return net, pre, loss, formats, report, fg, left_out if feats else None
+    fg = tuple(t.cpu() for t in fg) if fg is not None and not feats else None
+    return net, pre, loss, formats, report, fg
 
 
 def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[str, float]], list[tuple]]:
@@ -578,8 +556,8 @@ def _write(
             "selection": selection,  # the candidates tried, their AUROC on synthetic (and labelled) defects, the choice
             "tiling": tiling,  # tiles per image (or whole images) and why
             "holdout": [{"path": p, "score": sc} for p, sc in holdout_scores],
-            # fit images scored by a model fitted without them (`jackknife`: exact, `crossfit`: refits without
-            # their fold): the calibration counts them as good images never seen
+            # fit images scored by refits of the chosen settings without their fold (`crossfit`): the calibration
+            # counts them as good images never seen
             "left_out": [{"path": p, "score": sc} for p, sc in left_out],
             "left_out_method": how,
         },

@@ -73,11 +73,7 @@ class Fitted:
     holdout_scores: list[tuple[str, float]]
     comps: list[tuple]  # the hold-out's score components
     extra: tuple = ()  # what fit needs to write it (loss, formats, load report)
-    # (mean, precision, left-out distances or None) of the standardized features, one Gaussian per position
-    feature_gauss: tuple | None = None
-    # (name, components) of the fit images scored as if unseen, where that is exact (`jackknife`): calibration
-    # counts them as good images; the judge does not (measured: docs/quality.md)
-    left_out: list[tuple[str, tuple]] = field(default_factory=list)
+    feature_gauss: tuple | None = None  # (mean, precision) of the standardized features, one per position
 
 
 @dataclass

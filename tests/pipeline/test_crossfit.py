@@ -32,8 +32,11 @@ def test_every_fit_image_is_scored_by_a_refit_that_never_saw_it():
         str(p) for p in paths if p.name != "img_007.png"
     ]
     assert len(seen) == 5 and all(len(s) in (18, 19) for s in seen)
-    folds = crossfit.fold_of(paths, 5)
-    assert sorted(p for f in folds for p in f) == paths and folds[0][:2] == [paths[0], paths[5]]  # interleaved
+    folds = crossfit.fold_of(paths, 5)  # contiguous runs: a left-out image's neighbours in the series are out too
+    assert [p for f in folds for p in f] == paths and [len(f) for f in folds] == [5, 4, 5, 4, 5]
+    shuffled = crossfit.fold_of(paths, 5, contiguous=False, seed=3)
+    assert sorted(p for f in shuffled for p in f) == paths and shuffled != folds
+    assert shuffled == crossfit.fold_of(paths, 5, contiguous=False, seed=3)
 
 
 def test_cross_fit_only_where_the_hold_out_cannot_promise_one_percent_and_refits_are_cheap():
@@ -59,4 +62,4 @@ def test_a_small_hold_out_is_calibrated_with_cross_fit_scores_of_the_fit_images(
     cal = calibrate_model(tmp_path / "m", CalibrateSettings(fpr=0.01))
     assert cal["left_out_images"] == info["fit_images"] and cal["left_out_method"] == "cross-fit, 3 folds"
     assert cal["fpr"]["holdout"] == info["fit_images"] + info["holdout_images"]
-    assert "refitted without its fold" in cal["meaning"]
+    assert "refitted without it (cross-fit" in cal["meaning"]
