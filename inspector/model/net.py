@@ -40,6 +40,23 @@ class PatchAutoencoder(nn.Module):
         z = self.encoder(f)  # (B, L, h, w)
         return z, self.decoder(z)  # (B, C, h, w)
 
+    def flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` on patch rows (N, C) -> (N, L), (N, C): the same weights as matrix products. Training reads
+        patches as rows; a 1x1 convolution over (N, C, 1, 1) took 2-3x as long per step on 2 CPU cores."""
+        z = self.encode_rows(x)
+        return z, _rows(self.decoder, z)
+
+    def encode_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent of patch rows (N, C) -> (N, L)."""
+        return _rows(self.encoder, x)
+
+
+def _rows(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """conv 1x1 -> GELU -> conv 1x1 applied to rows (N, C_in): the convolutions' weights viewed as matrices."""
+    a, act, b = seq
+    h = act(F.linear(x, a.weight.flatten(1), a.bias))
+    return F.linear(h, b.weight.flatten(1), b.bias)
+
 
 def cell_count(grid: tuple[int, int], cell: int) -> int:
     """Number of gauss_cell x gauss_cell cells covering the patch grid (the last row/column may be partial)."""

@@ -172,8 +172,8 @@ def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: t
     with tqdm(range(s.steps), desc="autoencoder", disable=not show, file=sys.stderr, leave=False) as bar:
         for step in bar:
             idx = torch.randint(0, x.shape[0], (min(s.batch_size, x.shape[0]),), generator=gen)
-            xb = x[idx].float()[:, :, None, None]  # (B, C, 1, 1)
-            _, rec = ae(xb)
+            xb = x[idx].float()  # (B, C)
+            _, rec = ae.flat(xb)
             loss = (rec - xb).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,9 +188,7 @@ def train_autoencoder(net: InspectorNet, x: torch.Tensor, s: FitSettings, gen: t
 
 def encode(net: InspectorNet, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.cat(
-            [net.ae.encoder(x[i : i + chunk].float()[:, :, None, None])[:, :, 0, 0] for i in range(0, len(x), chunk)]
-        )
+        return torch.cat([net.ae.encode_rows(x[i : i + chunk].float()) for i in range(0, len(x), chunk)])
 
 
 def greedy_coreset(z: torch.Tensor, k: int, gen: torch.Generator, max_candidates: int = 131072) -> torch.Tensor:
