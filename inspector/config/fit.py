@@ -84,8 +84,8 @@ class FitSettings(Settings):
     select_features: bool = Field(
         False,
         description="Search the feature Gaussian too (gauss_source=features, one covariance per position; judged "
-        "after every latent candidate). Off by default: measured on six sets it raised mean image AUROC but broke "
-        "the false-alarm promise on one and chose worse on another (docs/quality.md).",
+        "after every latent candidate). Off by default: measured on six sets it raised mean image AUROC but chose "
+        "worse on one, leave-one-set-out switching it on was a wash, and a frame costs 1.7x (docs/quality.md).",
     )
     select_labelled: bool = Field(
         True,
