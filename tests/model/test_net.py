@@ -138,3 +138,22 @@ def test_top_cells_mean_ranks_a_cluster_above_a_single_spike():
     top = SimpleNamespace(cfg=NetworkSettings(score_top=0.05), grid=(10, 10))
     assert InspectorNet.reduce(as_max, spike) > InspectorNet.reduce(as_max, cluster)
     assert float(InspectorNet.reduce(top, spike)) == 1.0 and float(InspectorNet.reduce(top, cluster)) == 3.0
+
+
+def test_autoencoder_rows_equal_the_convolutions_and_train_them():
+    """Training reads patches as rows (`flat`); the exported graph runs the 1x1 convolutions: the same numbers,
+    and a step on rows moves the convolutions' own weights."""
+    from inspector.model.net import PatchAutoencoder
+
+    torch.manual_seed(0)
+    ae = PatchAutoencoder(dim=12, hidden=16, latent=3)
+    x = torch.randn(50, 12)
+    z, rec = ae(x[:, :, None, None])
+    z_rows, rec_rows = ae.flat(x)
+    assert torch.allclose(z_rows, z[:, :, 0, 0], atol=1e-6)
+    assert torch.allclose(rec_rows, rec[:, :, 0, 0], atol=1e-6)
+    assert torch.allclose(ae.encode_rows(x), z_rows)
+    before = ae.encoder[0].weight.detach().clone()
+    (ae.flat(x)[1] - x).pow(2).mean().backward()
+    torch.optim.SGD(ae.parameters(), lr=0.1).step()
+    assert not torch.equal(ae.encoder[0].weight, before)
