@@ -47,7 +47,7 @@ class FitSettings(Settings):
         description="standardize: each image's intensity "
         "mean and spread are set alike before the network (camera gain / lighting drift), to a fixed level; "
         "product: alike too, at the fit images' own typical level (low-contrast products keep their contrast); "
-        "none: as captured. Unless given, selection tries standardize and product.",
+        "none: as captured. With select_exposure, selection tries standardize and product unless one is given.",
     )
     tiles: str = Field(
         "off",
@@ -77,15 +77,21 @@ class FitSettings(Settings):
     )
     select: bool = Field(
         True,
-        description="Try the candidate settings (exposure level, score terms latent kNN and whole-image latent "
-        "distance, map maximum or top-cells mean) on held-out good images against synthetic defects and keep the "
+        description="Try the candidate settings (score terms latent kNN and whole-image latent distance, the feature "
+        "Gaussian, map maximum or top-cells mean) on held-out good images against synthetic defects and keep the "
         "best (inspector.pipeline.select); a setting given by hand is not searched.",
     )
     select_features: bool = Field(
+        True,
+        description="Search the feature Gaussian too (gauss_source=features, one covariance per position: PaDiM's "
+        "statistic; judged after every latent candidate, so it must gain more than the tie margin). Where it is "
+        "chosen a frame costs ~1.7x and the ONNX file is larger (docs/quality.md).",
+    )
+    select_exposure: bool = Field(
         False,
-        description="Search the feature Gaussian too (gauss_source=features, one covariance per position; judged "
-        "after every latent candidate). Off by default: measured on six sets it raised mean image AUROC but chose "
-        "worse on one, leave-one-set-out switching it on was a wash, and a frame costs 1.7x (docs/quality.md).",
+        description="Fit at the product's own exposure level too (exposure=product: a second whole fit) and keep "
+        "whichever level judges better. Off by default: with the feature Gaussian searched it gained nothing on six "
+        "sets, leave-one-set-out, and it doubles the fit (docs/quality.md).",
     )
     select_labelled: bool = Field(
         True,
@@ -103,7 +109,7 @@ class FitSettings(Settings):
         description="Where the hold-out is too small to promise 1% by rank (fewer than 99 images) and there are at "
         "most 200 fit images, fit the chosen settings again this many times, each without one fold of the fit "
         "images, and calibrate on every fit image's score from the model that did not see it too "
-        "(inspector.pipeline.crossfit). 0 or 1: off. The feature Gaussian alone gets exact left-out scores instead.",
+        "(inspector.pipeline.crossfit). 0 or 1: off.",
     )
     holdout: str = Field(
         "last",

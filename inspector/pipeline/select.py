@@ -103,8 +103,8 @@ class Selection:
 
 
 def exposures(s: FitSettings) -> list[str]:
-    """The exposure policies to fit: both levels when selection is on and none was given by hand."""
-    if s.select and "exposure" not in s.model_fields_set:
+    """The exposure policies to fit: both levels where `select_exposure` asks for them and none was given by hand."""
+    if s.select and s.select_exposure and "exposure" not in s.model_fields_set:
         return list(EXPOSURES)
     return [s.exposure]
 

@@ -59,9 +59,9 @@ def test_selection_picks_the_exposure_whose_fit_separates_defects(monkeypatch):
     assert _rigged(monkeypatch, sep, ("standardize", "product")).fit == 0
 
 
-def test_feature_gaussian_is_searched_when_asked_unless_a_term_was_set_by_hand():
-    assert select.feature_plan(FitSettings()) == []  # off by default
-    on = FitSettings(select_features=True)
+def test_feature_gaussian_is_searched_by_default_unless_a_term_was_set_by_hand():
+    assert select.feature_plan(FitSettings(select_features=False)) == []
+    on = FitSettings()  # on by default
     assert [c.name for c in select.feature_plan(on)] == [
         "feature Gaussian (map maximum)",
         "feature Gaussian (top 2% mean)",
@@ -70,17 +70,18 @@ def test_feature_gaussian_is_searched_when_asked_unless_a_term_was_set_by_hand()
         c.overrides["gauss_source"] == "features" and c.overrides["gauss_cell"] == 1 for c in select.feature_plan(on)
     )
     for hand in ({"gauss_source": "latent"}, {"gauss_cell": 2}, {"w_latent": 1.0}, {"select": False}):
-        assert select.feature_plan(FitSettings(select_features=True, **hand)) == [], hand
-    assert [c.name for c in select.feature_plan(FitSettings(select_features=True, score_top=0.05))] == [
+        assert select.feature_plan(FitSettings(**hand)) == [], hand
+    assert [c.name for c in select.feature_plan(FitSettings(score_top=0.05))] == [
         "feature Gaussian"
     ]
 
 
 def test_fit_judges_the_feature_gaussian_after_every_latent_candidate(synthetic_data, tmp_path):
-    s = FitSettings(**FAST_FIT, select_labelled=False, select_features=True)
+    s = FitSettings(**FAST_FIT, select_labelled=False, select_exposure=True)
     info = fit(synthetic_data, tmp_path / "m", s, show=False).selection
     # 8 latent candidates per exposure, then the feature Gaussian's 2 per exposure (costlier: after every latent one)
     assert [row["name"].startswith("feature Gaussian") for row in info["tried"]] == [False] * 16 + [True] * 4
+    assert {row["exposure"] for row in info["tried"]} == {"standardize", "product"}
     net, _, _ = load_model(tmp_path / "m")
     assert net.cfg.gauss_source == info["settings"].get("gauss_source", "latent")
     reads = net.feature_dim if net.cfg.gauss_source == "features" else net.cfg.latent
@@ -95,15 +96,18 @@ def test_plan_searches_only_what_was_not_set_by_hand():
     search, cands = select.plan(FitSettings(w_latent=0.0, score_top=0.0), 50)
     assert len(cands) == 2 and search.network.w_latent == 0.0 and all("w_latent" not in c.overrides for c in cands)
     assert len(select.plan(FitSettings(select=False), 50)[1]) == 1
-    assert select.exposures(FitSettings()) == ["standardize", "product"]
-    assert select.exposures(FitSettings(exposure="standardize")) == ["standardize"]  # given by hand
-    assert select.exposures(FitSettings(select=False)) == ["standardize"]
+    assert select.exposures(FitSettings()) == ["standardize"]  # the fixed level unless asked
+    assert select.exposures(FitSettings(select_exposure=True)) == ["standardize", "product"]
+    assert select.exposures(FitSettings(select_exposure=True, exposure="standardize")) == ["standardize"]  # by hand
+    assert select.exposures(FitSettings(select_exposure=True, select=False)) == ["standardize"]
 
 
 def test_fit_records_its_choice_and_the_model_carries_it(synthetic_data, tmp_path):
     r = fit(synthetic_data, tmp_path / "m", FitSettings(**FAST_FIT, select_labelled=False), show=False)
     info = json.loads((staging(tmp_path / "m") / FIT_FILE).read_text())["selection"]
-    assert r.selection == info and len(info["tried"]) == 16 and info["synthetic_defects"] >= 60
+    # one exposure level: 8 latent candidates, then the feature Gaussian's 2
+    assert r.selection == info and len(info["tried"]) == 10 and info["synthetic_defects"] >= 60
+    assert [row["name"].startswith("feature Gaussian") for row in info["tried"]] == [False] * 8 + [True] * 2
     best = max(row["criterion"] for row in info["tried"])
     chosen = next(row for row in info["tried"] if row["name"] == info["chosen"])
     assert chosen["criterion"] >= best - select.TIE
