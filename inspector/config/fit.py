@@ -166,6 +166,8 @@ def fit_overrides(pairs: list[str]) -> dict[str, str]:
         raise ValueError(f"expected KEY=VALUE (e.g. latent=96), got {bad[0]!r}")
     # `network.latent=128` and `latent=128` name the same setting
     out = {k.removeprefix("network."): v for k, v in (kv.split("=", 1) for kv in pairs)}
+    if "gauss_rank" in out:
+        raise ValueError("gauss_rank is set by fit from the number of fit images, not by hand")
     try:
         FitSettings(**out)
     except ValidationError as e:

@@ -48,6 +48,15 @@ class NetworkSettings(Settings):
         "of the good patches at its position, as PaDiM does). With select_features, selection tries features with one "
         "covariance per position.",
     )
+    gauss_rank: int = Field(
+        0,
+        ge=0,
+        le=65536,
+        description="Set by fit, not by hand: where each covariance has fewer samples than dimensions (the feature "
+        "Gaussian on few images) it is low-rank plus a ridge, and the model keeps its rank-r basis per block instead "
+        "of the full precision matrix (the same distance, d x r instead of d x d floats read per position); 0 = full "
+        "matrices.",
+    )
     w_global: float = Field(0.0, ge=0, description="Weight of the image-level latent distance.")
     smooth: int = Field(1, ge=1, le=31, description="Gaussian kernel (patch grid cells) for the map; 1 = none.")
     score_top: float = Field(

@@ -154,9 +154,11 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         d = c if cfg.gauss_source == "features" else l
         self.register_buffer("gauss_mean", torch.zeros(1, d, gh, gw))
         cells = cell_count(self.grid, cfg.gauss_cell)
-        self.register_buffer(
-            "gauss_prec", torch.eye(d).repeat(cells, 1, 1) if cfg.w_gauss > 0 else torch.zeros(1, 1, 1)
-        )
+        full = cfg.w_gauss > 0 and cfg.gauss_rank == 0
+        self.register_buffer("gauss_prec", torch.eye(d).repeat(cells, 1, 1) if full else torch.zeros(1, 1, 1))
+        if cfg.w_gauss > 0 and cfg.gauss_rank > 0:  # low-rank plus ridge (`mahalanobis_low_rank`)
+            self.register_buffer("gauss_basis", torch.zeros(cells, d, cfg.gauss_rank))
+            self.register_buffer("gauss_inv_ridge", torch.ones(cells))
         # Typical size of each score component on held-out good images (set at fit).
         self.register_buffer("scales", torch.ones(4))
         self.register_buffer("kernel", gaussian_kernel(cfg.smooth))
@@ -164,6 +166,7 @@ class InspectorNet(EmbeddingMixin, nn.Module):
         # size: exact, and faster in ORT than its Resize op (docs/model.md). Traced, they are graph constants.
         self._matrices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._whitening: tuple | None = None
+        self._cell_means: tuple | None = None
 
     def resize(self, x: torch.Tensor, size) -> torch.Tensor:
         """Bilinear resampling of (B, C, h, w) to `size`, cells placed where the backbone responds (`interp_matrix`)."""
@@ -258,12 +261,41 @@ class InspectorNet(EmbeddingMixin, nn.Module):
             raise ValueError(
                 f"patch grid {tuple(x.shape[-2:])} is not the model's {(h, w)}: score at the fitted input size"
             )
+        if self.cfg.gauss_rank > 0:
+            return self.mahalanobis_low_rank(x)
         k, offset = self.whitening()
         cells, d, l = (int(n) for n in k.shape)
         u = torch.bmm(to_cells(x, c, (d, h, w)), k)  # (cells, B*c*c, L): whitened latents
         u = u.reshape(cells, -1, c * c, l) + offset  # (cells, B, c*c, L) minus the whitened means
         m = (u * u).sum(-1).reshape(cells, -1)  # (cells, B*c*c): squared Mahalanobis distances
         return from_cells(m.sqrt(), h, w, c)
+
+    def mahalanobis_low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """`mahalanobis` where each covariance is C = Q S Q^T + ridge I with rank r below its dimension d (fewer
+        samples than dimensions: the feature Gaussian on few images). Exactly, with y = x - mean,
+
+            y^T C^-1 y = |y|^2 / ridge - sum_i s_i / (ridge (s_i + ridge)) (q_i . y)^2,
+
+        so the model keeps W = Q diag(sqrt(s / (ridge (s + ridge)))) (cells, d, r) and 1 / ridge per block: d x r
+        floats read per position instead of d x d (fit: `fit_gaussian_low_rank`)."""
+        c, (h, w) = self.cfg.gauss_cell, self.grid
+        basis = self.gauss_basis
+        cells, d, r = (int(n) for n in basis.shape)
+        y = to_cells(x, c, (d, h, w)).reshape(cells, -1, c * c, d) - self.cell_means()  # (cells, B, c*c, d)
+        y = y.reshape(cells, -1, d)
+        p = torch.bmm(y, basis)  # (cells, B*c*c, r)
+        m = (y * y).sum(-1) * self.gauss_inv_ridge[:, None] - (p * p).sum(-1)  # (cells, B*c*c)
+        return from_cells(m.clamp_min(0.0).sqrt(), h, w, c)
+
+    def cell_means(self) -> torch.Tensor:
+        """The per-position means cut as `to_cells` cuts a map: (cells, 1, c*c, d), built with numpy (a traced graph
+        gets a constant) and kept until the mean changes."""
+        key = (self.gauss_mean.data_ptr(), self.gauss_mean._version)
+        if self._cell_means is None or self._cell_means[0] != key:
+            with torch.no_grad():
+                mean = to_cells(self.gauss_mean.detach().cpu().double(), self.cfg.gauss_cell).numpy()
+            self._cell_means = (key, torch.from_numpy(mean.astype(np.float32))[:, None])
+        return self._cell_means[1].to(self.gauss_mean.device)
 
     def with_position(self, z: torch.Tensor) -> torch.Tensor:
         """Append each patch's (y, x) position, as a fraction of the image, scaled: (B, L+2, h, w).

@@ -6,9 +6,9 @@
 4. fit a Gaussian of their latent vectors at every patch position (and, when the kNN term is on, keep a
    k-center coreset of them as a memory bank);
 5. score the hold-out to learn the typical size of each score component;
-6. (selection on) repeat 2-5 for each exposure policy (with `select_features`, judge a variant of each whose
-   Gaussian reads the standardized features, one per position) and keep the best candidate
-   (`inspector.pipeline.select`);
+6. (selection on) judge the candidates, and a variant whose Gaussian reads the standardized features, one per
+   position (`select_features`); with `select_exposure` repeat 2-5 at the product's own exposure level; keep the
+   best candidate (`inspector.pipeline.select`);
    where the images are large or long enough that `tiles=auto` would tile them (and `tiles` is not set by hand),
    repeat 2-5 once more on tiles with the better exposure, judged after the whole-image candidates.
 """
@@ -152,6 +152,38 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     return mean, torch.from_numpy(prec).to(dtype=cov.dtype, device=cov.device)
 
 
+def fit_gaussian_low_rank(
+    z: torch.Tensor, rank: int, shrink: float = 0.01, cell: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`fit_gaussian` where each block has fewer samples than dimensions (`gauss_rank_for`): the same covariance
+    (sample covariance + `shrink` x its mean variance on the diagonal), kept as its rank-`rank` basis scaled for
+    `InspectorNet.mahalanobis_low_rank`: mean (1, d, h, w), W (cells, d, rank), 1 / ridge (cells,). The sample
+    covariance's rank is at most the samples' degrees of freedom; a block with fewer (unreadable images, a refit
+    on fewer images) gets zero columns, which add nothing to the distance."""
+    n, d, h, w = z.shape
+    mean = z.mean(0, keepdim=True)
+    x = to_cells(z - mean, cell)  # (cells, N*cell*cell, d); padding adds zero rows
+    positions = to_cells(torch.ones(1, 1, h, w, device=z.device), cell).sum((1, 2))
+    dof = (positions * (n - 1)).clamp_min(1).double().cpu().numpy()  # as fit_gaussian
+    # numpy's LAPACK in float64 (see fit_gaussian); the right singular vectors are the covariance's eigenvectors
+    _, sv, vt = np.linalg.svd(x.double().cpu().numpy(), full_matrices=False)  # sv (cells, k), vt (cells, k, d)
+    s = sv**2 / dof[:, None]  # eigenvalues of the sample covariance, descending
+    ridge = shrink * np.maximum(s.sum(1) / d, 1e-6)  # shrink x the mean variance (its trace / d)
+    k = min(rank, s.shape[1])
+    scale = np.sqrt(s[:, :k] / (ridge[:, None] * (s[:, :k] + ridge[:, None])))
+    basis = np.zeros((s.shape[0], d, rank))
+    basis[:, :, :k] = vt[:, :k].transpose(0, 2, 1) * scale[:, None, :]
+    as_t = lambda a: torch.from_numpy(a).to(dtype=z.dtype, device=z.device)  # noqa: E731
+    return mean, as_t(basis), as_t(1.0 / ridge)
+
+
+def gauss_rank_for(n_samples: int, dim: int, cell: int) -> int:
+    """The rank a block's sample covariance can have (cell^2 positions, each centred on its own mean over
+    `n_samples` images), or 0 where that is not below `dim`: then full precision matrices are kept."""
+    dof = cell * cell * max(n_samples - 1, 1)
+    return dof if dof < dim else 0
+
+
 def latent_for(s: FitSettings, n_fit: int) -> int:
     """The latent size: as asked, but at most a third of the fit images when the per-position Gaussian is
     used: it estimates an L x L covariance per block of positions from one sample per image, and a nearly
@@ -266,8 +298,13 @@ def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
             tiles,
             latent,
         )
+    grid = (pre.height // 8, pre.width // 8)
     try:
-        net = InspectorNet(n.model_copy(update={"latent": latent}), (pre.height // 8, pre.width // 8), Path(weights))
+        net = InspectorNet(n.model_copy(update={"latent": latent, "gauss_rank": 0}), grid, Path(weights))
+        if n.gauss_source == "features" and n.w_gauss > 0:  # few images: keep the covariance's rank-r basis
+            rank = gauss_rank_for(n_fit * pre.n_tiles, net.feature_dim, n.gauss_cell)
+            if rank:
+                net = InspectorNet(net.cfg.model_copy(update={"gauss_rank": rank}), grid, Path(weights))
     except (RuntimeError, ValueError) as e:
         raise InspectorError(f"cannot build backbone {n.backbone} from {weights}: {e}") from None
     if net.backbone.strides[0] != 8:
@@ -426,10 +463,10 @@ def _feature_variant(f: select.Fitted, job: _Job) -> select.Fitted:
     """Fit `f` with its Gaussian on the standardized features, one per position, alone in the map: the same backbone
     pass, feature statistics and autoencoder (kept in the model, unused by this map), scales set on the same
     hold-out."""
-    cfg = f.net.cfg.model_copy(update=select.ON_FEATURES)
+    rank = int(f.feature_gauss[1].shape[2]) if len(f.feature_gauss) == 3 else 0  # low-rank: few images
+    cfg = f.net.cfg.model_copy(update=select.ON_FEATURES | {"gauss_rank": rank})
     net = select.prune(f.net, cfg)
-    net.gauss_mean.copy_(f.feature_gauss[0])
-    net.gauss_prec.copy_(f.feature_gauss[1])
+    set_gaussian(net, f.feature_gauss)
     s = f.settings.model_copy(update={"network": f.settings.network.model_copy(update=select.ON_FEATURES)})
     holdout_scores, comps = _calibrate_scales(net, f.pre, job.holdout, LoadReport(), s, job.show)
     return select.Fitted(s, net, f.pre, holdout_scores, comps, f.extra)
@@ -466,7 +503,9 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool,
     fg = None
     if feats or feature_gauss:  # (N, C, h, w) standardized; a near-singular covariance with few images is intended
         f = ((maps.float() - net.feat_mean) / net.feat_std).contiguous()
-        fg = fit_gaussian(f, cell=net.cfg.gauss_cell if feats else 1)
+        cell = net.cfg.gauss_cell if feats else 1
+        rank = net.cfg.gauss_rank if feats else gauss_rank_for(n, c, cell)
+        fg = fit_gaussian_low_rank(f, rank, cell=cell) if rank else fit_gaussian(f, cell=cell)
         del f
     loss = train_autoencoder(net, x, s, gen, show)
 
@@ -478,15 +517,24 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool,
         _set_bank(net, "bank", greedy_coreset(torch.cat([z, net.pos_scale * pos], 1), net.cfg.bank_size, gen))
     zmaps = z.reshape(n, h, w, -1).permute(0, 3, 1, 2)  # (N, L, h, w)
     if net.cfg.w_gauss > 0:
-        g_mean, g_prec = fg if feats else fit_gaussian(zmaps, cell=net.cfg.gauss_cell)
-        net.gauss_mean.copy_(g_mean)
-        net.gauss_prec.copy_(g_prec)
+        set_gaussian(net, fg if feats else fit_gaussian(zmaps, cell=net.cfg.gauss_cell))
     if net.cfg.global_bank > 0:
         _set_bank(net, "global_bank", zmaps.mean((2, 3))[: net.cfg.global_bank])
     del z, zmaps
     net.to("cpu")  # the hold-out is scored and the model saved as the CPU and ONNX export will see it
     fg = tuple(t.cpu() for t in fg) if fg is not None and not feats else None
     return net, pre, loss, formats, report, fg
+
+
+def set_gaussian(net: InspectorNet, g: tuple[torch.Tensor, ...]) -> None:
+    """Copy a fitted Gaussian into the net: (mean, precision) from `fit_gaussian`, or (mean, basis, 1 / ridge)
+    from `fit_gaussian_low_rank`."""
+    net.gauss_mean.copy_(g[0])
+    if len(g) == 3:
+        net.gauss_basis.copy_(g[1])
+        net.gauss_inv_ridge.copy_(g[2])
+    else:
+        net.gauss_prec.copy_(g[1])
 
 
 def _calibrate_scales(net, pre, holdout, report, s, show) -> tuple[list[tuple[str, float]], list[tuple]]:

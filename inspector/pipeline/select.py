@@ -2,17 +2,17 @@
 product's own held-out good images.
 
 Why: defaults tuned on two data sets lost to PaDiM on unseen ones (issue 16); which settings help depends on
-the product (a latent kNN helped thin cracks on long parts, a whole-image latent distance a cast part, the
-product's own exposure level and a top-cells mean paper in reflected light). So `fit` fits once per exposure
-policy (`EXPOSURES`), each with every searched score term switched on, and then judges each candidate (score
-terms x map reduction) on each fit's hold-out against synthetic defects made on those same images
-(`inspector.data.defects`, the same defects for every fit), plus labelled defects when the user has some
-(DATA/test/<defect>). Within one fit the candidates share one backbone pass, one autoencoder and one set of
-reference statistics: judging them costs one forward pass per damaged image.
+the product (a latent kNN helped thin cracks on long parts, a whole-image latent distance a cast part, PaDiM's
+per-position Gaussian of the backbone features paper with few images). So `fit` fits once, with every searched
+score term switched on, and judges each candidate (score terms x map reduction) on its hold-out against synthetic
+defects made on those same images (`inspector.data.defects`), plus labelled defects when the user has some
+(DATA/test/<defect>). The candidates share one backbone pass, one autoencoder and one set of reference statistics:
+judging them costs one forward pass per damaged image. With `select_exposure` the same is done at the product's
+own exposure level too (a second fit; `EXPOSURES`), judged on the same defects.
 
-With `select_features` (off by default: docs/quality.md says why), a variant of each exposure's fit is judged
-after all of those: the per-position Gaussian read from the standardized backbone features instead of the latent,
-one covariance per position (`feature_plan`; PaDiM's statistic: with few fit images a near-singular covariance that
+With `select_features` (on by default; docs/quality.md measures it), a variant of each fit is judged after all
+of those: the per-position Gaussian read from the standardized backbone features instead of the latent, one
+covariance per position (`feature_plan`; PaDiM's statistic: with few fit images a near-singular covariance that
 measures how far a patch leaves the span of the good patches at its position). It reuses the fit's backbone pass,
 feature statistics and autoencoder; its Gaussian is fitted from the same features, so it costs one more pass over
 the hold-out and the synthetic defects.
@@ -52,7 +52,7 @@ REDUCE = ("score_top",)
 FEATURES = ("gauss_source", "gauss_cell", "w_gauss")
 REDUCE_CANDIDATES = (("map maximum", 0.0), (f"top {TOP:.0%} mean", TOP))
 ON_FEATURES = {"gauss_source": "features", "gauss_cell": 1, "w_latent": 0.0, "w_global": 0.0, "global_bank": 0}
-EXPOSURES = ("standardize", "product")  # in order: the fixed level first (the default before selection existed)
+EXPOSURES = ("standardize", "product")  # with select_exposure, in order: the fixed level first
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Fitted:
     holdout_scores: list[tuple[str, float]]
     comps: list[tuple]  # the hold-out's score components
     extra: tuple = ()  # what fit needs to write it (loss, formats, load report)
-    feature_gauss: tuple | None = None  # (mean, precision) of the standardized features, one per position
+    feature_gauss: tuple | None = None  # the standardized features' Gaussian, one per position (fit.set_gaussian)
 
 
 @dataclass
@@ -244,6 +244,6 @@ def decide(fits: list[Fitted], cands: list[list[Candidate]], judged: list[list[d
 def prune(net: InspectorNet, cfg: NetworkSettings) -> InspectorNet:
     """The fitted net rebuilt for the chosen config: buffers of terms not chosen shrink to their placeholders."""
     small = InspectorNet(cfg, net.grid, weights=None)
-    target = small.state_dict()
-    small.load_state_dict({k: v if v.shape == target[k].shape else target[k] for k, v in net.state_dict().items()})
+    target, have = small.state_dict(), net.state_dict()  # buffers the config adds (a low-rank basis) start fresh
+    small.load_state_dict({k: have[k] if k in have and have[k].shape == v.shape else v for k, v in target.items()})
     return small.eval()

@@ -98,6 +98,35 @@ def test_feature_gaussian_term_equals_the_mahalanobis_distance_of_the_standardiz
     torch.testing.assert_close(gauss, want, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("cell", [1, 2])
+def test_low_rank_gaussian_equals_the_full_one_on_fewer_samples_than_dimensions(cell):
+    """Few fit images: the covariance is low-rank plus a ridge, and the basis form (`gauss_rank`) gives the same
+    distance as the full precision matrix, also with zero columns padded (a refit on fewer images)."""
+    from inspector.config.network import NetworkSettings
+    from inspector.model.backbone import default_weights_path
+    from inspector.model.net import InspectorNet
+    from inspector.pipeline.fit import fit_gaussian, fit_gaussian_low_rank, gauss_rank_for, set_gaussian
+
+    def net(rank):
+        cfg = NetworkSettings(gauss_source="features", gauss_cell=cell, gauss_rank=rank)
+        return InspectorNet(cfg, (4, 5), default_weights_path()).eval()
+
+    full = net(0)
+    d, n = full.feature_dim, 7
+    rank = gauss_rank_for(n, d, cell)
+    assert rank == cell * cell * (n - 1) and gauss_rank_for(200, d, cell) == 0  # enough images: full matrices
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(n, d, 4, 5, generator=gen) * torch.linspace(0.2, 2.0, d)[None, :, None, None]
+    set_gaussian(full, fit_gaussian(z, cell=cell))
+    for r in (rank, rank + 4):
+        low = net(r)
+        set_gaussian(low, fit_gaussian_low_rank(z, r, cell=cell))
+        assert low.gauss_basis.shape == (full.gauss_prec.shape[0], d, r) and low.gauss_prec.numel() == 1
+        for x in (torch.randn(3, d, 4, 5, generator=gen), z[:2] + 0.01 * torch.randn(2, d, 4, 5, generator=gen)):
+            with torch.no_grad():
+                torch.testing.assert_close(low.mahalanobis(x), full.mahalanobis(x), rtol=1e-3, atol=1e-2)
+
+
 def _check_gaussian_term(net):
     gen = torch.Generator().manual_seed(3)
     net.eval()

@@ -156,8 +156,12 @@ def test_feature_gaussian_exports_and_matches_torch(synthetic_data, tmp_path):
     assert json.loads((v / "manifest.json").read_text())["parity"]["max_diff_normalized"] <= PARITY_TOLERANCE
     net, _, _ = load_model(tmp_path / "m")
     gh, gw = net.grid
-    assert net.gauss_prec.shape == (gh * gw, net.feature_dim, net.feature_dim)
-    assert net.gauss_prec.numel() * 4 < (v / "model.onnx").stat().st_size
+    # fewer fit images than feature channels: the covariance's rank-r basis per position, not its d x d precision
+    n_fit = json.loads((staging(tmp_path / "m") / FIT_FILE).read_text())["fit_images"]
+    assert net.cfg.gauss_rank == n_fit - 1 < net.feature_dim and net.gauss_prec.numel() == 1
+    assert net.gauss_basis.shape == (gh * gw, net.feature_dim, n_fit - 1)
+    size = (v / "model.onnx").stat().st_size
+    assert net.gauss_basis.numel() * 4 < size < gh * gw * net.feature_dim**2 * 4
 
 
 def test_threshold_is_not_in_the_graph(v1, model_dir):

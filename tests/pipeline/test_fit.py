@@ -212,7 +212,7 @@ def test_latent_is_capped_by_the_number_of_fit_images(fitted_model):
     n_fit = json.loads((staging(fitted_model) / FIT_FILE).read_text())["fit_images"]
     assert net.cfg.latent == latent_for(FitSettings(**FAST_FIT), n_fit) < 64
     reads = net.feature_dim if net.cfg.gauss_source == "features" else net.cfg.latent  # what selection kept
-    assert net.gauss_prec.shape[-1] == reads
+    assert (net.gauss_basis.shape[1] if net.cfg.gauss_rank else net.gauss_prec.shape[-1]) == reads
 
 
 def test_fit_overrides_from_a_command_line_are_checked():
@@ -221,6 +221,8 @@ def test_fit_overrides_from_a_command_line_are_checked():
     assert fit_overrides(["latent=96", "hidden=128"]) == {"latent": "96", "hidden": "128"}
     # a tuple setting from the command line: `--set layers=2,3,4`
     assert FitSettings(**fit_overrides(["layers=2,3,4"])).network.layers == (2, 3, 4)
+    with pytest.raises(ValueError, match="gauss_rank is set by fit"):
+        fit_overrides(["gauss_rank=5"])
     for pairs, message in (
         (["latent"], "KEY=VALUE"),
         (["latnt=3"], "latnt"),

@@ -85,7 +85,8 @@ def test_fit_judges_the_feature_gaussian_after_every_latent_candidate(synthetic_
     net, _, _ = load_model(tmp_path / "m")
     assert net.cfg.gauss_source == info["settings"].get("gauss_source", "latent")
     reads = net.feature_dim if net.cfg.gauss_source == "features" else net.cfg.latent
-    assert net.gauss_mean.shape[1] == reads and net.gauss_prec.shape[1:] == (reads, reads)
+    kept = net.gauss_basis.shape[1] if net.cfg.gauss_rank else net.gauss_prec.shape[2]  # low-rank: few images
+    assert net.gauss_mean.shape[1] == reads == kept
 
 
 def test_plan_searches_only_what_was_not_set_by_hand():
