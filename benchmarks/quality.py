@@ -211,13 +211,19 @@ def loso(results: dict) -> dict | None:
 
 
 LISTS = {  # candidate lists the selection could have searched: which rows of `tried` each one holds
-    "score terms only (fixed exposure, map maximum)": lambda r: (
-        r["exposure"] == "standardize" and not r["settings"].get("score_top") and ", tiles " not in r["name"]
+    "latent score terms only (fixed exposure, map maximum)": lambda r: (
+        r["exposure"] == "standardize" and not r["settings"].get("score_top") and _whole_latent(r)
     ),
-    "+ top-cells mean": lambda r: r["exposure"] == "standardize" and ", tiles " not in r["name"],
-    "+ top-cells mean + exposure level": lambda r: ", tiles " not in r["name"],
-    "+ tiles where the auto rule would tile (what fit searches)": lambda r: True,
+    "+ top-cells mean": lambda r: r["exposure"] == "standardize" and _whole_latent(r),
+    "+ feature Gaussian": lambda r: r["exposure"] == "standardize" and ", tiles " not in r["name"],
+    "+ product exposure level (where select_exposure searched it)": lambda r: ", tiles " not in r["name"],
+    "+ tiles where the auto rule would tile (what fit searched)": lambda r: True,
 }
+
+
+def _whole_latent(row: dict) -> bool:
+    """A whole-image candidate scored from the latent (not the feature Gaussian)."""
+    return ", tiles " not in row["name"] and row["settings"].get("gauss_source", "latent") == "latent"
 
 
 def candidate_lists(results: dict) -> dict:

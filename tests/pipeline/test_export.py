@@ -16,7 +16,7 @@ import torch
 from inspector.data.preprocess import Preprocess
 from inspector.errors import InspectorError
 from inspector.pipeline import export
-from inspector.pipeline.checkpoint import load_model, read_json
+from inspector.pipeline.checkpoint import FIT_FILE, load_model, read_json, staging
 from inspector.pipeline.export import PARITY_TOLERANCE, export_model
 from inspector.runtime import registry
 

@@ -136,10 +136,11 @@ def test_selection_fits_tiles_after_whole_images_and_names_the_choice(strips, tm
     info = read_json(out / "staging" / "fit.json", "")
     tried = info["selection"]["tried"]
     fits = [row["fit"] for row in tried]
-    assert fits == sorted(fits) and set(fits) == {0, 1}  # whole images first, then tiles
-    assert all(("tiles 1x15" in row["name"]) == (row["fit"] == 1) for row in tried)
+    assert fits == sorted(fits) and set(fits) == {0, 1, 2}  # whole images, their feature Gaussian, then tiles
+    assert all(("tiles 1x15" in row["name"]) == (row["fit"] == 2) for row in tried)
+    assert all(row["name"].startswith("feature Gaussian") == (row["fit"] == 1) for row in tried)
     chosen = next(row for row in tried if row["chosen"])
-    assert chosen["fit"] == 1 and info["selection"]["chosen"] == chosen["name"]
+    assert chosen["fit"] == 2 and info["selection"]["chosen"] == chosen["name"]
     assert info["tiling"]["tiles"] == [1, 15] and info["tiling"]["reason"].startswith("tiles chosen by the selection")
     assert info["tiling"]["tried"]["whole"]["tiles"] == [1, 1]
     assert info["tiling"]["tried"]["tiled_auroc"] > info["tiling"]["tried"]["whole_auroc"] + 0.005
