@@ -7,7 +7,8 @@ reconstruct good patches, so it may drop what tells defect kinds apart; 256 late
 result was seen (F = the standardized backbone patch features the autoencoder reads, (C, h, w); a = the
 exported softmax patch weights, temperature 0.1; halves mixed as now, [sqrt(0.75) unit(a-half), 0.5 unit(b)]):
 
-- `current`: the exported latent embedding (a-weighted deviation from the good mean, mean latent), 2L floats;
+- `current`: the exported embedding (at the study: the latent one, a-weighted deviation from the good mean and the
+  mean latent, 2L floats; since then `feat_rp64`, which the study chose);
 - `feat`: a-weighted mean of F, and F's global average (GAP) as the whole-part half; 2C floats (304 for
   EfficientNet-Lite0: over the 256-float cap, a reference for what the projections lose);
 - `feat_rp64`: `feat` with F projected to 64 dimensions by a fixed seeded random orthogonal (C, 64) matrix
@@ -86,7 +87,7 @@ def per_image(net, pre, paths) -> dict[str, np.ndarray]:
             a = patch_weights(patch.reshape(1, -1))[0]  # (h*w,)
             rows["aw"].append((f * a).sum(1).numpy())
             rows["gapf"].append(f.mean(1).numpy())
-            rows["current"].append(net.embedding(z, patch)[0].numpy())
+            rows["current"].append(net.embedding(maps, patch)[0].numpy())
             rows["gap"].append(tunit(torch.cat([m.mean((2, 3)) for m in maps], 1))[0].numpy())
             rows["mean_latent"].append(tunit(z.mean((2, 3)))[0].numpy())
     return {k: np.asarray(v, np.float32) for k, v in rows.items()}
@@ -212,6 +213,7 @@ def main() -> None:
     ap.add_argument("--models", type=Path, required=True)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/latent-features"))
     ap.add_argument("--sets", default="synthetic,magnetic_tile,tire")
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     res, dims, noise = {}, {}, {}
@@ -229,7 +231,7 @@ def main() -> None:
         "lead_over_best_baseline": noise,
         **(choose(res) if len(res) > 2 else {}),
     }
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "scores_p_at_5_nmi"}, indent=1))
 
 

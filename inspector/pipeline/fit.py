@@ -433,11 +433,14 @@ def tiling_info(whole: TilePlan, tiled: TilePlan | None, sel: select.Selection) 
     return chosen.to_dict() | {"reason": why, "tried": tried}
 
 
-def _fit_one(s: FitSettings, pre: Preprocess, job: _Job, feature_gauss: bool = False) -> select.Fitted:
+def _fit_one(
+    s: FitSettings, pre: Preprocess, job: _Job, feature_gauss: bool = False, scoring_only: bool = False
+) -> select.Fitted:
     """One fitted net, for the exposure policy of `s`, with its component scales set on the hold-out;
-    `feature_gauss`: keep the standardized features' per-position Gaussian too (`_feature_variant`)."""
+    `feature_gauss`: keep the standardized features' per-position Gaussian too (`_feature_variant`);
+    `scoring_only`: a net that only scores (`_fit_net`)."""
     net, pre, loss, formats, report, fg = _fit_net(
-        s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show, feature_gauss
+        s, exposed(pre, s, job.fit_paths), job.fit_paths, job.show, feature_gauss, scoring_only
     )
     holdout_scores, comps = _calibrate_scales(net, pre, job.holdout, report, s, job.show)
     return select.Fitted(s, net, pre, holdout_scores, comps, (loss, formats, report), fg)
@@ -448,7 +451,7 @@ def _cross_fit(chosen: FitSettings, pre: Preprocess, job: _Job) -> list[tuple[st
     s = chosen.model_copy(update={"select": False})
 
     def refit(paths: list[Path]) -> select.Fitted:
-        return _fit_one(s, pre, _Job(s, paths, job.holdout, [], False, None))
+        return _fit_one(s, pre, _Job(s, paths, job.holdout, [], False, None), scoring_only=True)
 
     def score(f: select.Fitted, paths: list[Path]) -> list[tuple[str, float]]:
         return [(str(r.path), r.score) for r in score_paths(f.net, f.pre, paths, LoadReport(), s.max_bad_fraction)]
@@ -482,9 +485,19 @@ def exposed(pre: Preprocess, s: FitSettings, fit_paths: list[Path]) -> Preproces
     return pre.with_exposure_of(img for _, img in iter_images(spread, LoadReport(), 1.0))
 
 
-def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool, feature_gauss: bool = False):
+def _fit_net(
+    s: FitSettings,
+    pre: Preprocess,
+    fit_paths: list[Path],
+    show: bool,
+    feature_gauss: bool = False,
+    scoring_only: bool = False,
+):
     """Backbone features of the fit images -> standardization, autoencoder, Gaussian, banks: the fitted net, and
-    (`feature_gauss`) the standardized features' Gaussian, one per position, for the selection's feature variant."""
+    (`feature_gauss`) the standardized features' Gaussian, one per position, for the selection's feature variant.
+    `scoring_only` (the cross-fit's refits, which only score their left-out fold): where no score term reads the
+    latent (the feature Gaussian alone), the autoencoder is not trained (~90% of such a refit); the saved model's
+    always is."""
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)  # on the CPU on every device: the same sampling of patches
     dev = fit_device(s.device)
@@ -507,6 +520,11 @@ def _fit_net(s: FitSettings, pre: Preprocess, fit_paths: list[Path], show: bool,
         rank = net.cfg.gauss_rank if feats else gauss_rank_for(n, c, cell)
         fg = fit_gaussian_low_rank(f, rank, cell=cell) if rank else fit_gaussian(f, cell=cell)
         del f
+    cfg = net.cfg
+    if scoring_only and feats and not (cfg.w_latent > 0 or cfg.w_recon > 0 or cfg.global_bank > 0):
+        set_gaussian(net, fg)
+        net.to("cpu")
+        return net, pre, float("nan"), formats, report, None
     loss = train_autoencoder(net, x, s, gen, show)
 
     z = encode(net, x)  # (N*h*w, L)

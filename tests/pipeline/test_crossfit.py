@@ -63,3 +63,29 @@ def test_a_small_hold_out_is_calibrated_with_cross_fit_scores_of_the_fit_images(
     assert cal["left_out_images"] == info["fit_images"] and cal["left_out_method"] == "cross-fit, 3 folds"
     assert cal["fpr"]["holdout"] == info["fit_images"] + info["holdout_images"]
     assert "refitted without it (cross-fit" in cal["meaning"]
+
+
+def test_refits_of_the_feature_gaussian_alone_skip_the_autoencoder_and_score_the_same(synthetic_data, monkeypatch):
+    """The cross-fit's refits only score: where the map reads no latent (the feature Gaussian alone), training the
+    autoencoder is skipped, and the left-out scores are those of a refit that trained it."""
+    from inspector.data.datasets import discover
+    from inspector.pipeline import fit as fitting
+
+    s = FitSettings(**{**FAST_FIT, "steps": 30}, select=False, gauss_source="features", gauss_cell=1)
+    ds = discover(synthetic_data)
+    pre = fitting.preprocess_for(s, ds.train)[0].pre
+    fit_paths, holdout, fold = ds.train[:40], ds.train[40:46], ds.train[46:52]
+    job = fitting._Job(s, fit_paths, holdout, [], False, None)
+    trained = []
+    real = fitting.train_autoencoder
+    monkeypatch.setattr(fitting, "train_autoencoder", lambda *a, **k: trained.append(1) or real(*a, **k))
+    quick = fitting._fit_one(s, pre, job, scoring_only=True)
+    assert trained == [] and quick.net.cfg.gauss_rank == len(fit_paths) - 1
+    full = fitting._fit_one(s, pre, job)
+    assert trained == [1]
+    a = [r.score for r in score_paths(quick.net, quick.pre, fold, LoadReport())]
+    b = [r.score for r in score_paths(full.net, full.pre, fold, LoadReport())]
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    latent = s.model_copy(update={"network": s.network.model_copy(update={"gauss_source": "latent"})})
+    fitting._fit_one(latent, pre, fitting._Job(latent, fit_paths, holdout, [], False, None), scoring_only=True)
+    assert trained == [1, 1]  # a map that reads the latent needs the autoencoder, refit or not

@@ -71,9 +71,7 @@ def test_feature_gaussian_is_searched_by_default_unless_a_term_was_set_by_hand()
     )
     for hand in ({"gauss_source": "latent"}, {"gauss_cell": 2}, {"w_latent": 1.0}, {"select": False}):
         assert select.feature_plan(FitSettings(**hand)) == [], hand
-    assert [c.name for c in select.feature_plan(FitSettings(score_top=0.05))] == [
-        "feature Gaussian"
-    ]
+    assert [c.name for c in select.feature_plan(FitSettings(score_top=0.05))] == ["feature Gaussian"]
 
 
 def test_fit_judges_the_feature_gaussian_after_every_latent_candidate(synthetic_data, tmp_path):
