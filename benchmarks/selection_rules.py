@@ -110,8 +110,10 @@ def main() -> None:
     print("|---|" + "---|" * (len(sets) + 1))
     for k, v in rules.items():
         print(f"| {k} | " + " | ".join(f"{x:.3f}" for x in v["test_auroc"].values()) + f" | {v['mean']:.3f} |")
-    print(f"| oracle (best candidate on test) | " + " | ".join(f"{x:.3f}" for x in oracle.values()) + f" | "
-          f"{out['oracle']['mean']:.3f} |")
+    print(
+        "| oracle (best candidate on test) | " + " | ".join(f"{x:.3f}" for x in oracle.values()) + f" | "
+        f"{out['oracle']['mean']:.3f} |"
+    )
     print("\nleave-one-set-out:")
     for s, f in folds.items():
         print(f"  {s}: {f['rule']} -> {f['test_auroc']:.3f}")
