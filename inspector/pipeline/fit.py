@@ -304,7 +304,7 @@ def build(s: FitSettings, pre: Preprocess, n_fit: int) -> InspectorNet:
         if n.gauss_source == "features" and n.w_gauss > 0:  # few images: keep the covariance's rank-r basis
             rank = gauss_rank_for(n_fit * pre.n_tiles, net.feature_dim, n.gauss_cell)
             if rank:
-                net = InspectorNet(net.cfg.model_copy(update={"gauss_rank": rank}), grid, Path(weights))
+                net = select.prune(net, net.cfg.model_copy(update={"gauss_rank": rank}))
     except (RuntimeError, ValueError) as e:
         raise InspectorError(f"cannot build backbone {n.backbone} from {weights}: {e}") from None
     if net.backbone.strides[0] != 8:
