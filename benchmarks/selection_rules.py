@@ -8,7 +8,9 @@ the tie) on subsets of that list, without refitting:
 
 - exposure levels searched: the fixed level alone, or the fixed level and the product's own (a second whole fit);
 - the feature Gaussian searched or not (after every latent candidate);
-- the tie margin: fit's 0.005 and larger ones.
+- the tie margin: fit's 0.005 and larger ones;
+- whether the tie also holds between a score term's two reductions (map maximum, top-cells mean), which cost the
+  same per frame.
 
 Each rule's pick per set is scored by its test AUROC, and the rule family is judged leave-one-set-out: for each set,
 the rule with the best mean over the other sets, scored on that set. Tiled candidates (only where `tiles=auto`
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -55,13 +58,21 @@ def candidates(result: dict) -> dict[str, list[dict]]:
     return out
 
 
-def replay(rows: list[dict], tie: float) -> dict:
-    """fit's rule on `rows` (cost order): the cheapest within `tie` of every later one's gain."""
+def replay(rows: list[dict], tie: float, tie_within_pair: bool = True) -> dict:
+    """fit's rule on `rows` (cost order): the cheapest within `tie` of every later one's gain. Without
+    `tie_within_pair`, two candidates that differ only in the map's reduction (max or top-cells mean: the same cost
+    per frame) are compared without the tie."""
     best = 0
     for i, row in enumerate(rows[1:], 1):
-        if row["criterion"] > rows[best]["criterion"] + tie:
+        margin = tie if tie_within_pair or pair(row["name"]) != pair(rows[best]["name"]) else 0.0
+        if row["criterion"] > rows[best]["criterion"] + margin:
             best = i
     return rows[best]
+
+
+def pair(name: str) -> str:
+    """A candidate's name without its reduction: the two reductions of one score term cost the same per frame."""
+    return re.sub(r" \((map maximum|top \d+% mean)\)", "", name)
 
 
 def rule_rows(rows: list[dict], exposures: tuple[str, ...], features: bool) -> list[dict]:
@@ -82,9 +93,12 @@ def main() -> None:
     if len(sets) < 2:
         raise SystemExit(f"{args.result}: fewer than two sets with every candidate's test AUROC")
     rules: dict[str, dict] = {}
-    for (exp_name, exps), features, tie in itertools.product(EXPOSURE_SETS.items(), (False, True), TIES):
+    for (exp_name, exps), features, tie, within in itertools.product(
+        EXPOSURE_SETS.items(), (False, True), TIES, (True, False)
+    ):
         key = f"{exp_name}, feature Gaussian {'on' if features else 'off'}, tie {tie}"
-        picks = {s: replay(rule_rows(rows, exps, features), tie) for s, rows in sets.items()}
+        key += "" if within else ", no tie between a term's two reductions"
+        picks = {s: replay(rule_rows(rows, exps, features), tie, within) for s, rows in sets.items()}
         rules[key] = {
             "test_auroc": {s: p["test"] for s, p in picks.items()},
             "chosen": {s: p["name"] for s, p in picks.items()},
