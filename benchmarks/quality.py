@@ -30,6 +30,7 @@ from inspector.data.datasets import discover  # noqa: E402
 from inspector.pipeline.calibrate import calibrate_model  # noqa: E402
 from inspector.pipeline.evaluate import evaluate_model  # noqa: E402
 from inspector.pipeline.fit import fit, split_holdout  # noqa: E402
+from inspector.pipeline.select import pick  # noqa: E402
 from inspector.scoring.gate import fpr_check  # noqa: E402
 from inspector.scoring.metrics import late_alarm_p  # noqa: E402
 
@@ -237,18 +238,9 @@ def candidate_lists(results: dict) -> dict:
             continue
         for label, keep in LISTS.items():
             rows = [r for r in tried if keep(r)]  # in cost order, as the selection judged them
-            best = rows[0]
-            for r in rows[1:]:
-                if r["criterion"] > best["criterion"] + select_tie():
-                    best = r
+            best = rows[pick(rows)]
             out.setdefault(label, {})[name] = {"chosen": best["name"], "test_auroc": probed.get(best["name"])}
     return out
-
-
-def select_tie() -> float:
-    from inspector.pipeline.select import TIE
-
-    return TIE
 
 
 def list_lines(results: dict) -> list[str]:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from variants import best_on_others  # noqa: E402
 
-from inspector.pipeline.select import TIE  # noqa: E402
+from inspector.pipeline.select import TIE, pick  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TIES = (TIE, 0.01, 0.02, 0.03)
@@ -59,15 +59,12 @@ def candidates(result: dict) -> dict[str, list[dict]]:
 
 
 def replay(rows: list[dict], tie: float, tie_within_pair: bool = True) -> dict:
-    """fit's rule on `rows` (cost order): the cheapest within `tie` of every later one's gain. Without
-    `tie_within_pair`, two candidates that differ only in the map's reduction (max or top-cells mean: the same cost
-    per frame) are compared without the tie."""
-    best = 0
-    for i, row in enumerate(rows[1:], 1):
-        margin = tie if tie_within_pair or pair(row["name"]) != pair(rows[best]["name"]) else 0.0
-        if row["criterion"] > rows[best]["criterion"] + margin:
-            best = i
-    return rows[best]
+    """fit's rule (`select.pick`) on `rows` (cost order) with margin `tie`. Without `tie_within_pair`, two candidates
+    that differ only in the map's reduction (max or top-cells mean: the same cost per frame) are compared without
+    the tie."""
+    return rows[
+        pick(rows, lambda row, best: tie if tie_within_pair or pair(row["name"]) != pair(best["name"]) else 0.0)
+    ]
 
 
 def pair(name: str) -> str:

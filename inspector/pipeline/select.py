@@ -217,6 +217,16 @@ def choose(
     return decide(fits, [cands] * len(fits), [judge(f, cands, holdout, labelled, seed) for f in fits])
 
 
+def pick(rows: Sequence[dict], margin: Callable[[dict, dict], float] = lambda row, best: TIE) -> int:
+    """The rule on judged rows in cost order: the index of the cheapest whose criterion no later row beats by more
+    than `margin(later, current pick)` (TIE; benchmarks replay other margins)."""
+    best = 0
+    for i, row in enumerate(rows[1:], 1):
+        if row["criterion"] > rows[best]["criterion"] + margin(row, rows[best]):
+            best = i
+    return best
+
+
 def decide(fits: list[Fitted], cands: list[list[Candidate]], judged: list[list[dict]]) -> Selection:
     """The choice among judged candidates (`judge`'s rows, per fit, with each fit's own candidates): in cost order
     (the first fit's candidates first), the cheapest within TIE of the best wins. Rows judged once may be decided
@@ -224,10 +234,7 @@ def decide(fits: list[Fitted], cands: list[list[Candidate]], judged: list[list[d
     tried = [row | {"fit": i} for i, rows in enumerate(judged) for row in rows]
     for row in tried:
         row["name"] = label(row["name"], row["exposure"], len(fits))
-    best = 0
-    for i, row in enumerate(tried[1:], 1):  # in cost order: a costlier one must gain more than TIE
-        if row["criterion"] > tried[best]["criterion"] + TIE:
-            best = i
+    best = pick(tried)
     for i, row in enumerate(tried):
         row["chosen"] = i == best
     top = tried[best]
