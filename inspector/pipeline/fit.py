@@ -138,11 +138,8 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     A ridge of `shrink` x the mean variance keeps the inverse well conditioned (it beat Ledoit-Wolf
     shrinkage: docs/model.md); the latent is capped by the image count instead, see `latent_for`.
     """
-    n, l, h, w = z.shape
-    mean = z.mean(0, keepdim=True)
-    d = to_cells(z - mean, cell)  # (cells, N*cell*cell, L); padding adds zero rows
-    positions = to_cells(torch.ones(1, 1, h, w, device=z.device), cell).sum((1, 2))  # (cells,) real positions per cell
-    dof = (positions * (n - 1)).clamp_min(1)  # each position's own mean costs one sample
+    l = z.shape[1]
+    mean, d, dof = _centred_cells(z, cell)
     cov = d.transpose(1, 2) @ d / dof[:, None, None]  # (cells, L, L)
     ridge = shrink * cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)  # scale-aware regularization
     cov = cov + ridge[:, None, None] * torch.eye(l, device=z.device)
@@ -150,6 +147,16 @@ def fit_gaussian(z: torch.Tensor, shrink: float = 0.01, cell: int = 1) -> tuple[
     # Gaussian) intermittently failed in MKL ("Parameter 6 was incorrect on entry to SLASWP") and then never returned
     prec = np.linalg.inv(cov.double().cpu().numpy())
     return mean, torch.from_numpy(prec).to(dtype=cov.dtype, device=cov.device)
+
+
+def _centred_cells(z: torch.Tensor, cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position mean (1, D, h, w) of maps z (N, D, h, w), the centred samples cut into blocks (cells,
+    N*cell*cell, D; padding adds zero rows) and each block's degrees of freedom (cells,): its real positions times
+    N - 1, each position's own mean costing one sample."""
+    n, _, h, w = z.shape
+    mean = z.mean(0, keepdim=True)
+    positions = to_cells(torch.ones(1, 1, h, w, device=z.device), cell).sum((1, 2))  # (cells,) real positions per cell
+    return mean, to_cells(z - mean, cell), (positions * (n - 1)).clamp_min(1)
 
 
 def fit_gaussian_low_rank(
@@ -160,11 +167,9 @@ def fit_gaussian_low_rank(
     `InspectorNet.mahalanobis_low_rank`: mean (1, d, h, w), W (cells, d, rank), 1 / ridge (cells,). The sample
     covariance's rank is at most the samples' degrees of freedom; a block with fewer (unreadable images, a refit
     on fewer images) gets zero columns, which add nothing to the distance."""
-    n, d, h, w = z.shape
-    mean = z.mean(0, keepdim=True)
-    x = to_cells(z - mean, cell)  # (cells, N*cell*cell, d); padding adds zero rows
-    positions = to_cells(torch.ones(1, 1, h, w, device=z.device), cell).sum((1, 2))
-    dof = (positions * (n - 1)).clamp_min(1).double().cpu().numpy()  # as fit_gaussian
+    d = z.shape[1]
+    mean, x, dof = _centred_cells(z, cell)
+    dof = dof.double().cpu().numpy()
     # numpy's LAPACK in float64 (see fit_gaussian); the right singular vectors are the covariance's eigenvectors
     _, sv, vt = np.linalg.svd(x.double().cpu().numpy(), full_matrices=False)  # sv (cells, k), vt (cells, k, d)
     s = sv**2 / dof[:, None]  # eigenvalues of the sample covariance, descending
